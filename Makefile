@@ -1,0 +1,47 @@
+# make test: a fresh machine to a green test run, with nothing installed beforehand.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test unit integration faults lint bench demo devserver clean system-deps
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+# faketime (clock-skew tests) and prometheus/promtool (deploy checks) come from
+# Debian; tests that need them skip with a reason where they cannot be installed.
+system-deps:
+	@if ! command -v faketime >/dev/null || ! command -v promtool >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime prometheus >/dev/null) \
+			|| echo "warning: could not install faketime/prometheus; those tests will skip"; \
+		else echo "note: faketime/promtool missing and not root; those tests will skip"; fi; \
+	fi
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration
+
+faults: $(STAMP) system-deps
+	$(BIN)/python -m pytest tests/faults
+
+lint: $(STAMP)
+	$(BIN)/ruff check streamqueue tests
+	$(BIN)/mypy --strict
+
+devserver: $(STAMP)
+	$(BIN)/python -m streamqueue.devserver --nodes 3
+
+clean:
+	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,50 @@
+"""The seam between the queue core and whatever observes it (metrics, tests).
+
+The core calls these methods at each step of a job's life; it never imports
+``prometheus_client``. ``streamqueue.metrics.PrometheusHooks`` is one
+implementation; ``Hooks`` itself does nothing, so it is the safe default.
+"""
+
+from __future__ import annotations
+
+
+class Hooks:
+    """Observer of queue events. Every method is a no-op; override what you need.
+
+    Hooks are called on the thread that caused the event, often while a job is
+    held, so they must be cheap and must not raise.
+    """
+
+    def enqueued(self, queue: str, count: int) -> None:
+        """``count`` jobs were written to the queue."""
+
+    def claimed(self, queue: str, wait_seconds: float) -> None:
+        """A job was claimed ``wait_seconds`` after it fell due (server clock)."""
+
+    def claim_empty(self, queue: str) -> None:
+        """A consumer was woken (or swept) and found nothing to claim."""
+
+    def completed(self, queue: str, attempts: int, run_seconds: float) -> None:
+        """A job finished successfully on attempt number ``attempts``."""
+
+    def failed(self, queue: str, attempts: int, run_seconds: float) -> None:
+        """A handler reported an error (``Job.error``); the job may come back."""
+
+    def dead(self, queue: str, attempts: int) -> None:
+        """A job was moved to the error queue after ``attempts`` deliveries."""
+
+    def released(self, queue: str, run_seconds: float) -> None:
+        """A job was handed back without counting the attempt."""
+
+    def lease_lost(self, queue: str, run_seconds: float) -> None:
+        """A consumer tried to act on a job whose lease it no longer held."""
+
+    def leases_expired(self, queue: str, count: int) -> None:
+        """The reaper found ``count`` expired leases (requeued or dead-lettered)."""
+
+    def changestream_restarted(self, queue: str) -> None:
+        """The change stream failed and is being reopened."""
+
+    def changestream_event(self, queue: str) -> None:
+        """The change stream delivered an event (a sign of life)."""
+

@@ -1,0 +1,409 @@
+"""The public API: ``Queue`` (produce, claim, inspect) and ``Job`` (one claim of one job)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from bson import ObjectId
+from pymongo.collection import Collection
+
+from streamqueue.errors import LeaseLost
+from streamqueue.hooks import Hooks
+from streamqueue.retry import RetryPolicy
+from streamqueue.storage import Document, JobStore, NewJob
+from streamqueue.validation import (
+    Backoff,
+    backoff_seconds,
+    check_backoff,
+    check_max_attempts,
+    check_payload,
+    check_seconds,
+    resolve_priority,
+    truncate_error,
+)
+from streamqueue.wakeups import Wake, WakeupBoard
+from streamqueue.watcher import ChangeStreamWatcher
+
+log = logging.getLogger(__name__)
+
+
+def default_consumer_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Job:
+    """One claim of one job. Settle it exactly once: complete, error or release.
+
+    Every method acts only while this claim holds the lease; otherwise it raises
+    ``LeaseLost`` and changes nothing.
+    """
+
+    def __init__(self, queue: Queue, doc: Document) -> None:
+        self._queue = queue
+        self._doc = doc
+        self._token: str = doc["lease_token"]
+        self._claimed = time.monotonic()
+        self._settled = False
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} attempt {self.attempts}/{self.max_attempts} on {self._queue.name}>"
+
+    @property
+    def id(self) -> ObjectId:
+        return self._doc["_id"]  # type: ignore[no-any-return]
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self._doc["payload"]  # type: ignore[no-any-return]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The whole stored document, as claimed (mongoqueue's ``Job.data``)."""
+        return dict(self._doc)
+
+    @property
+    def priority(self) -> int:
+        return int(self._doc["priority"])
+
+    @property
+    def attempts(self) -> int:
+        """Deliveries so far, this one included."""
+        return int(self._doc["attempts"])
+
+    @property
+    def max_attempts(self) -> int:
+        return int(self._doc["max_attempts"])
+
+    @property
+    def consumer_id(self) -> str:
+        return str(self._doc["consumer_id"])
+
+    @property
+    def locked_until(self) -> datetime:
+        """When the lease runs out, by the server's clock."""
+        return self._doc["locked_until"]  # type: ignore[no-any-return]
+
+    @property
+    def last_error(self) -> str | None:
+        return self._doc.get("last_error")
+
+    @property
+    def progress_count(self) -> int | None:
+        return self._doc.get("progress")
+
+    @property
+    def enqueued_at(self) -> datetime:
+        return self._doc["enqueued_at"]  # type: ignore[no-any-return]
+
+    @property
+    def wait_seconds(self) -> float:
+        """From falling due to being claimed, by the server's clock."""
+        waited = self._doc["locked_at"] - self._doc["available_at"]
+        return max(0.0, float(waited.total_seconds()))
+
+    @property
+    def run_seconds(self) -> float:
+        return time.monotonic() - self._claimed
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    @property
+    def lease_token(self) -> str:
+        return self._token
+
+    def complete(self) -> None:
+        """The job is done: remove it from the queue."""
+        self._settle(lambda: self._queue.store.complete(self.id, self._token))
+        self._queue.hooks.completed(self._queue.name, self.attempts, self.run_seconds)
+
+    def error(self, message: str | None = None) -> None:
+        """The attempt failed: retry after the queue's backoff, or dead-letter if out of attempts."""
+        text = truncate_error(message if message is not None else "error() called without a message")
+        queue = self._queue
+        if self.attempts >= self.max_attempts:
+            self._settle(lambda: queue.store.bury(self.id, self._token, text))
+            queue.hooks.failed(queue.name, self.attempts, self.run_seconds)
+            queue.hooks.dead(queue.name, self.attempts)
+            log.warning("job %s failed for good after %d attempts: %s",
+                        self.id, self.attempts, text.splitlines()[-1:] or text)
+            return
+        delay = backoff_seconds(queue.backoff, self.attempts)
+        self._settle(lambda: queue.store.requeue(
+            self.id, self._token, delay=delay, error=text, count_attempt=True))
+        queue.hooks.failed(queue.name, self.attempts, self.run_seconds)
+
+    def release(self) -> None:
+        """Hand the job back at once, without counting this attempt."""
+        self._settle(lambda: self._queue.store.requeue(
+            self.id, self._token, delay=0.0, error=None, count_attempt=False))
+        self._queue.hooks.released(self._queue.name, self.run_seconds)
+
+    def progress(self, count: int | None = None) -> None:
+        """Record progress and extend the lease by the queue's lease time."""
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise TypeError(f"progress count must be an int, not {type(count).__name__}")
+        if self._settled:
+            raise LeaseLost(f"job {self.id} was already settled by this consumer")
+        locked_until = self._queue.store.extend(self.id, self._token, self._queue.lease, count)
+        if locked_until is None:
+            self._lost()
+        self._doc["locked_until"] = locked_until
+        if count is not None:
+            self._doc["progress"] = count
+
+    def _settle(self, write: Callable[[], bool]) -> None:
+        if self._settled:
+            raise LeaseLost(f"job {self.id} was already settled by this consumer")
+        self._settled = True
+        if not write():
+            self._lost()
+
+    def _lost(self) -> None:
+        self._queue.hooks.lease_lost(self._queue.name, self.run_seconds)
+        raise LeaseLost(
+            f"job {self.id} is no longer held by this claim (its lease expired and it was "
+            "requeued or taken by another consumer); nothing was changed"
+        )
+
+    def __enter__(self) -> dict[str, Any]:
+        return self.payload
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.complete()
+            return
+        try:
+            self.error("".join(traceback.format_exception(exc_type, exc, tb)))
+        except LeaseLost:
+            log.warning("job %s raised, but its lease was already lost", self.id)
+
+
+class Queue:
+    """A job queue in one MongoDB collection; thread-safe, one change stream per object."""
+
+    def __init__(
+        self,
+        collection: Collection[Document],
+        consumer_id: str | None = None,
+        *,
+        lease: float = 300.0,
+        max_attempts: int = 3,
+        backoff: Backoff = 0.0,
+        hooks: Hooks | None = None,
+        sweep_interval: float = 30.0,
+        poll_interval: float = 1.0,
+        max_await: float = 5.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not isinstance(collection, Collection):
+            raise TypeError(f"collection must be a pymongo Collection, not {type(collection).__name__}")
+        if consumer_id is not None and not isinstance(consumer_id, str):
+            raise TypeError(f"consumer_id must be a str, not {type(consumer_id).__name__}")
+        self.lease = check_seconds("lease", lease, allow_zero=False)
+        self.max_attempts = check_max_attempts(max_attempts)
+        self.backoff = check_backoff(backoff)
+        self.sweep_interval = check_seconds("sweep_interval", sweep_interval, allow_zero=False)
+        self.consumer_id = consumer_id or default_consumer_id()
+        self.hooks = hooks or Hooks()
+        self.store = JobStore(collection, retry)
+        self.board = WakeupBoard()
+        self.watcher = ChangeStreamWatcher(
+            self.store, self.board, self.hooks,
+            max_await=check_seconds("max_await", max_await, allow_zero=False),
+            poll_interval=check_seconds("poll_interval", poll_interval, allow_zero=False),
+        )
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.store.jobs.full_name} consumer={self.consumer_id!r}>"
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+    @property
+    def collection(self) -> Collection[Document]:
+        return self.store.jobs
+
+    @property
+    def failed(self) -> Collection[Document]:
+        """The error queue: dead jobs, each under its original ``_id``."""
+        return self.store.failed
+
+    # -- producing ------------------------------------------------------------------
+
+    def put(self, payload: Mapping[str, Any], *, priority: int | None = None,
+            delay: float = 0.0) -> ObjectId:
+        """Enqueue one job; it is claimable after ``delay`` seconds (server clock)."""
+        return self.put_many([payload], priority=priority, delay=delay)[0]
+
+    def put_many(self, payloads: Iterable[Mapping[str, Any]], *, priority: int | None = None,
+                 delay: float = 0.0) -> list[ObjectId]:
+        """Enqueue several jobs in one round trip; all are checked before any is written."""
+        if isinstance(payloads, Mapping | str | bytes):
+            raise TypeError("put_many takes an iterable of payloads; use put() for one")
+        delay = check_seconds("delay", delay)
+        new_jobs = []
+        for payload in payloads:
+            checked = check_payload(payload)
+            new_jobs.append(NewJob(checked, resolve_priority(checked, priority), delay,
+                                   self.max_attempts))
+        if not new_jobs:
+            return []
+        self.store.ensure_indexes()
+        ids = self.store.insert(new_jobs)
+        self.hooks.enqueued(self.name, len(ids))
+        return ids
+
+    # -- consuming ------------------------------------------------------------------
+
+    def next(self, timeout: float | None = 0) -> Job | None:
+        """Claim the next due job.
+
+        ``timeout=0`` makes one claim attempt; a positive timeout waits up to
+        that many seconds for a job; ``None`` waits until one comes.
+        """
+        jobs = self.next_batch(1, timeout)
+        return jobs[0] if jobs else None
+
+    def next_batch(self, limit: int, timeout: float | None = 0) -> list[Job]:
+        """Claim up to ``limit`` due jobs, waiting as ``next`` does for the first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive int, not {limit!r}")
+        deadline = math.inf if timeout is None else time.monotonic() + check_seconds(
+            "timeout", timeout)
+        self.store.ensure_indexes()
+        if timeout == 0:
+            return self.claim(limit)
+        self.watcher.start()
+        with self.board.waiting():
+            return self._wait_and_claim(limit, deadline)
+
+    def _wait_and_claim(self, limit: int, deadline: float) -> list[Job]:
+        woken = False
+        while True:
+            jobs = self.claim(limit)
+            if jobs:
+                return jobs
+            if woken:
+                self.hooks.claim_empty(self.name)
+            wake = self.wait_for_wakeup(deadline)
+            if wake is Wake.TIMEOUT and time.monotonic() >= deadline:
+                return []
+            woken = True
+
+    def wait_for_wakeup(self, deadline: float) -> Wake:
+        """Wait for a sign that a claim may succeed, a sweep, or the monotonic ``deadline``.
+
+        The caller must be registered on ``self.board`` and must have started
+        the watcher before its last claim attempt.
+        """
+        until = min(deadline, time.monotonic() + self.sweep_interval)
+        wake = self.board.wait(until)
+        if wake is Wake.DUE:
+            # That delayed job is due now; learn when the next one will be.
+            self.watcher.refresh_due()
+        return wake
+
+    def claim(self, limit: int = 1) -> list[Job]:
+        """One claim attempt for up to ``limit`` jobs, without waiting."""
+        if limit == 1:
+            doc = self.store.claim(self.consumer_id, self.lease)
+            docs = [doc] if doc is not None else []
+        else:
+            docs = self.store.claim_many(self.consumer_id, self.lease, limit)
+        jobs = [Job(self, doc) for doc in docs]
+        for job in jobs:
+            self.hooks.claimed(self.name, job.wait_seconds)
+        return jobs
+
+    # -- looking and upkeep -----------------------------------------------------------
+
+    def size(self) -> int:
+        """Jobs in the queue: available, locked and delayed (not the error queue)."""
+        return self.store.size()
+
+    def stats(self) -> dict[str, int]:
+        counts = self.store.counts()
+        return {
+            "available": counts.available,
+            "locked": counts.locked,
+            "delayed": counts.delayed,
+            "failed": counts.failed,
+            "total": counts.total,
+        }
+
+    def oldest_available_age(self) -> float:
+        return self.store.oldest_available_age()
+
+    def reap(self) -> int:
+        """Handle expired leases: requeue, or dead-letter once out of attempts. Returns how many."""
+        self.store.ensure_indexes()
+        result = self.store.reap()
+        if result.expired:
+            self.hooks.leases_expired(self.name, result.expired)
+            log.info("reaped %d expired leases on %s: %d requeued, %d dead",
+                     result.expired, self.name, result.requeued, len(result.dead))
+        for doc in result.dead:
+            self.hooks.dead(self.name, int(doc.get("attempts", 0)))
+        return result.expired
+
+    def retry_failed(self, job_id: ObjectId | None = None) -> int:
+        """Move one dead job (or all) back into the queue with a fresh set of attempts."""
+        self.store.ensure_indexes()
+        return self.store.retry_failed(job_id)
+
+    def purge_failed(self, job_id: ObjectId | None = None) -> int:
+        return self.store.purge_failed(job_id)
+
+    def clear(self) -> None:
+        """Delete every job, in the queue and in its error queue."""
+        self.store.clear()
+
+    def close(self) -> None:
+        """Stop the change stream thread. The collection's client is the caller's to close."""
+        self.watcher.stop()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MongoQueue(Queue):
+    """The 2012 ``mongoqueue`` signature: ``timeout`` is the lease in seconds."""
+
+    def __init__(
+        self,
+        collection: Collection[Document],
+        consumer_id: str,
+        timeout: float = 300,
+        max_attempts: int = 3,
+        **options: Any,
+    ) -> None:
+        super().__init__(collection, consumer_id, lease=timeout, max_attempts=max_attempts,
+                         **options)
+
+    def repair(self) -> int:
+        """mongoqueue's name for handling expired locks."""
+        return self.reap()
+
+    def drop(self) -> None:
+        self.clear()

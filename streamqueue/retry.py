@@ -1,0 +1,109 @@
+"""Which MongoDB errors are worth another try, and what callers see when they are not.
+
+The storage layer runs every operation through ``RetryPolicy.call`` and turns
+what escapes into the ``streamqueue.errors`` hierarchy with ``translate``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pymongo.errors import (
+    ConnectionFailure,
+    DocumentTooLarge,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WriteError,
+)
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from streamqueue.errors import (
+    InvalidJob,
+    PermissionDenied,
+    QueueUnavailable,
+    StorageError,
+    StreamQueueError,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Server codes: Unauthorized, AuthenticationFailed, and Atlas' "user is not allowed".
+AUTH_CODES = frozenset({13, 18, 8000})
+TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors another try may cure: lost connections, elections, labelled errors."""
+    if isinstance(exc, DuplicateKeyError | DocumentTooLarge | ExecutionTimeout | WriteError):
+        return False
+    if isinstance(exc, ConnectionFailure):
+        return True
+    if isinstance(exc, PyMongoError):
+        return any(exc.has_error_label(label) for label in TRANSIENT_LABELS)
+    return False
+
+
+def translate(exc: PyMongoError, action: str) -> StreamQueueError:
+    """The streamqueue error for a driver error that was not (or no longer) retried."""
+    if isinstance(exc, ConnectionFailure):
+        return QueueUnavailable(f"{action}: MongoDB unreachable: {exc}")
+    if isinstance(exc, OperationFailure) and exc.code in AUTH_CODES:
+        return PermissionDenied(f"{action}: not authorized: {exc}")
+    if isinstance(exc, DocumentTooLarge):
+        return InvalidJob(f"{action}: document too large: {exc}")
+    return StorageError(f"{action}: {exc}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with full jitter for transient errors.
+
+    ``max_delay`` bounds the whole episode: long enough to ride out an election
+    (seconds), short enough that a dead cluster surfaces as an error.
+    """
+
+    max_delay: float = 60.0
+    initial: float = 0.05
+    cap: float = 2.0
+
+    def call(
+        self,
+        action: str,
+        fn: Callable[[], T],
+    ) -> T:
+        """Run ``fn``; retry transient errors; translate the rest into StreamQueueError."""
+        retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_random_exponential(multiplier=self.initial, max=self.cap),
+            stop=stop_after_delay(self.max_delay),
+            before_sleep=_log_retry(action),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return fn()
+        except PyMongoError as exc:
+            raise translate(exc, action) from exc
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+def _log_retry(action: str) -> Callable[[RetryCallState], None]:
+    def log_it(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("%s failed (try %d), retrying: %s", action, state.attempt_number, exc)
+
+    return log_it

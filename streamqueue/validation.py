@@ -1,0 +1,109 @@
+"""Checks on what callers hand the queue, done before anything is written.
+
+Pure functions: each returns the normalised value or raises ``InvalidJob``
+(a ``ValueError``) or ``TypeError`` with a message naming the bad input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import bson
+from bson.errors import InvalidDocument
+
+from streamqueue.errors import InvalidJob
+
+# MongoDB's document limit, less room for the queue's own fields and the
+# error text a failed job carries.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+MAX_PAYLOAD_BYTES = MAX_DOCUMENT_BYTES - 128 * 1024
+MAX_ERROR_CHARS = 32 * 1024
+
+Backoff = float | Callable[[int], float]
+
+
+def check_payload(payload: object) -> dict[str, Any]:
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"payload must be a mapping (dict), not {type(payload).__name__}")
+    _check_keys(payload, "payload")
+    try:
+        size = len(bson.encode(payload))
+    except (InvalidDocument, TypeError, OverflowError) as exc:
+        raise InvalidJob(f"payload cannot be stored as BSON: {exc}") from exc
+    if size > MAX_PAYLOAD_BYTES:
+        raise InvalidJob(
+            f"payload is {size} bytes encoded; the limit is {MAX_PAYLOAD_BYTES} bytes"
+        )
+    return dict(payload)
+
+
+def _check_keys(value: object, path: str) -> None:
+    # Keys starting with "$" or holding "." are legal in MongoDB 5.0+ but break
+    # queries and updates on those fields, so a queue refuses them up front.
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            if not isinstance(key, str):
+                raise InvalidJob(f"{path} has a non-string key {key!r}")
+            if key.startswith("$") or "." in key or "\x00" in key:
+                raise InvalidJob(f"{path} has key {key!r}: keys may not start with '$' "
+                                 "or contain '.' or NUL")
+            _check_keys(inner, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, inner in enumerate(value):
+            _check_keys(inner, f"{path}[{index}]")
+
+
+def check_priority(priority: object) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+    if not -(2**63) <= priority < 2**63:
+        raise ValueError(f"priority {priority} does not fit in 64 bits")
+    return priority
+
+
+def resolve_priority(payload: Mapping[str, Any], priority: object) -> int:
+    """An explicit priority wins; else the payload's own ``"priority"`` (as in mongoqueue)."""
+    if priority is None:
+        priority = payload.get("priority", 0)
+    return check_priority(priority)
+
+
+def check_seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name} must be finite, not {value!r}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "more than zero"
+        raise ValueError(f"{name} must be {bound} seconds, not {value!r}")
+    return seconds
+
+
+def check_max_attempts(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_attempts must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"max_attempts must be at least 1, not {value}")
+    return value
+
+
+def check_backoff(backoff: object) -> Backoff:
+    if callable(backoff):
+        return backoff  # type: ignore[no-any-return]
+    return check_seconds("backoff", backoff)
+
+
+def backoff_seconds(backoff: Backoff, attempts: int) -> float:
+    """The delay before attempt ``attempts + 1``; a callable's answer is checked too."""
+    if callable(backoff):
+        return check_seconds("backoff(attempts)", backoff(attempts))
+    return backoff
+
+
+def truncate_error(message: str) -> str:
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return message[: MAX_ERROR_CHARS - 20] + "\n...[truncated]"

@@ -1,0 +1,114 @@
+"""Hand wake-ups from one change stream to the threads waiting for jobs.
+
+Pure thread logic, no I/O. Each signal wakes one waiter, not all of them, so
+an event for one job costs one claim, not one per thread (no thundering herd).
+Signals that arrive while every waiter is busy claiming are kept (at most one
+per registered waiter), so a waiter that comes back finds them and no wake-up
+is lost between its empty claim and its wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import bisect
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+
+class Wake(enum.Enum):
+    EVENT = "event"  # the stream announced a claimable job
+    DUE = "due"  # a delayed job known to the board fell due
+    POLL = "poll"  # the stream is down; time for a polling claim
+    TIMEOUT = "timeout"  # the caller's own time limit (deadline or sweep)
+
+
+class WakeupBoard:
+    # Due times closer than this are one wake-up: the same job learnt twice.
+    DUE_TOLERANCE = 0.05
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._waiters = 0
+        self._permits = 0
+        self._due: list[float] = []  # sorted monotonic times
+        self._poll_interval: float | None = None
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Register the calling thread as a waiter for the duration of the block."""
+        with self._cond:
+            self._waiters += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._waiters -= 1
+                self._permits = min(self._permits, self._waiters)
+
+    @property
+    def waiters(self) -> int:
+        return self._waiters
+
+    @property
+    def polling(self) -> bool:
+        return self._poll_interval is not None
+
+    def notify(self, count: int = 1) -> None:
+        """Wake ``count`` waiters (one per claimable job)."""
+        with self._cond:
+            self._permits = min(self._permits + count, self._waiters)
+            self._cond.notify(count)
+
+    def notify_all(self) -> None:
+        """Every waiter claims once: after a gap in the stream, something may be waiting."""
+        with self._cond:
+            self._permits = self._waiters
+            self._cond.notify_all()
+
+    def schedule(self, delay: float) -> None:
+        """Wake one waiter ``delay`` seconds from now, when a delayed job falls due."""
+        at = self._clock() + delay
+        with self._cond:
+            index = bisect.bisect_left(self._due, at)
+            neighbours = self._due[max(0, index - 1) : index + 1]
+            if any(abs(known - at) < self.DUE_TOLERANCE for known in neighbours):
+                return
+            self._due.insert(index, at)
+            self._cond.notify(1)
+
+    def pending_due(self) -> int:
+        with self._cond:
+            return len(self._due)
+
+    def set_polling(self, interval: float | None) -> None:
+        """While the stream is down, waiters claim every ``interval`` seconds; None ends it."""
+        with self._cond:
+            self._poll_interval = interval
+            self._cond.notify_all()
+
+    def wait(self, until: float) -> Wake:
+        """Block until a signal for this waiter, or until the monotonic time ``until``."""
+        with self._cond:
+            started = self._clock()
+            while True:
+                if self._permits > 0:
+                    self._permits -= 1
+                    return Wake.EVENT
+                now = self._clock()
+                if self._due and self._due[0] <= now:
+                    del self._due[0]
+                    return Wake.DUE
+                if now >= until:
+                    return Wake.TIMEOUT
+                timeout = until - now
+                if self._due:
+                    timeout = min(timeout, self._due[0] - now)
+                if self._poll_interval is not None:
+                    poll_at = started + self._poll_interval
+                    if now >= poll_at:
+                        return Wake.POLL
+                    timeout = min(timeout, poll_at - now)
+                self._cond.wait(timeout)

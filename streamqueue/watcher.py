@@ -1,0 +1,178 @@
+"""One change stream per queue object, turned into wake-ups on a WakeupBoard.
+
+The stream is a hint, never the job: an event wakes one waiter, which then
+runs the claim. Delayed jobs produce no event when they fall due, so the
+watcher also tells the board when the next known delayed job is due.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pymongo.errors import OperationFailure, PyMongoError
+
+from streamqueue.errors import StreamQueueError
+from streamqueue.hooks import Hooks
+from streamqueue.storage import JobStore, event_due_in, is_change_stream_unsupported
+from streamqueue.wakeups import WakeupBoard
+
+log = logging.getLogger(__name__)
+
+# ChangeStreamHistoryLost, ChangeStreamFatalError, InvalidResumeToken: the
+# saved token can never work again; reusing it would loop forever.
+TOKEN_DEAD_CODES = frozenset({286, 280, 260})
+# A job due this soon is treated as due now.
+DUE_NOW = 0.002
+
+
+class ChangeStreamWatcher:
+    """Owns the stream's thread; ``start`` returns once waking is guaranteed."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        board: WakeupBoard,
+        hooks: Hooks,
+        *,
+        max_await: float = 5.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._board = board
+        self._hooks = hooks
+        self._max_await = max_await
+        self._poll_interval = poll_interval
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stream: Any = None
+        self._resume_token: Mapping[str, Any] | None = None
+        self._last_event = time.monotonic()
+        self._in_outage = False
+        self.streams_opened = 0
+
+    def last_event_age(self) -> float:
+        return time.monotonic() - self._last_event
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Open the stream (once per watcher) before the caller's first claim.
+
+        Anything committed after this returns reaches the board as an event;
+        anything before it is found by the caller's claim: no lost wake-up.
+        """
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"streamqueue-watch-{self._store.name}", daemon=True
+                )
+                self._thread.start()
+        if not self._ready.wait(timeout):
+            # Not open in time: poll until it is, rather than risk a lost wake-up.
+            self._board.set_polling(self._poll_interval)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        stream = self._stream
+        if stream is not None:
+            # Ends a getMore blocked in the watcher thread; its error is expected.
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing the change stream from another thread", exc_info=True)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def refresh_due(self) -> None:
+        """Ask the server when the next delayed job falls due and tell the board."""
+        try:
+            due_in = self._store.next_due_in()
+        except StreamQueueError:
+            log.warning("could not read the next due time of %s", self._store.name, exc_info=True)
+            return
+        if due_in is not None:
+            self._board.schedule(due_in)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                self._follow_stream()
+                failures = 0
+            except PyMongoError as exc:
+                if self._stopping.is_set():
+                    break
+                if is_change_stream_unsupported(exc):
+                    self._fall_back_to_polling(exc)
+                    return
+                failures += 1
+                self._note_outage(exc)
+                self._stopping.wait(min(5.0, 0.1 * 2**min(failures, 6)))
+            except Exception:
+                log.exception("change stream watcher of %s crashed; polling", self._store.name)
+                self._board.set_polling(self._poll_interval)
+                self._ready.set()
+                return
+
+    def _follow_stream(self) -> None:
+        with self._store.watch(self._resume_token, self._max_await) as stream:
+            self._stream = stream
+            self.streams_opened += 1
+            self._stream_opened()
+            while not self._stopping.is_set() and stream.alive:
+                event = stream.try_next()
+                self._resume_token = stream.resume_token
+                if event is not None:
+                    self._on_event(event)
+            if not stream.alive and not self._stopping.is_set():
+                # Invalidated (collection dropped or renamed): the token is spent.
+                log.info("change stream on %s was invalidated; reopening", self._store.name)
+                self._resume_token = None
+                self._board.notify_all()
+        self._stream = None
+
+    def _stream_opened(self) -> None:
+        if self._in_outage:
+            log.info("change stream on %s is back; push wake-ups resumed", self._store.name)
+            self._in_outage = False
+            self._board.set_polling(None)
+            # Events from the gap are replayed when resumed with a token; after a
+            # fresh start they are not, so every waiter claims once.
+            self._board.notify_all()
+        self._ready.set()
+        self.refresh_due()
+
+    def _on_event(self, event: Mapping[str, Any]) -> None:
+        self._last_event = time.monotonic()
+        self._hooks.changestream_event(self._store.name)
+        due_in = event_due_in(event)
+        if due_in <= DUE_NOW:
+            self._board.notify(1)
+        else:
+            self._board.schedule(due_in)
+
+    def _note_outage(self, exc: PyMongoError) -> None:
+        self._stream = None
+        if isinstance(exc, OperationFailure) and exc.code in TOKEN_DEAD_CODES:
+            self._resume_token = None
+        self._hooks.changestream_restarted(self._store.name)
+        if not self._in_outage:
+            # Once per episode: a flapping network must not flood the log.
+            log.warning("change stream on %s failed (%s); polling every %.1fs until it reopens",
+                        self._store.name, exc, self._poll_interval)
+            self._in_outage = True
+            self._board.set_polling(self._poll_interval)
+        self._ready.set()
+
+    def _fall_back_to_polling(self, exc: PyMongoError) -> None:
+        log.warning(
+            "change streams are not available on this deployment (%s); %s will poll every %.1fs. "
+            "Run MongoDB as a replica set for push wake-ups.",
+            exc, self._store.name, self._poll_interval,
+        )
+        self._board.set_polling(self._poll_interval)
+        self._ready.set()
