@@ -37,6 +37,3 @@ class PermissionDenied(StreamQueueError):
 class StorageError(StreamQueueError):
     """Any other error MongoDB answered with; the driver's exception is the ``__cause__``."""
 
-
-class JobNotFound(StreamQueueError, LookupError):
-    """No job with that id where one was expected (for example in the error queue)."""

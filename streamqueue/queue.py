@@ -128,8 +128,11 @@ class Job:
         self._settle(lambda: self._queue.store.complete(self.id, self._token))
         self._queue.hooks.completed(self._queue.name, self.attempts, self.run_seconds)
 
-    def error(self, message: str | None = None) -> None:
-        """The attempt failed: retry after the queue's backoff, or dead-letter if out of attempts."""
+    def error(self, message: str | None = None, *, retry_in: float | None = None) -> None:
+        """The attempt failed: retry after the backoff, or dead-letter if out of attempts.
+
+        ``retry_in`` overrides the queue's backoff for this retry (seconds).
+        """
         text = truncate_error(message if message is not None else "error() called without a message")
         queue = self._queue
         if self.attempts >= self.max_attempts:
@@ -139,7 +142,10 @@ class Job:
             log.warning("job %s failed for good after %d attempts: %s",
                         self.id, self.attempts, text.splitlines()[-1:] or text)
             return
-        delay = backoff_seconds(queue.backoff, self.attempts)
+        if retry_in is None:
+            delay = backoff_seconds(queue.backoff, self.attempts)
+        else:
+            delay = check_seconds("retry_in", retry_in)
         self._settle(lambda: queue.store.requeue(
             self.id, self._token, delay=delay, error=text, count_attempt=True))
         queue.hooks.failed(queue.name, self.attempts, self.run_seconds)

@@ -266,7 +266,7 @@ class JobStore:
             changes["last_error"] = {"$literal": error}
         if not count_attempt:
             changes["attempts"] = {"$max": [0, {"$subtract": ["$attempts", 1]}]}
-        pipeline = [{"$set": changes}, {"$unset": LOCK_FIELDS}]
+        pipeline: list[Document] = [{"$set": changes}, {"$unset": LOCK_FIELDS}]
         return self._write_with_lease(
             "requeue",
             lambda: self.jobs.update_one(_held(job_id, token), pipeline).modified_count,
@@ -281,7 +281,7 @@ class JobStore:
             _held(job_id, token), [{"$set": changes}],
             projection={"locked_until": 1}, return_document=ReturnDocument.AFTER,
         ))
-        return None if doc is None else doc["locked_until"]  # type: ignore[no-any-return]
+        return None if doc is None else doc["locked_until"]
 
     def extend_many(self, held: Sequence[tuple[ObjectId, str]], lease: float) -> set[ObjectId]:
         """Heartbeat: extend every listed lease; return the ids still held."""
@@ -328,7 +328,7 @@ class JobStore:
                                     {"$ifNull": ["$consumer_id", "?"]}]}
         retryable = {"state": LOCKED, "$expr": {"$and": [
             LEASE_EXPIRED, {"$lt": ["$attempts", "$max_attempts"]}]}}
-        requeue = [
+        requeue: list[Document] = [
             {"$set": {"state": READY, "available_at": NOW, "last_error": expired_note}},
             {"$unset": LOCK_FIELDS},
         ]
@@ -399,7 +399,8 @@ class JobStore:
 
         def run() -> Document | None:
             with source.database.client.start_session() as session:
-                return session.with_transaction(in_transaction)
+                moved: Document | None = session.with_transaction(in_transaction)
+                return moved
 
         result: Document | None = self._call(action, run)
         return result
@@ -419,7 +420,7 @@ class JobStore:
             if doc is None:
                 return None
             marker = new_token()
-            pipeline = copy_pipeline(doc) + [{"$set": {"_move": marker}}]
+            pipeline = [*copy_pipeline(doc), {"$set": {"_move": marker}}]
             target.update_one({"_id": doc["_id"]}, pipeline, upsert=True)
             if source.delete_one(query).deleted_count == 0:
                 target.delete_one({"_id": doc["_id"], "_move": marker})
@@ -450,7 +451,7 @@ class JobStore:
 
     def oldest_available_age(self) -> float:
         """Seconds the longest-waiting due job has been due (server clock); 0 when none."""
-        pipeline = [
+        pipeline: list[Document] = [
             {"$match": READY_AND_DUE},
             {"$sort": {"state": 1, "available_at": 1}},
             {"$limit": 1},
@@ -461,7 +462,7 @@ class JobStore:
 
     def next_due_in(self) -> float | None:
         """Seconds until the earliest delayed job falls due (server clock); None when none."""
-        pipeline = [
+        pipeline: list[Document] = [
             {"$match": READY_NOT_DUE},
             {"$sort": {"state": 1, "available_at": 1}},
             {"$limit": 1},

@@ -92,7 +92,7 @@ def check_max_attempts(value: object) -> int:
 
 def check_backoff(backoff: object) -> Backoff:
     if callable(backoff):
-        return backoff  # type: ignore[no-any-return]
+        return backoff
     return check_seconds("backoff", backoff)
 
 

@@ -9,9 +9,9 @@ is lost between its empty claim and its wait.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import enum
-import bisect
 import threading
 import time
 from collections.abc import Callable, Iterator

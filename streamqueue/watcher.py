@@ -82,7 +82,7 @@ class ChangeStreamWatcher:
             # Ends a getMore blocked in the watcher thread; its error is expected.
             try:
                 stream.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("closing the change stream from another thread", exc_info=True)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)

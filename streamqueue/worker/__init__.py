@@ -1,0 +1,266 @@
+"""A long-running consumer: one claim loop feeding a fixed set of handler threads.
+
+The claim loop is the only thread that claims, so a process makes one claim
+per wake-up, never one per thread. It claims only while a slot is free, and
+waits on the queue's change stream when the queue has nothing due.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import queue as stdlib_queue
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from streamqueue.backoff import ExponentialBackoff
+from streamqueue.errors import LeaseLost, StreamQueueError
+from streamqueue.queue import Job, Queue
+from streamqueue.validation import Backoff, check_backoff, check_seconds
+from streamqueue.wakeups import Wake
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., object]
+
+
+def wants_job(handler: Handler) -> bool:
+    """True when the handler takes the Job too: a second positional parameter or one named ``job``."""
+    try:
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if any(p.name == "job" for p in params):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+class Worker:
+    """Run ``handler`` on jobs from ``queue`` until stopped.
+
+    The handler gets the payload (and the ``Job`` when it asks for it, see
+    ``wants_job``). Returning completes the job; raising calls ``error()``
+    with the traceback, retried after ``backoff`` (exponential with jitter by
+    default). Leases of running jobs are extended every ``heartbeat`` seconds.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        handler: Handler,
+        *,
+        concurrency: int = 4,
+        heartbeat: float | None = None,
+        shutdown_grace: float = 30.0,
+        batch: int = 1,
+        burst: bool = False,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        for name, value in (("concurrency", concurrency), ("batch", batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
+        self.queue = queue
+        self.handler = handler
+        self.slots = concurrency
+        self.batch = batch
+        self.burst = burst
+        self.heartbeat = check_seconds(
+            "heartbeat", queue.lease / 3 if heartbeat is None else heartbeat, allow_zero=False)
+        self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
+        self.backoff = ExponentialBackoff() if backoff is None else check_backoff(backoff)
+        self._pass_job = wants_job(handler)
+        self._stopping = threading.Event()
+        self._drained = threading.Event()
+        self._slots_cond = threading.Condition()
+        self._held: dict[Any, Job] = {}
+        self._work: stdlib_queue.SimpleQueue[Job | None] = stdlib_queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._signals = 0
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self._held)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Block until ``stop()`` (or, in burst mode, until nothing is due and all slots idle)."""
+        self.queue.store.ensure_indexes()
+        self.queue.watcher.start()
+        self._start_threads()
+        log.info("worker %s consuming %s with %d slots", self.queue.consumer_id,
+                 self.queue.name, self.slots)
+        try:
+            with self.queue.board.waiting():
+                self._claim_loop()
+        finally:
+            self._shut_down()
+
+    def stop(self) -> None:
+        """Stop claiming; running handlers get ``shutdown_grace`` seconds to finish."""
+        self._stopping.set()
+        # Wake the claim loop wherever it waits.
+        self.queue.board.notify_all()
+        with self._slots_cond:
+            self._slots_cond.notify_all()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: drain and exit; a second signal exits at once."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            # Leases of running jobs expire and the reaper hands them on.
+            os.write(2, b"streamqueue worker: second signal, exiting now\n")
+            os._exit(128 + signum)
+        log.info("signal %d: draining (send again to exit at once)", signum)
+        self.stop()
+
+    def _start_threads(self) -> None:
+        # Daemon threads: a handler stuck past the grace period must not keep
+        # the process alive; its job is released before the worker returns.
+        for index in range(self.slots):
+            thread = threading.Thread(target=self._slot, name=f"streamqueue-slot-{index}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        beat = threading.Thread(target=self._heartbeat_loop, name="streamqueue-heartbeat",
+                                daemon=True)
+        beat.start()
+        self._threads.append(beat)
+
+    # -- claiming ------------------------------------------------------------------------
+
+    def _claim_loop(self) -> None:
+        maybe_more = True  # nothing is known about the queue yet: claim once
+        woken = False
+        while not self._stopping.is_set():
+            free = self._wait_for_free_slot()
+            if free == 0:
+                break
+            if not maybe_more:
+                wake = self.queue.wait_for_wakeup(math.inf)
+                if self._stopping.is_set():
+                    break
+                woken = wake is not Wake.TIMEOUT
+            want = min(free, self.batch)
+            jobs = self.queue.claim(want)
+            maybe_more = len(jobs) == want
+            if not jobs and woken:
+                self.queue.hooks.claim_empty(self.queue.name)
+            woken = False
+            for job in jobs:
+                self._dispatch(job)
+            if self.burst and not jobs and self.busy_slots == 0:
+                log.info("burst mode: nothing due and all slots idle; stopping")
+                break
+
+    def _wait_for_free_slot(self) -> int:
+        with self._slots_cond:
+            while len(self._held) >= self.slots and not self._stopping.is_set():
+                self._slots_cond.wait()
+            return 0 if self._stopping.is_set() else self.slots - len(self._held)
+
+    def _dispatch(self, job: Job) -> None:
+        with self._slots_cond:
+            self._held[job.id] = job
+        self._work.put(job)
+
+    # -- handling ------------------------------------------------------------------------
+
+    def _slot(self) -> None:
+        while True:
+            job = self._work.get()
+            if job is None:
+                return
+            try:
+                self._handle(job)
+            finally:
+                with self._slots_cond:
+                    self._held.pop(job.id, None)
+                    self._slots_cond.notify_all()
+                if self.burst:
+                    # A finished job may have requeued itself: look again.
+                    self.queue.board.notify(1)
+
+    def _handle(self, job: Job) -> None:
+        try:
+            if self._pass_job:
+                self.handler(job.payload, job)
+            else:
+                self.handler(job.payload)
+        except Exception as exc:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            self._settle(job, lambda: job.error(text, retry_in=self._retry_delay(job)))
+        else:
+            self._settle(job, job.complete)
+
+    def _retry_delay(self, job: Job) -> float:
+        return self.backoff(job.attempts) if callable(self.backoff) else self.backoff
+
+    def _settle(self, job: Job, settle: Callable[[], None]) -> None:
+        if job.settled:
+            return  # the handler settled it itself (complete/error/release)
+        try:
+            settle()
+        except LeaseLost:
+            log.warning("job %s: lease lost before it could be settled; another consumer "
+                        "has it now", job.id)
+        except StreamQueueError:
+            # The lease will expire and the reaper will hand the job on.
+            log.exception("job %s could not be settled", job.id)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.wait(self.heartbeat):
+            self._beat()
+        # Keep beating while running handlers drain, so they do not lose their leases.
+        while self._held and not self._drained.is_set():
+            if self._drained.wait(self.heartbeat):
+                break
+            self._beat()
+
+    def _beat(self) -> None:
+        with self._slots_cond:
+            held = [(job.id, job.lease_token) for job in self._held.values() if not job.settled]
+        if not held:
+            return
+        try:
+            alive = self.queue.store.extend_many(held, self.queue.lease)
+        except StreamQueueError:
+            log.warning("heartbeat failed; will try again in %.1fs", self.heartbeat, exc_info=True)
+            return
+        for job_id, _ in held:
+            if job_id not in alive:
+                log.warning("job %s lost its lease while running", job_id)
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def _shut_down(self) -> None:
+        self._stopping.set()
+        deadline = time.monotonic() + self.shutdown_grace
+        with self._slots_cond:
+            while self._held and time.monotonic() < deadline:
+                self._slots_cond.wait(deadline - time.monotonic())
+            leftovers = [job for job in self._held.values() if not job.settled]
+        self._drained.set()
+        for job in leftovers:
+            log.warning("job %s still running after %.0fs grace; releasing it", job.id,
+                        self.shutdown_grace)
+            self._settle(job, job.release)
+        for _ in range(self.slots):
+            self._work.put(None)
+        log.info("worker %s stopped", self.queue.consumer_id)
