@@ -56,7 +56,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def translate(exc: PyMongoError, action: str) -> StreamQueueError:
+def translate(exc: PyMongoError | DocumentTooLarge, action: str) -> StreamQueueError:
     """The streamqueue error for a driver error that was not (or no longer) retried."""
     if isinstance(exc, ConnectionFailure):
         return QueueUnavailable(f"{action}: MongoDB unreachable: {exc}")
@@ -96,7 +96,8 @@ class RetryPolicy:
             for attempt in retrying:
                 with attempt:
                     return fn()
-        except PyMongoError as exc:
+        # DocumentTooLarge derives from bson's InvalidDocument, not PyMongoError.
+        except (PyMongoError, DocumentTooLarge) as exc:
             raise translate(exc, action) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
 

@@ -1,0 +1,79 @@
+"""Small helpers shared by the test suites: waiting on conditions with deadlines, clocks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0,
+               interval: float = 0.005) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout`` seconds pass; return the last answer.
+
+    Tests assert on the result (``assert wait_until(...)``) instead of sleeping a
+    fixed time and hoping.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(interval)
+
+
+def stays_false(predicate: Callable[[], object], duration: float) -> bool:
+    """True if ``predicate`` stays falsy for ``duration`` seconds (a bounded negative check)."""
+    return not wait_until(predicate, duration)
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand; thread-safe."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+
+class Background:
+    """Run a callable in a daemon thread and keep its result or exception."""
+
+    def __init__(self, fn: Callable[[], Any], name: str = "test-background") -> None:
+        self._fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.finished_at: float | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.result = self._fn()
+        except BaseException as exc:  # handed to the test thread by join()
+            self.error = exc
+        finally:
+            self.finished_at = time.monotonic()
+            self.done.set()
+
+    def start(self) -> Background:
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float = 30.0) -> Any:
+        """Wait for the thread; re-raise its exception; return its result."""
+        if not self.done.wait(timeout):
+            raise AssertionError(f"{self.thread.name} did not finish within {timeout}s")
+        self.thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result

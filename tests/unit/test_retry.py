@@ -1,0 +1,199 @@
+"""Which driver errors are retried, and what callers see: pymongo exception objects, no server."""
+
+from __future__ import annotations
+
+import pytest
+from pymongo.errors import (
+    AutoReconnect,
+    ConfigurationError,
+    ConnectionFailure,
+    CursorNotFound,
+    DocumentTooLarge,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    NetworkTimeout,
+    NotPrimaryError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WriteConcernError,
+    WriteError,
+    WTimeoutError,
+)
+
+from streamqueue.errors import (
+    InvalidJob,
+    PermissionDenied,
+    QueueUnavailable,
+    StorageError,
+    StreamQueueError,
+)
+from streamqueue.retry import RetryPolicy, is_transient, translate
+
+# A policy that retries quickly, so the unit tests take milliseconds.
+FAST = RetryPolicy(max_delay=5.0, initial=0.001, cap=0.002)
+
+
+def labelled(exc: PyMongoError, *labels: str) -> PyMongoError:
+    for label in labels:
+        exc._add_error_label(label)
+    return exc
+
+
+# -- is_transient ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionFailure("connection closed"),
+        AutoReconnect("reconnecting"),
+        NetworkTimeout("timed out"),
+        NotPrimaryError("not primary", {"code": 10107}),
+        ServerSelectionTimeoutError("no primary"),
+        labelled(OperationFailure("interrupted at shutdown", 11600), "RetryableWriteError"),
+        labelled(OperationFailure("write conflict", 112), "TransientTransactionError"),
+        labelled(WriteConcernError("primary stepped down", 189), "RetryableWriteError"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_transient_errors_are_retried(exc: BaseException) -> None:
+    assert is_transient(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        DuplicateKeyError("E11000 duplicate key", 11000),
+        labelled(DuplicateKeyError("E11000 duplicate key", 11000), "RetryableWriteError"),
+        WriteError("document failed validation", 121),
+        labelled(WriteError("write error", 2), "TransientTransactionError"),
+        ExecutionTimeout("operation exceeded time limit", 50),
+        labelled(ExecutionTimeout("operation exceeded time limit", 50), "RetryableWriteError"),
+        DocumentTooLarge("BSON document too large"),
+        OperationFailure("not authorized", 13),
+        OperationFailure("bad value", 2),
+        WTimeoutError("waiting for replication timed out", 64),
+        CursorNotFound("cursor id not found", 43),
+        ConfigurationError("bad uri"),
+        ValueError("not a driver error"),
+        KeyboardInterrupt(),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_permanent_errors_are_not_retried(exc: BaseException) -> None:
+    assert not is_transient(exc)
+
+
+# -- translate ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (ConnectionFailure("gone"), QueueUnavailable),
+        (ServerSelectionTimeoutError("no primary"), QueueUnavailable),
+        (NetworkTimeout("slow"), QueueUnavailable),
+        (OperationFailure("not authorized on db", 13), PermissionDenied),
+        (OperationFailure("auth failed", 18), PermissionDenied),
+        (OperationFailure("user is not allowed", 8000), PermissionDenied),
+        (OperationFailure("something else", 2), StorageError),
+        (DuplicateKeyError("E11000", 11000), StorageError),
+        (ExecutionTimeout("too slow", 50), StorageError),
+        (ConfigurationError("bad option"), StorageError),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.__name__,
+)
+def test_translate_maps_driver_errors_to_queue_errors(
+    exc: PyMongoError, expected: type[StreamQueueError]
+) -> None:
+    translated = translate(exc, "claim on db.q")
+    assert type(translated) is expected
+    assert isinstance(translated, StreamQueueError)
+    # The message names the action and keeps the driver's text.
+    assert "claim on db.q" in str(translated)
+    assert str(exc) in str(translated)
+
+
+def test_translate_document_too_large_is_invalid_job() -> None:
+    translated = translate(DocumentTooLarge("BSON document too large"), "enqueue")
+    assert isinstance(translated, InvalidJob)
+    assert isinstance(translated, ValueError)
+
+
+# -- RetryPolicy.call ----------------------------------------------------------------------
+
+
+def test_call_returns_the_result_without_retrying() -> None:
+    calls: list[int] = []
+
+    def fn() -> str:
+        calls.append(1)
+        return "ok"
+
+    assert FAST.call("op", fn) == "ok"
+    assert calls == [1]
+
+
+def test_call_retries_transient_errors_until_success(caplog: pytest.LogCaptureFixture) -> None:
+    failures = [AutoReconnect("blip"), NotPrimaryError("stepped down")]
+
+    def fn() -> int:
+        if failures:
+            raise failures.pop(0)
+        return 7
+
+    assert FAST.call("claim", fn) == 7
+    assert failures == []
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 2
+
+
+def test_call_does_not_retry_a_permanent_error_and_keeps_the_cause() -> None:
+    calls: list[int] = []
+    original = DuplicateKeyError("E11000 duplicate key", 11000)
+
+    def fn() -> None:
+        calls.append(1)
+        raise original
+
+    with pytest.raises(StorageError) as caught:
+        FAST.call("enqueue", fn)
+    assert calls == [1]
+    assert caught.value.__cause__ is original
+
+
+def test_call_gives_up_after_max_delay_as_queue_unavailable() -> None:
+    policy = RetryPolicy(max_delay=0.05, initial=0.001, cap=0.005)
+    calls: list[int] = []
+
+    def fn() -> None:
+        calls.append(1)
+        raise ServerSelectionTimeoutError("no primary")
+
+    with pytest.raises(QueueUnavailable):
+        policy.call("claim", fn)
+    assert len(calls) >= 2
+
+
+def test_call_translates_document_too_large() -> None:
+    # DocumentTooLarge derives from bson's InvalidDocument, not PyMongoError: it
+    # must still reach callers as a StreamQueueError (InvalidJob, a ValueError).
+    calls: list[int] = []
+
+    def fn() -> None:
+        calls.append(1)
+        raise DocumentTooLarge("BSON document too large (17000000 bytes)")
+
+    with pytest.raises(InvalidJob) as caught:
+        FAST.call("enqueue", fn)
+    assert calls == [1]
+    assert isinstance(caught.value.__cause__, DocumentTooLarge)
+
+
+def test_call_lets_non_driver_errors_through_untouched() -> None:
+    def fn() -> None:
+        raise KeyError("bug in the callback")
+
+    with pytest.raises(KeyError):
+        FAST.call("op", fn)
