@@ -77,7 +77,10 @@ class WakeupBoard:
             if any(abs(known - at) < self.DUE_TOLERANCE for known in neighbours):
                 return
             self._due.insert(index, at)
-            self._cond.notify(1)
+            # Every blocked waiter must shorten its timeout: one notified waiter
+            # could leave at its own deadline first, and the others would sleep
+            # through the due time. Only one of them takes the DUE wake.
+            self._cond.notify_all()
 
     def pending_due(self) -> int:
         with self._cond:
