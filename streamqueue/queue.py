@@ -9,7 +9,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -170,11 +170,14 @@ class Job:
             self._doc["progress"] = count
 
     def _settle(self, write: Callable[[], bool]) -> None:
+        self._begin_settle()
+        if not write():
+            self._lost()
+
+    def _begin_settle(self) -> None:
         if self._settled:
             raise LeaseLost(f"job {self.id} was already settled by this consumer")
         self._settled = True
-        if not write():
-            self._lost()
 
     def _lost(self) -> None:
         self._queue.hooks.lease_lost(self._queue.name, self.run_seconds)
@@ -338,6 +341,24 @@ class Queue:
         for job in jobs:
             self.hooks.claimed(self.name, job.wait_seconds)
         return jobs
+
+    def complete_many(self, jobs: Sequence[Job]) -> list[Job]:
+        """Complete several held jobs in one round trip; return those whose lease was lost."""
+        pending = [job for job in jobs if not job.settled]
+        for job in pending:
+            job._begin_settle()
+        deleted = self.store.complete_many([(job.id, job.lease_token) for job in pending])
+        lost: list[Job] = []
+        if deleted < len(pending):
+            # Still there means re-claimed by someone else after our lease ran out.
+            present = self.store.present([job.id for job in pending])
+            lost = [job for job in pending if job.id in present]
+        for job in pending:
+            if job in lost:
+                self.hooks.lease_lost(self.name, job.run_seconds)
+            else:
+                self.hooks.completed(self.name, job.attempts, job.run_seconds)
+        return lost
 
     # -- looking and upkeep -----------------------------------------------------------
 

@@ -471,6 +471,12 @@ class JobStore:
         docs = self._call("next due", lambda: list(self.jobs.aggregate(pipeline)))
         return max(0.0, docs[0]["due_in"] / 1000.0) if docs else None
 
+    def present(self, ids: Sequence[ObjectId]) -> set[ObjectId]:
+        """Which of these jobs are still in the queue."""
+        found: list[Document] = self._call("find", lambda: list(
+            self.jobs.find({"_id": {"$in": list(ids)}}, {"_id": 1})))
+        return {doc["_id"] for doc in found}
+
     def get(self, job_id: ObjectId) -> Document | None:
         doc: Document | None = self._call("get", lambda: self.jobs.find_one({"_id": job_id}))
         return doc

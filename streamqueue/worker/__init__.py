@@ -60,12 +60,14 @@ class Worker:
         concurrency: int = 4,
         heartbeat: float | None = None,
         shutdown_grace: float = 30.0,
-        batch: int = 1,
+        batch: int | None = None,
         burst: bool = False,
         backoff: Backoff | None = None,
     ) -> None:
         if not callable(handler):
             raise TypeError("handler must be callable")
+        # By default one round trip claims a job for every free slot.
+        batch = concurrency if batch is None else batch
         for name, value in (("concurrency", concurrency), ("batch", batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
@@ -86,6 +88,9 @@ class Worker:
         self._work: stdlib_queue.SimpleQueue[Job | None] = stdlib_queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._signals = 0
+        # Batch mode completes in bulk: finished jobs wait here for one delete.
+        self._completions: list[Job] = []
+        self._completions_cond = threading.Condition()
 
     @property
     def busy_slots(self) -> int:
@@ -140,6 +145,11 @@ class Worker:
                                 daemon=True)
         beat.start()
         self._threads.append(beat)
+        if self.batch > 1:
+            completer = threading.Thread(target=self._completion_loop,
+                                         name="streamqueue-completer", daemon=True)
+            completer.start()
+            self._threads.append(completer)
 
     # -- claiming ------------------------------------------------------------------------
 
@@ -205,7 +215,10 @@ class Worker:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             self._settle(job, lambda: job.error(text, retry_in=self._retry_delay(job)))
         else:
-            self._settle(job, job.complete)
+            if self.batch > 1 and not job.settled:
+                self._complete_later(job)
+            else:
+                self._settle(job, job.complete)
 
     def _retry_delay(self, job: Job) -> float:
         return self.backoff(job.attempts) if callable(self.backoff) else self.backoff
@@ -221,6 +234,33 @@ class Worker:
         except StreamQueueError:
             # The lease will expire and the reaper will hand the job on.
             log.exception("job %s could not be settled", job.id)
+
+    # -- bulk completion ---------------------------------------------------------------------
+
+    def _complete_later(self, job: Job) -> None:
+        with self._completions_cond:
+            self._completions.append(job)
+            self._completions_cond.notify()
+
+    def _completion_loop(self) -> None:
+        while True:
+            with self._completions_cond:
+                while not self._completions and not self._drained.is_set():
+                    self._completions_cond.wait()
+                if not self._completions:
+                    return
+                done, self._completions = self._completions, []
+            self._flush(done)
+
+    def _flush(self, done: list[Job]) -> None:
+        # A crash before this write only means redelivery once the leases expire.
+        try:
+            lost = self.queue.complete_many(done)
+        except StreamQueueError:
+            log.exception("could not complete %d jobs; their leases will expire", len(done))
+            return
+        for job in lost:
+            log.warning("job %s: lease lost before it could be completed", job.id)
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -257,6 +297,11 @@ class Worker:
                 self._slots_cond.wait(deadline - time.monotonic())
             leftovers = [job for job in self._held.values() if not job.settled]
         self._drained.set()
+        with self._completions_cond:
+            self._completions_cond.notify_all()
+            done, self._completions = self._completions, []
+        if done:
+            self._flush(done)
         for job in leftovers:
             log.warning("job %s still running after %.0fs grace; releasing it", job.id,
                         self.shutdown_grace)
