@@ -135,6 +135,9 @@ class ReplicaSet:
     keyfile: Path | None = None
     cache_size_gb: float = 0.25
     root: Path | None = None
+    #: Fixed ports for the members, in order; members beyond the list get free ports.
+    #: A data directory reused across runs needs the same ports (they are in its config).
+    ports: Sequence[int] = ()
     members: list[MongodProcess] = field(default_factory=list)
     _owns_root: bool = False
 
@@ -144,7 +147,7 @@ class ReplicaSet:
             self.root = Path(tempfile.mkdtemp(prefix="streamqueue-rs-"))
             self._owns_root = True
         for index in range(self.nodes):
-            port = free_port()
+            port = self.ports[index] if index < len(self.ports) else free_port()
             dbpath = self.root / f"node{index}"
             member = MongodProcess(
                 port=port,
