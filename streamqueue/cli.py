@@ -1015,6 +1015,20 @@ def _one_line(exc: BaseException, uri: str | None = None) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
+COMMANDS = ("worker", "reaper", "devserver", "put", "stats", "failed")
+FAILED_ACTIONS = ("list", "retry", "purge")
+
+
+def _command_words(arguments: Sequence[str]) -> str | None:
+    """The subcommand named in ``arguments`` ("failed retry"), for error messages."""
+    words = [a for a in arguments if not a.startswith("-")]
+    if not words or words[0] not in COMMANDS:
+        return None
+    if words[0] == "failed" and len(words) > 1 and words[1] in FAILED_ACTIONS:
+        return f"failed {words[1]}"
+    return words[0]
+
+
 def _report(command: str | None, message: str, uri: str | None) -> None:
     where = f"{PROG} {command}" if command else PROG
     text = " ".join(redact_text(message, uri).split())
@@ -1026,8 +1040,7 @@ def _report(command: str | None, message: str, uri: str | None) -> None:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run the command line; return the exit status (never raises, never prints a traceback)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    words = [a for a in arguments if not a.startswith("-")]
-    command = " ".join(words[:2]) if words[:1] == ["failed"] else next(iter(words), None)
+    command = _command_words(arguments)
     env = os.environ if environ is None else environ
     secret = env.get(ENV_PREFIX + "URI")
     try:

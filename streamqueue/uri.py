@@ -39,12 +39,10 @@ def redact_uri(uri: str) -> str:
 
 def _redact_userinfo(rest: str, scheme: str) -> str:
     # Passwords must be percent-escaped, but a malformed URI may carry a raw
-    # "@", "/" or "?". Take the last "@" before the options; if the options
-    # hold one too, hiding the hosts as well is the safe mistake.
-    query_at = rest.find("?")
-    at = rest.rfind("@", 0, query_at if query_at >= 0 else len(rest))
-    if at < 0:
-        at = rest.rfind("@")
+    # "@", "/" or "?", so no separator can be trusted to end the user info:
+    # take the last "@". If the options hold one too (appname=a@b), hiding
+    # the hosts as well is the safe mistake.
+    at = rest.rfind("@")
     if at < 0:
         return scheme + rest
     userinfo, hosts = rest[:at], rest[at + 1:]
@@ -75,10 +73,7 @@ def redact_text(text: str, uri: str | None = None) -> str:
 def _secrets(uri: str) -> list[str]:
     match = _SCHEME.match(uri)
     rest = match["rest"] if match else uri
-    query_at = rest.find("?")
-    at = rest.rfind("@", 0, query_at if query_at >= 0 else len(rest))
-    if at < 0:
-        at = rest.rfind("@")
+    at = rest.rfind("@")
     if at < 0:
         return []
     _user, sep, password = rest[:at].partition(":")
