@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from streamqueue.backoff import ExponentialBackoff
-from streamqueue.errors import LeaseLost, StreamQueueError
+from streamqueue.errors import LeaseLost, PermissionDenied, StreamQueueError
 from streamqueue.queue import Job, Queue
 from streamqueue.validation import Backoff, check_backoff, check_seconds
 from streamqueue.wakeups import Wake
@@ -29,6 +29,9 @@ from streamqueue.wakeups import Wake
 log = logging.getLogger(__name__)
 
 Handler = Callable[..., object]
+
+# Pause between claims once the storage layer's own retries have given up.
+OUTAGE_PAUSE = 5.0
 
 
 def wants_job(handler: Handler) -> bool:
@@ -86,11 +89,11 @@ class Worker:
         self._slots_cond = threading.Condition()
         self._held: dict[Any, Job] = {}
         self._work: stdlib_queue.SimpleQueue[Job | None] = stdlib_queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
         self._signals = 0
         # Batch mode completes in bulk: finished jobs wait here for one delete.
         self._completions: list[Job] = []
         self._completions_cond = threading.Condition()
+        self._completer: threading.Thread | None = None
 
     @property
     def busy_slots(self) -> int:
@@ -137,19 +140,14 @@ class Worker:
         # Daemon threads: a handler stuck past the grace period must not keep
         # the process alive; its job is released before the worker returns.
         for index in range(self.slots):
-            thread = threading.Thread(target=self._slot, name=f"streamqueue-slot-{index}",
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        beat = threading.Thread(target=self._heartbeat_loop, name="streamqueue-heartbeat",
-                                daemon=True)
-        beat.start()
-        self._threads.append(beat)
+            threading.Thread(target=self._slot, name=f"streamqueue-slot-{index}",
+                             daemon=True).start()
+        threading.Thread(target=self._heartbeat_loop, name="streamqueue-heartbeat",
+                         daemon=True).start()
         if self.batch > 1:
-            completer = threading.Thread(target=self._completion_loop,
-                                         name="streamqueue-completer", daemon=True)
-            completer.start()
-            self._threads.append(completer)
+            self._completer = threading.Thread(target=self._completion_loop,
+                                               name="streamqueue-completer", daemon=True)
+            self._completer.start()
 
     # -- claiming ------------------------------------------------------------------------
 
@@ -166,7 +164,10 @@ class Worker:
                     break
                 woken = wake is not Wake.TIMEOUT
             want = min(free, self.batch)
-            jobs = self.queue.claim(want)
+            jobs = self._claim(want)
+            if jobs is None:
+                maybe_more = True  # the outage may have hidden new jobs
+                continue
             maybe_more = len(jobs) == want
             if not jobs and woken:
                 self.queue.hooks.claim_empty(self.queue.name)
@@ -176,6 +177,22 @@ class Worker:
             if self.burst and not jobs and self.busy_slots == 0:
                 log.info("burst mode: nothing due and all slots idle; stopping")
                 break
+
+    def _claim(self, want: int) -> list[Job] | None:
+        """Claim up to ``want`` jobs; None after an outage outlasted the storage retries.
+
+        A worker outlives MongoDB outages of any length: it logs, pauses and
+        tries again. Only a lack of permission is fatal: waiting will not cure it.
+        """
+        try:
+            jobs = self.queue.claim(want)
+        except PermissionDenied:
+            raise
+        except StreamQueueError:
+            log.exception("claim failed; trying again in %.0fs", OUTAGE_PAUSE)
+            self._stopping.wait(OUTAGE_PAUSE)
+            return None
+        return jobs
 
     def _wait_for_free_slot(self) -> int:
         with self._slots_cond:
@@ -299,9 +316,9 @@ class Worker:
         self._drained.set()
         with self._completions_cond:
             self._completions_cond.notify_all()
-            done, self._completions = self._completions, []
-        if done:
-            self._flush(done)
+        if self._completer is not None:
+            # It flushes what is left, then exits; run() returns after that.
+            self._completer.join()
         for job in leftovers:
             log.warning("job %s still running after %.0fs grace; releasing it", job.id,
                         self.shutdown_grace)

@@ -1,0 +1,195 @@
+"""The in-process Worker against a real replica set: handlers, retries, heartbeats, shutdown."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo.collection import Collection
+
+from streamqueue import Hooks, Job, Queue
+from streamqueue.storage import Document
+from streamqueue.worker import Worker, wants_job
+from tests.helpers import Background, wait_until
+
+
+class Counting(Hooks):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+
+    def _add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[name] = self.counts.get(name, 0) + n
+
+    def completed(self, queue: str, attempts: int, run_seconds: float) -> None:
+        self._add("completed")
+
+    def failed(self, queue: str, attempts: int, run_seconds: float) -> None:
+        self._add("failed")
+
+    def dead(self, queue: str, attempts: int) -> None:
+        self._add("dead")
+
+    def released(self, queue: str, run_seconds: float) -> None:
+        self._add("released")
+
+    def claim_empty(self, queue: str) -> None:
+        self._add("claim_empty")
+
+    def get(self, name: str) -> int:
+        with self.lock:
+            return self.counts.get(name, 0)
+
+
+@pytest.fixture
+def hooks() -> Counting:
+    return Counting()
+
+
+@pytest.fixture
+def queue(collection: Collection[Document], hooks: Counting) -> Iterator[Queue]:
+    q = Queue(collection, lease=30, max_attempts=3, hooks=hooks)
+    yield q
+    q.close()
+
+
+def test_wants_job_reads_the_signature() -> None:
+    def payload_only(payload: dict[str, Any]) -> None: ...
+    def with_job(payload: dict[str, Any], job: Job) -> None: ...
+    def named_job(payload: dict[str, Any], *, job: Job) -> None: ...
+
+    assert not wants_job(payload_only)
+    assert wants_job(with_job)
+    assert wants_job(named_job)
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_burst_drains_every_job_exactly_once(queue: Queue, hooks: Counting, batch: int) -> None:
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def handle(payload: dict[str, Any]) -> None:
+        with lock:
+            seen.append(payload["n"])
+
+    queue.put_many([{"n": n} for n in range(300)])
+    Worker(queue, handle, concurrency=4, batch=batch, burst=True).run()
+    assert sorted(seen) == list(range(300))
+    assert queue.size() == 0
+    assert hooks.get("completed") == 300
+
+
+def test_handler_gets_the_job_when_it_asks(queue: Queue) -> None:
+    attempts: list[int] = []
+    queue.put({"x": 1})
+    Worker(queue, lambda payload, job: attempts.append(job.attempts), burst=True).run()
+    assert attempts == [1]
+
+
+def test_raising_handler_is_retried_then_dead_lettered(queue: Queue, hooks: Counting) -> None:
+    calls: list[int] = []
+
+    def always_fails(payload: dict[str, Any], job: Job) -> None:
+        calls.append(job.attempts)
+        raise RuntimeError("handler exploded")
+
+    job_id = queue.put({"x": 1})
+    Worker(queue, always_fails, concurrency=2, backoff=0.0, burst=True).run()
+    assert calls == [1, 2, 3]
+    dead = queue.failed.find_one({"_id": job_id})
+    assert dead is not None
+    assert "RuntimeError: handler exploded" in dead["last_error"]
+    assert queue.size() == 0
+    assert (hooks.get("failed"), hooks.get("dead")) == (3, 1)
+
+
+def test_default_backoff_delays_the_retry(queue: Queue) -> None:
+    queue.put({"x": 1})
+
+    def fails(payload: dict[str, Any]) -> None:
+        raise ValueError("try later")
+
+    Worker(queue, fails, burst=True).run()  # one failure; the retry is delayed
+    stats = queue.stats()
+    assert stats["delayed"] == 1 and stats["available"] == 0
+
+
+def test_heartbeat_keeps_a_slow_job_past_its_lease(collection: Collection[Document]) -> None:
+    queue = Queue(collection, lease=1.0)
+    queue.put({"slow": True})
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(payload: dict[str, Any]) -> None:
+        started.set()
+        release.wait(20)
+
+    worker = Worker(queue, slow, concurrency=1, heartbeat=0.2)
+    runner = Background(worker.run).start()
+    assert started.wait(10)
+    # Three lease lengths later the job is still held: the reaper finds nothing expired.
+    assert not wait_until(lambda: queue.reap() > 0, timeout=3.0)
+    assert queue.stats()["locked"] == 1
+    release.set()
+    assert wait_until(lambda: queue.size() == 0, timeout=10)
+    worker.stop()
+    runner.join()
+    queue.close()
+
+
+def test_stop_lets_running_handlers_finish(queue: Queue, hooks: Counting) -> None:
+    queue.put({"x": 1})
+    started = threading.Event()
+    finish = threading.Event()
+
+    def handler(payload: dict[str, Any]) -> None:
+        started.set()
+        finish.wait(10)
+
+    worker = Worker(queue, handler, concurrency=1, shutdown_grace=10)
+    runner = Background(worker.run).start()
+    assert started.wait(10)
+    worker.stop()
+    assert not runner.done.wait(0.2)  # still draining
+    finish.set()
+    runner.join()
+    assert hooks.get("completed") == 1
+    assert queue.size() == 0
+
+
+def test_jobs_still_running_after_the_grace_are_released(queue: Queue, hooks: Counting) -> None:
+    job_id = queue.put({"x": 1})
+    started = threading.Event()
+    never = threading.Event()
+
+    def stuck(payload: dict[str, Any]) -> None:
+        started.set()
+        never.wait(30)
+
+    worker = Worker(queue, stuck, concurrency=1, shutdown_grace=0.3)
+    runner = Background(worker.run).start()
+    assert started.wait(10)
+    worker.stop()
+    runner.join()
+    doc = queue.collection.find_one({"_id": job_id})
+    assert doc is not None and doc["state"] == "ready" and doc["attempts"] == 0
+    assert hooks.get("released") == 1
+    never.set()
+
+
+def test_an_idle_worker_wakes_once_per_job(queue: Queue, hooks: Counting) -> None:
+    done: list[int] = []
+    worker = Worker(queue, lambda payload: done.append(payload["n"]), concurrency=4)
+    runner = Background(worker.run).start()
+    try:
+        for n in range(20):
+            queue.put({"n": n})
+            assert wait_until(lambda n=n: len(done) == n + 1, timeout=10)  # type: ignore[misc]
+        assert hooks.get("claim_empty") <= 20
+        assert queue.watcher.streams_opened == 1
+    finally:
+        worker.stop()
+        runner.join()
