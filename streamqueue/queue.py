@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from bson import ObjectId
 from pymongo.collection import Collection
@@ -35,6 +35,8 @@ from streamqueue.wakeups import Wake, WakeupBoard
 from streamqueue.watcher import ChangeStreamWatcher
 
 log = logging.getLogger(__name__)
+
+_QueueT = TypeVar("_QueueT", bound="Queue")
 
 
 def default_consumer_id() -> str:
@@ -407,7 +409,7 @@ class Queue:
         """Stop the change stream thread. The collection's client is the caller's to close."""
         self.watcher.stop()
 
-    def __enter__(self) -> Queue:
+    def __enter__(self: _QueueT) -> _QueueT:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
+
+from pymongo import MongoClient, monitoring
+
+Document = dict[str, Any]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0,
@@ -77,3 +82,47 @@ class Background:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Records the commands a client sends (name and body), thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.commands: list[tuple[str, Document]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        with self._lock:
+            self.commands.append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def reset(self) -> None:
+        with self._lock:
+            self.commands.clear()
+
+    def count(self, name: str, collection: str | None = None) -> int:
+        """Commands called ``name``, on ``collection`` when given."""
+        with self._lock:
+            return sum(
+                1 for command_name, body in self.commands
+                if command_name == name and (collection is None or body.get(name) == collection)
+            )
+
+    def change_streams_opened(self, collection: str) -> int:
+        with self._lock:
+            return sum(
+                1 for command_name, body in self.commands
+                if command_name == "aggregate" and body.get("aggregate") == collection
+                and any("$changeStream" in stage for stage in body.get("pipeline", []))
+            )
+
+
+def server_now(client: MongoClient[Document]) -> datetime:
+    """The server's clock, as a naive UTC datetime (how pymongo decodes dates)."""
+    now: datetime = client.admin.command("hello")["localTime"]
+    return now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now
