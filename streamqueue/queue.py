@@ -308,9 +308,14 @@ class Queue:
 
     def _wait_and_claim(self, limit: int, deadline: float) -> list[Job]:
         woken = False
+        wake: Wake | None = None
         while True:
             jobs = self.claim(limit)
             if jobs:
+                if wake is Wake.DUE and len(jobs) == limit and self.board.waiters > 1:
+                    # Jobs due together are one due time on the board (one wake):
+                    # hand the DUE on, so waiters claim in turn until one finds none.
+                    self.board.schedule(0.0)
                 return jobs
             if woken:
                 self.hooks.claim_empty(self.name)

@@ -1,0 +1,180 @@
+"""Push, not polling: change-stream wake-ups, their latency and their idle cost."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from pymongo import MongoClient
+from pymongo.collection import Collection
+
+from streamqueue import Job, Queue
+from streamqueue.storage import Document
+from tests.helpers import Background, CommandCounter, stays_false, wait_until
+from tests.integration.conftest import DEFAULT_MAX_AWAIT, QueueFactory
+
+# The issue's bound: a blocked consumer returns within 200 ms of a put from another client.
+WAKE_LATENCY_LIMIT = 0.200
+
+
+def on(client: MongoClient[Document], collection: Collection[Document]) -> Collection[Document]:
+    """The same collection, reached through another client."""
+    return client[collection.database.name][collection.name]
+
+
+def stream_ready(queue: Queue) -> bool:
+    return queue.watcher.streams_opened >= 1
+
+
+def finished(threads: list[Background]) -> int:
+    return sum(1 for t in threads if t.done.is_set())
+
+
+def test_blocked_consumer_wakes_within_200ms_of_a_put_from_another_client(
+    make_queue: QueueFactory, collection: Collection[Document], other_client: MongoClient[Document]
+) -> None:
+    consumer = make_queue(max_await=DEFAULT_MAX_AWAIT)
+    producer = make_queue(on(other_client, collection))
+    producer.put({"warm": "up"})  # indexes exist; the first put pays for nothing else
+    warm = consumer.next()
+    assert warm is not None
+    warm.complete()
+
+    latencies = []
+    for round_ in range(5):
+        waiting = Background(lambda: consumer.next(timeout=10), name="consumer").start()
+        # Blocked: registered on the board, with the stream open.
+        assert wait_until(lambda: consumer.board.waiters == 1 and stream_ready(consumer))
+        assert not waiting.done.wait(0.05)
+        put_at = time.monotonic()
+        job_id = producer.put({"round": round_})
+        job = waiting.join(15)
+        assert isinstance(job, Job)
+        assert job.id == job_id
+        assert waiting.finished_at is not None
+        latencies.append(waiting.finished_at - put_at)
+        job.complete()
+    print(f"\nwake-up latency after a put from another client (s): "
+          f"median {statistics.median(latencies):.4f}, max {max(latencies):.4f}, "
+          f"all {[round(x, 4) for x in latencies]}")
+    assert max(latencies) < WAKE_LATENCY_LIMIT, latencies
+
+
+def test_idle_next_issues_at_most_three_claims(
+    make_queue: QueueFactory, collection: Collection[Document],
+    counted_client: tuple[MongoClient[Document], CommandCounter],
+) -> None:
+    client, counter = counted_client
+    queue = make_queue(on(client, collection), max_await=DEFAULT_MAX_AWAIT)
+    queue.store.ensure_indexes()
+    counter.reset()
+    started = time.monotonic()
+    assert queue.next(timeout=3) is None
+    elapsed = time.monotonic() - started
+    claims = counter.count("findAndModify", collection.name)
+    print(f"\nidle next(timeout=3): {claims} findAndModify in {elapsed:.2f}s; "
+          f"commands: {sorted({name for name, _ in counter.commands})}")
+    assert 3.0 <= elapsed < 4.0
+    assert claims <= 3
+    assert counter.change_streams_opened(collection.name) == 1
+
+
+def test_a_delayed_job_wakes_its_waiter_when_due(
+    make_queue: QueueFactory, collection: Collection[Document], other_client: MongoClient[Document],
+) -> None:
+    consumer = make_queue(max_await=DEFAULT_MAX_AWAIT)
+    producer = make_queue(on(other_client, collection))
+    waiting = Background(lambda: consumer.next(timeout=10)).start()
+    assert wait_until(lambda: consumer.board.waiters == 1 and stream_ready(consumer))
+    put_at = time.monotonic()
+    job_id = producer.put({}, delay=0.5)
+    job = waiting.join(15)
+    assert isinstance(job, Job)
+    assert job.id == job_id
+    assert waiting.finished_at is not None
+    woke_after = waiting.finished_at - put_at
+    assert 0.45 <= woke_after < 0.5 + WAKE_LATENCY_LIMIT, woke_after
+
+
+def test_a_delayed_job_known_before_waiting_wakes_its_waiter(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    put_at = time.monotonic()
+    queue.put({}, delay=0.5)
+    job = queue.next(timeout=10)
+    assert job is not None
+    woke_after = time.monotonic() - put_at
+    assert 0.45 <= woke_after < 0.5 + WAKE_LATENCY_LIMIT, woke_after
+
+
+def test_delayed_jobs_due_together_wake_a_waiter_each(
+    make_queue: QueueFactory, collection: Collection[Document], other_client: MongoClient[Document],
+) -> None:
+    consumer = make_queue(max_await=DEFAULT_MAX_AWAIT)
+    producer = make_queue(on(other_client, collection))
+    threads = [Background(lambda: consumer.next(timeout=10), name=f"w{i}").start()
+               for i in range(3)]
+    assert wait_until(lambda: consumer.board.waiters == 3 and stream_ready(consumer))
+    put_at = time.monotonic()
+    ids = producer.put_many([{"n": i} for i in range(3)], delay=0.5)
+    jobs = [thread.join(15) for thread in threads]
+    assert all(isinstance(job, Job) for job in jobs), jobs
+    assert sorted(job.id for job in jobs) == sorted(ids)
+    slowest = max(t.finished_at or 0.0 for t in threads) - put_at
+    assert slowest < 0.5 + 0.5, slowest
+
+
+def test_one_change_stream_per_queue_shared_by_all_threads(
+    make_queue: QueueFactory, collection: Collection[Document],
+    counted_client: tuple[MongoClient[Document], CommandCounter],
+    other_client: MongoClient[Document],
+) -> None:
+    client, counter = counted_client
+    consumer = make_queue(on(client, collection), max_await=DEFAULT_MAX_AWAIT)
+    producer = make_queue(on(other_client, collection))
+    consumer.store.ensure_indexes()
+    counter.reset()
+    threads = [Background(lambda: consumer.next(timeout=10), name=f"t{i}").start()
+               for i in range(8)]
+    assert wait_until(lambda: consumer.board.waiters == 8 and stream_ready(consumer))
+    assert wait_until(lambda: counter.count("findAndModify", collection.name) == 8)
+    assert counter.change_streams_opened(collection.name) == 1
+    assert consumer.watcher.streams_opened == 1
+
+    # One job wakes one thread, which makes one claim: no thundering herd.
+    claims_before = counter.count("findAndModify", collection.name)
+    producer.put({"n": 0})
+    assert wait_until(lambda: finished(threads) == 1)
+    assert stays_false(lambda: finished(threads) > 1, 0.3)
+    assert counter.count("findAndModify", collection.name) - claims_before == 1
+
+    producer.put_many([{"n": i} for i in range(1, 8)])
+    assert wait_until(lambda: finished(threads) == 8)
+    jobs = [thread.join() for thread in threads]
+    assert sorted(job.payload["n"] for job in jobs) == list(range(8))
+    assert counter.change_streams_opened(collection.name) == 1
+    assert consumer.watcher.streams_opened == 1
+
+
+def test_a_requeued_job_wakes_a_waiter(
+    make_queue: QueueFactory, collection: Collection[Document], other_client: MongoClient[Document],
+) -> None:
+    # release() and retry_failed() make a job ready by an update, not an insert.
+    consumer = make_queue(max_await=DEFAULT_MAX_AWAIT)
+    other = make_queue(on(other_client, collection), max_attempts=1)
+    other.put({})
+    held = other.next()
+    assert held is not None
+    for settle in ("release", "retry_failed"):
+        waiting = Background(lambda: consumer.next(timeout=10)).start()
+        assert wait_until(lambda: consumer.board.waiters == 1 and stream_ready(consumer))
+        assert not waiting.done.wait(0.05)
+        started = time.monotonic()
+        if settle == "release":
+            held.release()
+        else:
+            assert other.retry_failed() == 1
+        job = waiting.join(15)
+        assert isinstance(job, Job)
+        assert waiting.finished_at is not None
+        assert waiting.finished_at - started < WAKE_LATENCY_LIMIT
+        job.error("dead")  # max_attempts=1: into the error queue, for the next round
