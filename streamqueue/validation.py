@@ -104,6 +104,10 @@ def backoff_seconds(backoff: Backoff, attempts: int) -> float:
 
 
 def truncate_error(message: str) -> str:
-    if len(message) <= MAX_ERROR_CHARS:
-        return message
-    return message[: MAX_ERROR_CHARS - 20] + "\n...[truncated]"
+    # Bounded in UTF-8 bytes, not characters: 4-byte characters would otherwise
+    # fill the whole room the payload limit leaves. Lone surrogates (from
+    # undecodable file names in a traceback) cannot be stored in BSON: replaced.
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= MAX_ERROR_CHARS:
+        return encoded.decode("utf-8")
+    return encoded[: MAX_ERROR_CHARS - 20].decode("utf-8", "ignore") + "\n...[truncated]"

@@ -282,3 +282,17 @@ def test_long_error_text_is_truncated_to_the_limit() -> None:
     truncated = truncate_error("x" * (MAX_ERROR_CHARS * 3))
     assert len(truncated) <= MAX_ERROR_CHARS
     assert truncated.endswith("[truncated]")
+
+
+def test_error_text_is_bounded_in_utf8_bytes() -> None:
+    # 4-byte characters: a character bound alone would allow 4x the bytes.
+    truncated = truncate_error("\N{PILE OF POO}" * MAX_ERROR_CHARS)
+    assert len(truncated.encode("utf-8")) <= MAX_ERROR_CHARS
+    assert truncated.endswith("[truncated]")
+    assert truncated.startswith("\N{PILE OF POO}")
+
+
+def test_error_text_with_lone_surrogates_becomes_storable() -> None:
+    text = truncate_error("cannot open /tmp/caf\udce9.txt")
+    assert text.encode("utf-8")  # no UnicodeEncodeError
+    assert text.startswith("cannot open /tmp/caf")
