@@ -1,0 +1,146 @@
+"""Fixtures for the fault suite: its own real replica sets, worker fleets and a figures report.
+
+Every scenario runs against ``mongod`` processes started here by
+``streamqueue.testing.ReplicaSet`` (with ``enableTestCommands``, so fail points
+work), never against ``$STREAMQUEUE_TEST_URI``: the suite kills and steps down
+servers. Figures go to ``tests/faults/.results/NAME.json`` and to the end of
+the pytest output (shown with or without ``-s``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from streamqueue.testing import ReplicaSet
+from tests.faults.common import FAULT_DB
+from tests.faults.procs import Fleet
+
+Document = dict[str, Any]
+
+RESULTS_DIR = Path(__file__).parent / ".results"
+
+_figures: dict[str, dict[str, Any]] = {}
+_outcome_key = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+class Report:
+    """One scenario's figures: printed at the end of the run and saved as JSON."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = time.monotonic()
+        self.figures: dict[str, Any] = {}
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.figures[key] = value
+
+    def __getitem__(self, key: str) -> Any:
+        return self.figures[key]
+
+    def update(self, values: dict[str, Any]) -> None:
+        self.figures.update(values)
+
+    def save(self, outcome: str) -> None:
+        data = {"scenario": self.name, "outcome": outcome,
+                "load_average_1m": round(os.getloadavg()[0], 1), "cpus": os.cpu_count(),
+                "seconds": round(time.monotonic() - self.started, 1),
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **self.figures}
+        RESULTS_DIR.mkdir(exist_ok=True)
+        (RESULTS_DIR / f"{self.name}.json").write_text(
+            json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        _figures[self.name] = data
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    item.stash.setdefault(_outcome_key, {})[report.when] = report
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _figures:
+        return
+    terminalreporter.section("streamqueue fault figures")
+    for name, data in sorted(_figures.items()):
+        shown = {k: v for k, v in data.items() if k not in ("scenario", "finished_at")}
+        terminalreporter.write_line(f"{name}: {json.dumps(shown, sort_keys=True, default=str)}")
+    terminalreporter.write_line(f"(saved in {RESULTS_DIR})")
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Report]]:
+    """``report("name")`` makes the scenario's figure sheet; it is saved after the test."""
+    made: list[Report] = []
+
+    def make(name: str) -> Report:
+        sheet = Report(name)
+        made.append(sheet)
+        return sheet
+
+    yield make
+    reports = request.node.stash.get(_outcome_key, {})
+    call = reports.get("call")
+    outcome = call.outcome if call is not None else "error"
+    for sheet in made:
+        sheet.save(outcome)
+
+
+# -- deployments ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fault_rs() -> Iterator[ReplicaSet]:
+    """A single-node replica set for the scenarios that do not touch the servers themselves."""
+    with ReplicaSet(nodes=1) as rs:
+        yield rs
+
+
+@pytest.fixture(scope="session")
+def fault_client(fault_rs: ReplicaSet) -> Iterator[MongoClient[Document]]:
+    client: MongoClient[Document] = MongoClient(fault_rs.uri)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def queue_name(request: pytest.FixtureRequest, fault_client: MongoClient[Document]) -> Iterator[str]:
+    """A fresh queue name in ``FAULT_DB``; the queue, its error queue and records are dropped after."""
+    base = request.node.name.split("[")[0].removeprefix("test_")[:24]
+    name = f"{base}_{uuid.uuid4().hex[:6]}"
+    yield name
+    db = fault_client[FAULT_DB]
+    for suffix in ("", ".failed", ".records"):
+        db.drop_collection(name + suffix)
+
+
+@pytest.fixture
+def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+    """Fleets whose processes are all stopped when the test ends, pass or fail."""
+    fleets: list[Fleet] = []
+
+    def make(uri: str, queue: str, **options: Any) -> Fleet:
+        logdir = tmp_path / f"fleet{len(fleets)}"
+        logdir.mkdir()
+        fleet = Fleet(logdir, uri, options.pop("db", FAULT_DB), queue,
+                      records=options.pop("records", f"{queue}.records"), **options)
+        fleets.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        fleet.close()
+
