@@ -14,10 +14,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
-# faketime (clock-skew tests) and prometheus/promtool (deploy checks) come from
-# Debian; tests that need them skip with a reason where they cannot be installed.
+# faketime (clock-skew tests) and prometheus/promtool (deploy checks, the live
+# Prometheus test) come from Debian; tests that need them skip with a reason
+# where they cannot be installed.
 system-deps:
-	@if ! command -v faketime >/dev/null || ! command -v promtool >/dev/null; then \
+	@if ! command -v faketime >/dev/null || ! command -v promtool >/dev/null \
+		|| ! command -v prometheus >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime prometheus >/dev/null) \
 			|| echo "warning: could not install faketime/prometheus; those tests will skip"; \
@@ -39,6 +41,11 @@ faults: $(STAMP) system-deps
 lint: $(STAMP)
 	$(BIN)/ruff check streamqueue tests
 	$(BIN)/mypy --strict
+
+# A 3-node replica set, 2 workers, a reaper and 2,000 jobs; kills a worker
+# mid-run. Ctrl-C stops everything. DEMO_ARGS passes options (see --help).
+demo: $(STAMP)
+	$(BIN)/python -m streamqueue.demo $(DEMO_ARGS)
 
 devserver: $(STAMP)
 	$(BIN)/python -m streamqueue.devserver --nodes 3
