@@ -77,6 +77,8 @@ WORKER_METRICS_PORT = 9100
 REAPER_METRICS_PORT = 9101
 SHUTDOWN_GRACE_SECONDS = 30
 TOOL_TIMEOUT = 60
+#: The sample handler the compose and Kubernetes workers run; it ships in the package.
+DEMO_HANDLER = "streamqueue.demo.handlers:handle"
 
 # A streamqueue metric name, not part of a recording-rule name (level:metric:op).
 METRIC_RE = re.compile(r"(?<![\w:])(streamqueue_\w+)\b(?!:)")
@@ -528,7 +530,7 @@ def test_compose_worker_and_reaper() -> None:
             DOCKERFILE.resolve()
         )
 
-    assert worker["command"][:2] == ["worker", "examples.handlers:handle"]
+    assert worker["command"][:2] == ["worker", DEMO_HANDLER]
     assert option_value(worker["command"], "--concurrency") == "4"
     assert option_value(worker["command"], "--metrics-port") == str(WORKER_METRICS_PORT)
     assert reaper["command"][0] == "reaper"
@@ -553,8 +555,10 @@ def test_dockerfile() -> None:
     assert user[-1].split(":")[0] not in {"root", "0"}
     assert 'ENTRYPOINT ["python", "-m", "streamqueue"]' in final_stage
     ignore = (COMPOSE_DIR / "Dockerfile.dockerignore").read_text()
-    for needed in ("pyproject.toml", "streamqueue/", "examples/"):
+    for needed in ("pyproject.toml", "streamqueue/"):
         assert f"!{needed}" in ignore
+    # The repository has no top-level examples/: the sample handler is in the package.
+    assert "examples/" not in text and "!examples/" not in ignore
 
 
 # --------------------------------------------------------------------------- Kubernetes
@@ -639,7 +643,7 @@ def test_k8s_deployments() -> None:
     assert worker_pod["terminationGracePeriodSeconds"] > SHUTDOWN_GRACE_SECONDS
     (worker,) = worker_pod["containers"]
     args = expand_k8s_args(worker, configmap)
-    assert args[:2] == ["worker", "examples.handlers:handle"]
+    assert args[:2] == ["worker", DEMO_HANDLER]
     assert option_value(args, "--db") == "app"
     assert option_value(args, "--queue") == "jobs"
     assert int(option_value(args, "--concurrency")) >= 1
@@ -704,3 +708,10 @@ def test_k8s_secret_is_only_an_example() -> None:
     uri = secret["stringData"]["uri"]
     assert uri.startswith("mongodb")
     assert "CHANGE-ME" in uri, "the example must carry a placeholder, not a password"
+
+
+def test_the_deployed_handler_is_importable() -> None:
+    """Compose and Kubernetes run DEMO_HANDLER from the installed package: it must load."""
+    from streamqueue.handlers import load_handler
+
+    assert callable(load_handler(DEMO_HANDLER))
