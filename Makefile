@@ -50,5 +50,12 @@ demo: $(STAMP)
 devserver: $(STAMP)
 	$(BIN)/python -m streamqueue.devserver --nodes 3
 
+# Throughput, latency, idle load, depth and herd, each against polling and the
+# raw-pymongo floor, on a replica set of its own (~15 min; BENCH_ARGS=--quick: < 2 min).
+# Writes bench-results/results.json, results.md and *.png.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m streamqueue.bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,174 @@
+"""``python -m streamqueue.bench [--quick] [--out bench-results]``: run every scenario, write results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from streamqueue.bench import scenarios as sc
+from streamqueue.bench.common import BenchContext, machine_description
+from streamqueue.bench.config import BenchConfig, ThroughputPlan
+from streamqueue.bench.consumers import KIND_FLOOR, KIND_POLLING, KIND_PUSH, Kind, worker_kind
+from streamqueue.bench.report import Results, evaluate, markdown, write_json, write_plots
+from streamqueue.testing import ReplicaSet
+
+SCENARIOS = ("latency", "idle", "throughput", "herd", "depth")
+
+
+def say(message: str) -> None:
+    sys.stderr.write(f"[bench] {message}\n")
+    sys.stderr.flush()
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m streamqueue.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short run (under 2 minutes)")
+    parser.add_argument("--out", default="bench-results", help="output directory")
+    parser.add_argument("--uri", help="use this replica set instead of starting one")
+    parser.add_argument("--jobs", type=int, help="jobs per throughput run (overrides the plan)")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
+    return parser.parse_args(argv)
+
+
+def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
+            only: Sequence[str] = SCENARIOS) -> None:
+    def attempt(name: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:
+            ctx.progress(f"{name} FAILED: {type(exc).__name__}: {exc}")
+            traceback.print_exc(file=sys.stderr)
+            results.failures.append(f"{name}: {type(exc).__name__}: {exc}")
+
+    poll = config.poll_interval
+    if "latency" in only:
+        ctx.progress(f"latency: {config.latency_jobs} jobs every {config.latency_interval * 1000:.0f} ms")
+        for kind in (KIND_PUSH, Kind("worker", 1), KIND_POLLING, KIND_FLOOR):
+            def run_latency(kind: Kind = kind) -> None:
+                row = sc.latency(ctx, kind, jobs=config.latency_jobs, warmup=config.latency_warmup,
+                                 interval=config.latency_interval, poll_interval=poll,
+                                 stall_timeout=config.stall_timeout)
+                results.latency.append(row)
+                ctx.progress(f"  {row.label:40} p50 {row.latency.p50:7.2f} ms  p99 "
+                             f"{row.latency.p99:7.2f} ms  max {row.latency.max:7.2f} ms")
+            attempt(f"latency {kind.label}", run_latency)
+        sc.add_latency_ratios(results.latency)
+
+    if "idle" in only:
+        ctx.progress(f"idle: {config.idle_processes} processes x {config.idle_seconds:.0f} s each")
+        idle_kinds: list[tuple[Kind | None, int]] = [
+            (None, 1), (KIND_PUSH, 1), (worker_kind(4), 4), (KIND_POLLING, 1), (KIND_FLOOR, 1)]
+        for idle_kind, threads in idle_kinds:
+            def run_idle(kind: Kind | None = idle_kind, threads: int = threads) -> None:
+                row = sc.idle(ctx, kind, processes=config.idle_processes, seconds=config.idle_seconds,
+                              threads=threads, poll_interval=poll)
+                results.idle.append(row)
+                ctx.progress(f"  {row.label:40} {row.raw_ops_per_s:8.2f} server ops/s (raw)")
+            attempt(f"idle {idle_kind.label if idle_kind else 'baseline'}", run_idle)
+        sc.add_idle_net(results.idle)
+
+    if "throughput" in only:
+        for plan in config.throughput:
+            ctx.progress(f"throughput: {plan.jobs:,} jobs, {plan.name}")
+            for kind in sc.throughput_kinds(plan, config):
+                def run_throughput(kind: Kind = kind, plan: ThroughputPlan = plan) -> None:
+                    row = sc.throughput(ctx, plan, kind, poll_interval=poll,
+                                        stall_timeout=config.stall_timeout)
+                    results.throughput.append(row)
+                    ctx.progress(f"  {row.label:40} {row.jobs_per_s:8,.0f} jobs/s  "
+                                 f"dup {row.duplicates} lost {row.lost} left {row.left}"
+                                 + (f"  errors: {row.errors[:1]}" if row.errors else ""))
+                attempt(f"throughput {kind.label} {plan.name}", run_throughput)
+        sc.add_floor_ratios(results.throughput)
+
+    if "herd" in only:
+        herd_runs: list[tuple[Kind, int, int, float]] = []
+        many, few = config.herd_consumers, config.herd_baseline_consumers
+        trickle_kinds = [KIND_PUSH, worker_kind(many), KIND_POLLING, KIND_FLOOR]
+        if config.herd_queue_per_thread:
+            trickle_kinds.insert(1, Kind("push", queue_per_thread=True))
+        for kind in trickle_kinds:
+            herd_runs.append((kind, many, config.herd_trickle_jobs, config.herd_trickle_interval))
+        for count in (few, many):
+            for kind in (KIND_PUSH, worker_kind(count), KIND_POLLING, KIND_FLOOR):
+                herd_runs.append((kind, count, config.herd_burst_jobs, 0.0))
+        ctx.progress(f"herd: {many} consumers waiting, {config.herd_trickle_jobs} jobs every "
+                     f"{config.herd_trickle_interval * 1000:.0f} ms; {config.herd_burst_jobs} "
+                     f"back to back with {few} and {many}")
+        for kind, count, jobs, interval in herd_runs:
+            def run_herd(kind: Kind = kind, count: int = count, jobs: int = jobs,
+                         interval: float = interval) -> None:
+                row = sc.herd(ctx, kind, count, jobs=jobs, interval=interval, poll_interval=poll,
+                              stall_timeout=config.stall_timeout)
+                results.herd.append(row)
+                ctx.progress(f"  {row.mode:7} {row.label:40} x{count:<3} {row.jobs_per_s:7,.0f} jobs/s "
+                             f"wasted/job {row.wasted_per_job:6.2f}  server claims/job "
+                             f"{row.server_claims_per_job:5.2f}")
+            attempt(f"herd {kind.label} x{count}", run_herd)
+        sc.add_herd_ratios(results.herd)
+
+    if "depth" in only:
+        for level in config.depth_levels:
+            ctx.progress(f"depth: {level:,} jobs waiting, {config.depth_samples} claims per consumer")
+
+            def run_depth(level: int = level) -> None:
+                rows = sc.depth(ctx, level, (KIND_PUSH, KIND_POLLING, KIND_FLOOR),
+                                samples=config.depth_samples)
+                results.depth.extend(rows)
+                for row in rows:
+                    ctx.progress(f"  {row.label:40} claim p50 {row.claim.p50:6.2f} ms p99 "
+                                 f"{row.claim.p99:6.2f} ms; keys examined {row.keys_examined}")
+            attempt(f"depth {level}", run_depth)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    config = BenchConfig.quick_plan() if args.quick else BenchConfig.full()
+    if args.jobs:
+        config = config.with_jobs(args.jobs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    replica_set: ReplicaSet | None = None
+    if args.uri:
+        uri = args.uri
+    else:
+        say("starting a single-node replica set (streamqueue.testing)")
+        replica_set = ReplicaSet(nodes=1)
+        uri = replica_set.start()
+    ctx = BenchContext(uri)
+    try:
+        results = Results(
+            mode="quick" if config.quick else "full",
+            started=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            seconds=0.0, machine=machine_description(ctx.client),
+            config=asdict(config), notes=list(config.notes),
+        )
+        run_all(ctx, config, results, args.only or SCENARIOS)
+    finally:
+        ctx.close()
+        if replica_set is not None:
+            replica_set.stop()
+    results.seconds = time.monotonic() - began
+    results.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results.targets = evaluate(results, worker_batch=config.worker_batch)
+    write_json(results, out / "results.json")
+    (out / "results.md").write_text(markdown(results))
+    plots = write_plots(results, out)
+    say(f"done in {results.seconds / 60:.1f} min; wrote {out / 'results.json'}, "
+        f"{out / 'results.md'} and {len(plots)} plots")
+    for target in results.targets:
+        verdict = {True: "PASS", False: "MISS", None: "n/a "}[target.passed]
+        say(f"{verdict}  {target.name}: {target.measured} (needs {target.requirement})")
+    return 1 if results.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Shared plumbing: the connection and progress log, percentiles, server counters, fills."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pymongo
+from bson import ObjectId
+from pymongo import MongoClient
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.write_concern import WriteConcern
+
+from streamqueue.hooks import Hooks
+from streamqueue.storage import Document
+
+OPCOUNTERS = ("insert", "query", "update", "delete", "getmore", "command")
+
+
+class BenchContext:
+    """One deployment under test: a client, a throw-away database and the progress log."""
+
+    def __init__(self, uri: str, *, database: str | None = None, verbose: bool = True) -> None:
+        self.uri = uri
+        self.client: MongoClient[Document] = MongoClient(uri)
+        self.db_name = database or f"streamqueue_bench_{uuid.uuid4().hex[:8]}"
+        # Majority, stated explicitly: the floor and the queue write the same way.
+        self.db: Database[Document] = self.client.get_database(
+            self.db_name, write_concern=WriteConcern("majority"))
+        self.verbose = verbose
+        self._started = time.monotonic()
+        self._names = 0
+
+    def progress(self, message: str) -> None:
+        if self.verbose:
+            elapsed = time.monotonic() - self._started
+            sys.stderr.write(f"[bench {int(elapsed) // 60:02d}:{elapsed % 60:04.1f}] {message}\n")
+            sys.stderr.flush()
+
+    def fresh(self, prefix: str) -> Collection[Document]:
+        self._names += 1
+        return self.db[f"{prefix}_{self._names}_{uuid.uuid4().hex[:6]}"]
+
+    def drop(self, collection: Collection[Document]) -> None:
+        self.db.drop_collection(collection.name)
+        self.db.drop_collection(f"{collection.name}.failed")
+
+    @contextmanager
+    def scratch(self, prefix: str) -> Iterator[Collection[Document]]:
+        """A fresh collection, dropped (with its error queue) afterwards."""
+        collection = self.fresh(prefix)
+        try:
+            yield collection
+        finally:
+            self.drop(collection)
+
+    def server_ops(self) -> ServerOps:
+        return ServerOps.read(self.client)
+
+    def close(self, drop: bool = True) -> None:
+        if drop:
+            self.client.drop_database(self.db_name)
+        self.client.close()
+
+
+@dataclass(frozen=True)
+class ServerOps:
+    """The server's operation counters at one moment."""
+
+    at: float
+    counters: dict[str, int]
+    find_and_modify: int
+
+    @classmethod
+    def read(cls, client: MongoClient[Document]) -> ServerOps:
+        status = client.admin.command("serverStatus")
+        counters = {name: int(status["opcounters"].get(name, 0)) for name in OPCOUNTERS}
+        fam = status.get("metrics", {}).get("commands", {}).get("findAndModify", {})
+        return cls(at=time.monotonic(), counters=counters, find_and_modify=int(fam.get("total", 0)))
+
+    def since(self, earlier: ServerOps) -> OpsDelta:
+        return OpsDelta(
+            seconds=self.at - earlier.at,
+            counters={k: self.counters[k] - earlier.counters[k] for k in OPCOUNTERS},
+            find_and_modify=self.find_and_modify - earlier.find_and_modify,
+        )
+
+
+@dataclass(frozen=True)
+class OpsDelta:
+    seconds: float
+    counters: dict[str, int]
+    find_and_modify: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.counters.values())
+
+    @property
+    def per_second(self) -> float:
+        return self.total / self.seconds if self.seconds > 0 else 0.0
+
+
+class CountingHooks(Hooks):
+    """Counts what the herd and throughput checks need; thread-safe and cheap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.claims = 0
+        self.empty = 0
+        self.completed_count = 0
+        self.lost = 0
+        self.events = 0
+
+    def claimed(self, queue: str, wait_seconds: float) -> None:
+        with self._lock:
+            self.claims += 1
+
+    def claim_empty(self, queue: str) -> None:
+        with self._lock:
+            self.empty += 1
+
+    def completed(self, queue: str, attempts: int, run_seconds: float) -> None:
+        with self._lock:
+            self.completed_count += 1
+
+    def lease_lost(self, queue: str, run_seconds: float) -> None:
+        with self._lock:
+            self.lost += 1
+
+    def changestream_event(self, queue: str) -> None:
+        with self._lock:
+            self.events += 1
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Milliseconds."""
+
+    count: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    mean: float
+
+    @classmethod
+    def of_seconds(cls, values: Sequence[float]) -> Percentiles:
+        if not values:
+            nan = math.nan
+            return cls(0, nan, nan, nan, nan, nan)
+        ordered = sorted(v * 1000.0 for v in values)
+        return cls(
+            count=len(ordered),
+            p50=percentile(ordered, 50),
+            p90=percentile(ordered, 90),
+            p99=percentile(ordered, 99),
+            max=ordered[-1],
+            mean=sum(ordered) / len(ordered),
+        )
+
+
+def percentile(ordered: Sequence[float], pct: float) -> float:
+    """Linear interpolation between closest ranks of an already sorted sequence."""
+    if not ordered:
+        return math.nan
+    rank = (len(ordered) - 1) * pct / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def ratio(value: float, floor: float) -> float | None:
+    if floor <= 0 or math.isnan(floor) or math.isnan(value):
+        return None
+    return value / floor
+
+
+# -- fills --------------------------------------------------------------------------------
+
+def queue_documents(count: int, start: int = 0) -> Iterator[Document]:
+    """Jobs in the queue's document shape (``storage._insert_pipeline``), dates made here.
+
+    The dates are a second in the past by this machine's clock, so every job is
+    due by the server's clock too (same machine).
+    """
+    now = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=1)
+    for seq in range(start, start + count):
+        yield {
+            "_id": ObjectId(),
+            "payload": {"i": seq},
+            "priority": 0,
+            "state": "ready",
+            "attempts": 0,
+            "max_attempts": 3,
+            "enqueued_at": now,
+            "available_at": now,
+        }
+
+
+def bulk_fill(collection: Collection[Document], documents: Iterator[Document],
+              chunk: int = 10_000) -> int:
+    """insert_many in chunks; returns how many were written."""
+    written = 0
+    batch: list[Document] = []
+    for doc in documents:
+        batch.append(doc)
+        if len(batch) >= chunk:
+            collection.insert_many(batch, ordered=False)
+            written += len(batch)
+            batch = []
+    if batch:
+        collection.insert_many(batch, ordered=False)
+        written += len(batch)
+    return written
+
+
+# -- the machine --------------------------------------------------------------------------
+
+def machine_description(client: MongoClient[Document]) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gb": _memory_gb(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "pymongo": pymongo.version,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    try:
+        build = client.admin.command("buildInfo")
+        status = client.admin.command("serverStatus")
+        hello = client.admin.command("hello")
+        info["mongod"] = build.get("version")
+        info["storage_engine"] = status.get("storageEngine", {}).get("name")
+        info["topology"] = (f"replica set {hello.get('setName')} with {len(hello.get('hosts', []))} "
+                            "member(s)" if hello.get("setName") else "standalone")
+        cache = status.get("wiredTiger", {}).get("cache", {}).get("maximum bytes configured")
+        if cache:
+            info["wiredtiger_cache_gb"] = round(int(cache) / 2**30, 2)
+    except pymongo.errors.PyMongoError as exc:  # pragma: no cover - reported, not fatal
+        info["mongod_error"] = str(exc)
+    return info
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _memory_gb() -> float | None:
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    return None
+
+
+def jsonable(value: object) -> object:
+    """NaN and infinities are not JSON: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value

@@ -1,0 +1,103 @@
+"""What a benchmark run measures: the full plan (about 15 minutes) and the quick one (under 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class ThroughputPlan:
+    """Drain ``jobs`` pre-enqueued jobs with ``processes`` x ``threads`` consumers."""
+
+    threads: int
+    jobs: int
+    processes: int = 1
+
+    @property
+    def consumers(self) -> int:
+        return self.threads * self.processes
+
+    @property
+    def name(self) -> str:
+        if self.processes == 1:
+            return f"{self.threads} thread{'s' if self.threads > 1 else ''}"
+        return f"{self.processes} procs x {self.threads} threads"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    quick: bool
+    throughput: tuple[ThroughputPlan, ...]
+    # Jobs a batched Worker may claim in one round trip (also capped by its free slots).
+    worker_batch: int = 16
+    latency_jobs: int = 500
+    latency_warmup: int = 10
+    latency_interval: float = 0.02
+    idle_seconds: float = 30.0
+    idle_processes: int = 4
+    depth_levels: tuple[int, ...] = (1_000, 1_000_000)
+    depth_samples: int = 1_000
+    herd_consumers: int = 32
+    herd_baseline_consumers: int = 4
+    herd_trickle_jobs: int = 300
+    herd_trickle_interval: float = 0.01
+    herd_burst_jobs: int = 3_000
+    # Also 32 consumers each with its own Queue object (as 32 processes would be): slow to set up.
+    herd_queue_per_thread: bool = True
+    # The polling consumer (and the floor, which has no push) claims this often when empty.
+    poll_interval: float = 0.1
+    # A run with no progress for this long stops and reports its losses.
+    stall_timeout: float = 30.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def full(cls) -> BenchConfig:
+        return cls(
+            quick=False,
+            throughput=(
+                ThroughputPlan(threads=1, jobs=5_000),
+                ThroughputPlan(threads=4, jobs=20_000),
+                ThroughputPlan(threads=16, jobs=5_000),
+                ThroughputPlan(threads=4, jobs=20_000, processes=4),
+            ),
+            notes=(
+                "Throughput drains 20,000 jobs for the 4-consumer rows the targets use and "
+                "5,000 for 1 and 16 threads, to keep the whole run near 15 minutes "
+                "(`--jobs 20000` drains 20,000 everywhere).",
+            ),
+        )
+
+    @classmethod
+    def quick_plan(cls) -> BenchConfig:
+        return cls(
+            quick=True,
+            throughput=(
+                ThroughputPlan(threads=1, jobs=300),
+                ThroughputPlan(threads=4, jobs=1_000),
+                ThroughputPlan(threads=16, jobs=600),
+                ThroughputPlan(threads=4, jobs=1_000, processes=4),
+            ),
+            latency_jobs=100,
+            latency_warmup=5,
+            idle_seconds=3.0,
+            depth_levels=(1_000, 100_000),
+            depth_samples=150,
+            herd_trickle_jobs=60,
+            herd_burst_jobs=300,
+            herd_queue_per_thread=False,
+            stall_timeout=15.0,
+            notes=(
+                "QUICK MODE: fewer jobs (throughput 300-1,000 per run, latency 100 jobs instead of "
+                ">= 500, idle windows of 3 s instead of 30 s, depth 100,000 instead of 1,000,000, "
+                "no Queue-per-thread herd row); numbers are noisier and the latency target is "
+                "judged on fewer than 500 samples.",
+            ),
+        )
+
+    def with_jobs(self, jobs: int) -> BenchConfig:
+        """Drain ``jobs`` jobs in every throughput run."""
+        return replace(
+            self,
+            throughput=tuple(replace(plan, jobs=jobs) for plan in self.throughput),
+            notes=tuple(n for n in self.notes if not n.startswith("Throughput drains")),
+        )

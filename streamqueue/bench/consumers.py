@@ -1,0 +1,374 @@
+"""The consumers under test, all recording into a ``Sink``.
+
+* push: threads calling ``Queue.next(timeout)`` on one ``Queue`` (change-stream wake-ups);
+  also the ``Worker`` (one claim loop, N handler slots, batch claims).
+* polling: threads calling ``Queue.next(timeout=0)``, sleeping 100 ms when it finds nothing,
+  the loop mongoqueue users had to write.
+* floor: bare pymongo, the least any MongoDB queue must do per job: ``insert_one``; a
+  ``find_one_and_update`` claim with a sort; ``delete_one``; write concern majority. With
+  no push of its own, it polls every 100 ms when empty too.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.write_concern import WriteConcern
+
+from streamqueue.hooks import Hooks
+from streamqueue.queue import Job, Queue
+from streamqueue.storage import Document
+from streamqueue.worker import Worker
+
+PUSH = "push"
+WORKER = "worker"
+POLLING = "polling"
+FLOOR = "floor"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One way of consuming: ``kind`` is push, worker, polling or floor."""
+
+    kind: str
+    batch: int = 1
+    # push only: one Queue object per thread (as separate processes would have), not shared.
+    queue_per_thread: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.kind == PUSH:
+            return "streamqueue next() [Queue per thread]" if self.queue_per_thread \
+                else "streamqueue next()"
+        if self.kind == WORKER:
+            return f"streamqueue Worker batch={self.batch}"
+        if self.kind == POLLING:
+            return "polling 100 ms"
+        return "floor (bare pymongo)"
+
+    @property
+    def uses_queue_shape(self) -> bool:
+        return self.kind != FLOOR
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "batch": self.batch, "queue_per_thread": self.queue_per_thread}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Kind:
+        return cls(str(data["kind"]), int(data.get("batch", 1)),
+                   bool(data.get("queue_per_thread", False)))
+
+
+# A job whose payload has a negative sequence number stops one push consumer.
+REAL_JOBS: Document = {"payload.i": {"$gte": 0}}
+
+KIND_PUSH = Kind(PUSH)
+KIND_POLLING = Kind(POLLING)
+KIND_FLOOR = Kind(FLOOR)
+
+
+def worker_kind(batch: int) -> Kind:
+    return Kind(WORKER, batch)
+
+
+# -- the floor ---------------------------------------------------------------------------
+
+FLOOR_SORT = [("priority", DESCENDING), ("_id", ASCENDING)]
+FLOOR_INDEX = IndexModel([("state", ASCENDING), ("priority", DESCENDING), ("_id", ASCENDING)],
+                         name="floor_claim")
+
+
+class RawFloor:
+    """Bare pymongo: insert, ``find_one_and_update`` claim with a sort, delete. No retries, no hooks."""
+
+    def __init__(self, collection: Collection[Document], *,
+                 sort: Sequence[tuple[str, int]] = FLOOR_SORT, lease: float = 300.0) -> None:
+        self.jobs = collection.with_options(write_concern=WriteConcern("majority"))
+        self.sort = list(sort)
+        self.lease = timedelta(seconds=lease)
+        self.consumer_id = f"floor-{uuid.uuid4().hex[:8]}"
+
+    def ensure_index(self) -> None:
+        self.jobs.create_indexes([FLOOR_INDEX])
+
+    @staticmethod
+    def document(payload: Mapping[str, Any]) -> Document:
+        return {"_id": ObjectId(), "payload": dict(payload), "priority": 0, "state": "ready",
+                "enqueued_at": datetime.now(timezone.utc)}
+
+    def put(self, payload: Mapping[str, Any]) -> None:
+        self.jobs.insert_one(self.document(payload))
+
+    def put_many(self, payloads: Iterable[Mapping[str, Any]]) -> None:
+        self.jobs.insert_many([self.document(p) for p in payloads], ordered=False)
+
+    def claim(self) -> Document | None:
+        doc: Document | None = self.jobs.find_one_and_update(
+            {"state": "ready"},
+            {"$set": {"state": "locked", "consumer_id": self.consumer_id,
+                      "lease_token": uuid.uuid4().hex,
+                      "locked_until": datetime.now(timezone.utc) + self.lease}},
+            sort=self.sort,
+            return_document=ReturnDocument.AFTER,
+        )
+        return doc
+
+    def complete(self, doc: Document) -> bool:
+        return self.jobs.delete_one({"_id": doc["_id"]}).deleted_count == 1
+
+
+# -- recording ---------------------------------------------------------------------------
+
+class Sink:
+    """What consumers delivered: sequence numbers, latencies, empty claims; thread-safe."""
+
+    def __init__(self, expected: int | None = None) -> None:
+        self.expected = expected
+        self._lock = threading.Lock()
+        self.seqs: list[int] = []
+        self._unique: set[int] = set()
+        # (sequence number, claim time minus the producer's stamp in seconds)
+        self.samples: list[tuple[int, float]] = []
+        self.empty_claims = 0  # polling and floor attempts that found nothing
+        self.first_claim: float | None = None
+        self.last_done: float | None = None  # wall clock (time.time) of the last completion
+        self.done = threading.Event()
+        self._progress = time.monotonic()
+
+    def record(self, payload: Mapping[str, Any], claimed_at: float, done_at: float) -> None:
+        seq = int(payload.get("i", -1))
+        if seq < 0:
+            return  # a stop pill, not a job
+        sent = payload.get("t")
+        with self._lock:
+            self.seqs.append(seq)
+            self._unique.add(seq)
+            if isinstance(sent, float):
+                self.samples.append((seq, claimed_at - sent))
+            if self.first_claim is None or claimed_at < self.first_claim:
+                self.first_claim = claimed_at
+            if self.last_done is None or done_at > self.last_done:
+                self.last_done = done_at
+            self._progress = time.monotonic()
+            if self.expected is not None and len(self._unique) >= self.expected:
+                self.done.set()
+
+    def empty(self) -> None:
+        with self._lock:
+            self.empty_claims += 1
+
+    @property
+    def unique(self) -> int:
+        with self._lock:
+            return len(self._unique)
+
+    @property
+    def duplicates(self) -> int:
+        with self._lock:
+            return len(self.seqs) - len(self._unique)
+
+    def idle_seconds(self) -> float:
+        """Seconds since the last delivery (or since the last ``touch``)."""
+        with self._lock:
+            return time.monotonic() - self._progress
+
+    def touch(self) -> None:
+        with self._lock:
+            self._progress = time.monotonic()
+
+    def wait(self, stall_timeout: float, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Until every expected job came (True), or nothing came for ``stall_timeout`` (False)."""
+        while not self.done.wait(0.02):
+            if should_stop():
+                return self.done.is_set()
+            if self.idle_seconds() > stall_timeout:
+                return False
+        return True
+
+
+# -- consumer groups ---------------------------------------------------------------------
+
+class ConsumerGroup:
+    """``threads`` consumers of one kind on one collection, started and stopped together."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        collection: Collection[Document],
+        threads: int,
+        sink: Sink,
+        *,
+        hooks: Hooks | None = None,
+        poll_interval: float = 0.1,
+        burst: bool = False,
+        push_wait: float = 0.25,
+    ) -> None:
+        self.kind = kind
+        self.collection = collection
+        self.threads = threads
+        self.sink = sink
+        self.hooks = hooks or Hooks()
+        self.poll_interval = poll_interval
+        self.burst = burst
+        self.push_wait = push_wait
+        self.stop_event = threading.Event()
+        self.finished_at: float | None = None  # the Worker's run() return, wall clock
+        self.errors: list[str] = []
+        self._threads: list[threading.Thread] = []
+        self.queues: list[Queue] = []
+        self.floor: RawFloor | None = None
+        self.worker: Worker | None = None
+        if kind.kind == FLOOR:
+            self.floor = RawFloor(collection)
+        elif kind.kind == PUSH and kind.queue_per_thread:
+            self.queues = [Queue(collection, hooks=self.hooks) for _ in range(threads)]
+        else:
+            self.queues = [Queue(collection, hooks=self.hooks)]
+        if kind.kind == WORKER:
+            self.worker = Worker(self.queues[0], self._handle, concurrency=threads,
+                                 batch=kind.batch, burst=burst)
+
+    def prepare(self) -> None:
+        """Indexes and change streams, before any timing starts."""
+        if self.floor is not None:
+            self.floor.ensure_index()
+        for queue in self.queues:
+            queue.store.ensure_indexes()
+            if self.kind.kind in (PUSH, WORKER):
+                queue.watcher.start()
+
+    def start(self) -> None:
+        if self.worker is not None:
+            self._spawn(self._run_worker, "bench-worker")
+            return
+        for index in range(self.threads):
+            if self.floor is not None:
+                self._spawn(self._floor_loop, f"bench-floor-{index}")
+            elif self.kind.kind == POLLING:
+                self._spawn(self._polling_loop, f"bench-poll-{index}")
+            else:
+                self._spawn(functools.partial(self._push_loop, self.queues[index % len(self.queues)]),
+                            f"bench-push-{index}")
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Until every push waiter is parked on its queue's wake-up board (others: at once)."""
+        if self.kind.kind not in (PUSH, WORKER):
+            time.sleep(min(0.2, self.poll_interval * 2))
+            return True
+        want = 1 if self.kind.kind == WORKER else self.threads
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(q.board.waiters for q in self.queues) >= want:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every consumer. Push threads parked in a long ``next()`` get one pill job each."""
+        self.stop_event.set()
+        if self.worker is not None:
+            self.worker.stop()
+        elif self.kind.kind == PUSH and self.push_wait > 1.0:
+            parked = sum(1 for t in self._threads if t.is_alive())
+            if parked:
+                Queue(self.collection).put_many([{"i": -1}] * parked)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def close(self) -> None:
+        for queue in self.queues:
+            queue.close()
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    # -- loops ------------------------------------------------------------------------
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        def guarded() -> None:
+            try:
+                target()
+            except Exception as exc:  # recorded and reported; the run goes on
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                self.sink.touch()
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _push_loop(self, queue: Queue) -> None:
+        while not self.stop_event.is_set():
+            job = queue.next(timeout=self.push_wait)
+            if job is not None:
+                self._finish(job)
+
+    def _polling_loop(self) -> None:
+        queue = self.queues[0]
+        while not self.stop_event.is_set():
+            job = queue.next(timeout=0)
+            if job is None:
+                self.sink.empty()
+                self.stop_event.wait(self.poll_interval)
+                continue
+            self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        claimed = time.time()
+        job.complete()
+        self.sink.record(job.payload, claimed, time.time())
+
+    def _floor_loop(self) -> None:
+        floor = self.floor
+        assert floor is not None
+        while not self.stop_event.is_set():
+            doc = floor.claim()
+            if doc is None:
+                self.sink.empty()
+                self.stop_event.wait(self.poll_interval)
+                continue
+            claimed = time.time()
+            floor.complete(doc)
+            self.sink.record(doc["payload"], claimed, time.time())
+
+    def _handle(self, payload: dict[str, Any]) -> None:
+        now = time.time()
+        self.sink.record(payload, now, now)
+
+    def _run_worker(self) -> None:
+        assert self.worker is not None
+        try:
+            self.worker.run()
+        finally:
+            self.finished_at = time.time()
+            self.sink.touch()
+
+
+def put_jobs(kind: Kind, collection: Collection[Document], count: int, *, start: int = 0,
+             chunk: int = 1_000) -> float:
+    """Enqueue ``count`` small jobs the way ``kind`` does; return jobs/s of the enqueue."""
+    began = time.perf_counter()
+    if kind.uses_queue_shape:
+        queue = Queue(collection)
+        for low in range(start, start + count, chunk):
+            queue.put_many([{"i": i} for i in range(low, min(low + chunk, start + count))])
+    else:
+        floor = RawFloor(collection)
+        floor.ensure_index()
+        for low in range(start, start + count, chunk):
+            floor.put_many([{"i": i} for i in range(low, min(low + chunk, start + count))])
+    return count / max(time.perf_counter() - began, 1e-9)

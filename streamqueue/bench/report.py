@@ -1,0 +1,386 @@
+"""Targets, and the three outputs: results.json, results.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamqueue.bench.common import jsonable
+from streamqueue.bench.consumers import FLOOR, POLLING, PUSH, WORKER
+from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
+
+
+@dataclass
+class Target:
+    name: str
+    requirement: str
+    measured: str
+    passed: bool | None  # None: not measured (a scenario failed or was skipped)
+
+
+@dataclass
+class Results:
+    mode: str
+    started: str
+    seconds: float
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    notes: list[str]
+    throughput: list[ThroughputRow] = field(default_factory=list)
+    latency: list[LatencyRow] = field(default_factory=list)
+    idle: list[IdleRow] = field(default_factory=list)
+    depth: list[DepthRow] = field(default_factory=list)
+    herd: list[HerdRow] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+# -- targets -------------------------------------------------------------------------------
+
+
+def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: int = 16) -> list[Target]:
+    targets: list[Target] = []
+    lat = next((r for r in results.latency if r.kind == PUSH), None)
+    if lat is not None:
+        small = " (fewer than 500 jobs: quick mode)" if lat.jobs < 500 else ""
+        targets.append(Target("Latency p50", "<= 3 ms", f"{lat.latency.p50:.2f} ms{small}",
+                              _ok(lat.latency.p50 <= 3.0)))
+        targets.append(Target("Latency p99", "<= 15 ms", f"{lat.latency.p99:.2f} ms{small}",
+                              _ok(lat.latency.p99 <= 15.0)))
+    else:
+        targets.append(Target("Latency p50 / p99", "<= 3 ms / <= 15 ms", "not measured", None))
+
+    plan_rows = [r for r in results.throughput if r.plan == target_plan]
+    floor = next((r for r in plan_rows if r.kind == FLOOR), None)
+    push = next((r for r in plan_rows if r.kind == PUSH), None)
+    batched = next((r for r in plan_rows if r.kind == WORKER and r.batch == worker_batch), None)
+    batched_name = f"Throughput, 4 consumers, batched Worker (batch={worker_batch})"
+    for row, need, name in ((push, 1.0, "Throughput, 4 consumers, next()"),
+                            (batched, 2.0, batched_name)):
+        if row is None or floor is None or row.ratio_to_floor is None:
+            targets.append(Target(name, f">= {need:.1f}x the floor", "not measured", None))
+            continue
+        targets.append(Target(
+            name, f">= {need:.1f}x the floor",
+            f"{row.jobs_per_s:,.0f} jobs/s = {row.ratio_to_floor:.2f}x floor ({floor.jobs_per_s:,.0f})",
+            _ok(row.ratio_to_floor >= need)))
+
+    bad = [r for r in results.throughput if r.duplicates or r.lost or r.left or r.errors]
+    targets.append(Target(
+        "No duplicates, no losses (all throughput runs)", "0 and 0",
+        "all clean" if not bad else "; ".join(
+            f"{r.label} {r.plan}: {r.duplicates} dup, {r.lost} lost, {r.left} left"
+            + (f", errors: {r.errors[0]}" if r.errors else "") for r in bad),
+        _ok(not bad) if results.throughput else None))
+
+    idle_push = next((r for r in results.idle if r.kind == PUSH), None)
+    if idle_push is not None:
+        targets.append(Target(
+            "Idle load per consumer process (next())", "<= 1 op/s",
+            f"{idle_push.net_per_process:.2f} ops/s net "
+            f"({idle_push.raw_ops_per_s / max(idle_push.processes, 1):.2f} raw)",
+            _ok(idle_push.net_per_process <= 1.0)))
+    else:
+        targets.append(Target("Idle load per consumer process", "<= 1 op/s", "not measured", None))
+
+    depth_push = sorted((r for r in results.depth if r.kind == PUSH), key=lambda r: r.depth)
+    if len(depth_push) >= 2 and not math.isnan(depth_push[0].claim.p50):
+        low, high = depth_push[0], depth_push[-1]
+        grow = high.claim.p50 / low.claim.p50
+        targets.append(Target(
+            f"Depth: claim p50 at {high.depth:,} vs {low.depth:,}", "<= 1.5x",
+            f"{high.claim.p50:.2f} ms vs {low.claim.p50:.2f} ms = {grow:.2f}x",
+            _ok(grow <= 1.5)))
+        keys = [r.keys_examined for r in depth_push]
+        targets.append(Target("Depth: claim index-backed (explain)", "1 key examined",
+                              ", ".join(f"{r.depth:,}: {r.keys_examined} keys / {r.docs_examined} docs"
+                                        for r in depth_push),
+                              _ok(all(k == 1 for k in keys))))
+    else:
+        targets.append(Target("Depth: claim p50 1,000,000 vs 1,000", "<= 1.5x", "not measured", None))
+
+    shared = [r for r in results.herd if r.kind == PUSH and not r.queue_per_thread]
+    stream = {r.consumers: r for r in shared if r.mode == "stream"}
+    if len(stream) >= 2:
+        few, many = stream[min(stream)], stream[max(stream)]
+        share = many.jobs_per_s / few.jobs_per_s if few.jobs_per_s else math.nan
+        targets.append(Target(
+            f"Herd: throughput {many.consumers} vs {few.consumers} consumers", ">= 0.9x",
+            f"{many.jobs_per_s:,.0f} vs {few.jobs_per_s:,.0f} jobs/s = {share:.2f}x", _ok(share >= 0.9)))
+    else:
+        targets.append(Target("Herd: throughput 32 vs 4", ">= 0.9x", "not measured", None))
+    herd_push = [r for r in shared if r.consumers >= 32]
+    if herd_push:
+        worst = max(r.wasted_per_job for r in herd_push)
+        targets.append(Target(
+            "Herd: wasted wake-ups per job (claim_empty, 32 consumers)", "<= 1",
+            ", ".join(f"{r.mode}: {r.wasted_per_job:.2f}" for r in herd_push), _ok(worst <= 1.0)))
+    else:
+        targets.append(Target("Herd: wasted wake-ups per job", "<= 1", "not measured", None))
+    return targets
+
+
+def _ok(flag: bool) -> bool:
+    return bool(flag)
+
+
+# -- JSON ----------------------------------------------------------------------------------
+
+
+def write_json(results: Results, path: Path) -> None:
+    path.write_text(json.dumps(jsonable(asdict(results)), indent=2) + "\n")
+
+
+# -- Markdown ------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "**PASS**", False: "**MISS**", None: "n/a"}[passed]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    return (f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory_gb')} GB RAM; "
+            f"{machine.get('os')}; Python {machine.get('python')}, pymongo {machine.get('pymongo')}; "
+            f"MongoDB {machine.get('mongod')} ({machine.get('storage_engine')}, "
+            f"cache {machine.get('wiredtiger_cache_gb')} GB), {machine.get('topology')}; "
+            f"load average (1/5/15 min) {_load(machine.get('load_average_at_start'))} at the start, "
+            f"{_load(machine.get('load_average_at_end'))} at the end")
+
+
+def _load(values: Any) -> str:
+    return "/".join(f"{v:.1f}" for v in values) if isinstance(values, list) else "?"
+
+
+def markdown(results: Results) -> str:
+    out = [
+        "# streamqueue benchmark results",
+        "",
+        f"Run {results.started} ({results.mode} mode, {results.seconds / 60:.1f} min). "
+        f"Machine: {machine_line(results.machine)}. Write concern majority everywhere.",
+        "",
+    ]
+    out += [f"> {note}" for note in results.notes]
+    if results.notes:
+        out.append("")
+    out += ["## Targets", ""]
+    out += _table(["target", "required", "measured", "result"],
+                  [[t.name, t.requirement, t.measured, _verdict(t.passed)] for t in results.targets])
+    out.append("")
+    out += targets_tables(results)
+    if results.failures:
+        out += ["", "## Scenario failures", ""] + [f"- {f}" for f in results.failures]
+    out += ["", "## How these are measured", ""] + [f"- {m}" for m in METHOD]
+    return "\n".join(out) + "\n"
+
+
+def targets_tables(results: Results) -> list[str]:
+    """The five result tables (also used in docs/PERFORMANCE.md)."""
+    out: list[str] = ["## 1. Throughput (drain pre-enqueued jobs)", ""]
+    out += _table(
+        ["consumers", "consumer", "jobs", "jobs/s", "x floor", "duplicates", "lost", "enqueue jobs/s"],
+        [[r.plan, r.label, f"{r.jobs:,}", _num(r.jobs_per_s, 0), _x(r.ratio_to_floor),
+          str(r.duplicates), str(r.lost + r.left if r.left > r.lost else r.lost),
+          _num(r.enqueue_per_s, 0)] for r in results.throughput])
+    out += ["", "## 2. Latency (enqueue-to-claim, one job every 20 ms from another process)", ""]
+    out += _table(
+        ["consumer", "jobs", "p50 ms", "p90 ms", "p99 ms", "max ms", "p50 x floor", "p99 x floor"],
+        [[r.label, str(r.jobs), _num(r.latency.p50), _num(r.latency.p90), _num(r.latency.p99),
+          _num(r.latency.max), _x(r.p50_ratio_to_floor), _x(r.p99_ratio_to_floor)]
+         for r in results.latency])
+    out += ["", "## 3. Idle load (server opcounters, all kinds incl. getmore and command)", ""]
+    out += _table(
+        ["consumer", "processes", "raw ops/s", "baseline ops/s", "net ops/s", "net ops/s per process",
+         "x floor", "raw counters over the window"],
+        [[r.label, str(r.processes), _num(r.raw_ops_per_s), _num(r.baseline_ops_per_s),
+          _num(r.net_ops_per_s), _num(r.net_per_process), _x(r.ratio_to_floor),
+          ", ".join(f"{k} {v}" for k, v in r.counters.items() if v)] for r in results.idle])
+    out += ["", "## 4. Depth (claim and claim+complete latency with N jobs waiting, one consumer)", ""]
+    out += _table(
+        ["consumer", "waiting", "claim p50 ms", "claim p99 ms", "claim+complete p50 ms",
+         "claim+complete p99 ms", "claim p50 x floor", "keys / docs examined", "plan"],
+        [[r.label, f"{r.depth:,}", _num(r.claim.p50), _num(r.claim.p99), _num(r.claim_complete.p50),
+          _num(r.claim_complete.p99), _x(r.claim_p50_ratio_to_floor),
+          f"{r.keys_examined} / {r.docs_examined}", r.plan] for r in results.depth])
+    out += ["", "## 5. Herd (consumers waiting, jobs arriving one at a time from another process)", ""]
+    out += _table(
+        ["arrivals", "consumer", "consumers", "jobs", "jobs/s", "x floor", "wasted wake-ups/job",
+         "server claims/job", "server ops/job", "latency p50 / p99 ms", "lost / dup"],
+        [[f"every {r.interval_ms:.0f} ms" if r.mode == "trickle" else "back to back",
+          r.label, str(r.consumers), str(r.jobs), _num(r.jobs_per_s, 0), _x(r.ratio_to_floor),
+          _num(r.wasted_per_job), _num(r.server_claims_per_job), _num(r.server_ops_per_job),
+          f"{_num(r.latency.p50)} / {_num(r.latency.p99)}", f"{r.lost} / {r.duplicates}"]
+         for r in results.herd])
+    errors = [(r.label, e) for rows in (results.throughput, results.latency, results.idle,
+                                         results.depth, results.herd) for r in rows for e in r.errors]
+    if errors:
+        out += ["", "Errors inside runs:", ""] + [f"- {label}: {e}" for label, e in errors[:20]]
+    return out
+
+
+METHOD = [
+    "Every scenario runs three ways in the same run against the same server: streamqueue "
+    "(push: `Queue.next(timeout)` threads on one `Queue`, and for throughput the `Worker` too), "
+    "a polling consumer (`Queue.next(timeout=0)`, sleeping 100 ms when it finds nothing), and the "
+    "floor: bare pymongo `insert_one`; `find_one_and_update` claim with a sort (index "
+    "`state, priority, _id`); `delete_one`; write concern majority, same consumer count. The floor "
+    "has no push, so when empty it polls every 100 ms too.",
+    "Throughput: jobs are enqueued first (not timed); the clock runs from starting the consumers "
+    "to the last completion (for a `Worker` in burst mode, to `run()` returning, which includes "
+    "its final bulk delete). Every payload carries a sequence number: duplicates are repeated "
+    "numbers, losses are missing ones plus jobs left in the collection.",
+    "Latency: a separate producer process enqueues one job every 20 ms with `time.time()` in the "
+    "payload, taken just before the enqueue call; the consumer subtracts it from the time its "
+    "claim returned (same machine clock). The first jobs are warm-up and not counted.",
+    "Idle: N consumer processes (one consumer each) wait on an empty queue; the server's "
+    "`serverStatus` opcounters (insert+query+update+delete+getmore+command) are read before and "
+    "after the window. The baseline window has no consumers (it holds the replica set's own "
+    "traffic, the bench's driver monitoring and the two serverStatus calls); net = raw - baseline.",
+    "Depth: the queue is filled with `insert_many` of documents in the queue's own shape, then one "
+    "consumer claims and completes jobs one at a time; each taken job is replaced (untimed) so the "
+    "depth stays constant. `explain` (executionStats) of the exact claim reports keys and documents "
+    "examined.",
+    "Herd: wasted wake-ups are the `claim_empty` hook (a consumer woken, or swept, that found "
+    "nothing) for streamqueue and empty claims for polling and the floor. `server claims/job` counts "
+    "every findAndModify the server ran, per job: it includes the claim `next()` makes before it "
+    "waits, which the hook does not count.",
+]
+
+
+# -- plots ----------------------------------------------------------------------------------
+
+
+def write_plots(results: Results, out: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.stderr.write("matplotlib is not installed (pip install '.[bench]'): no plots\n")
+        return []
+    written: list[Path] = []
+    colors = {PUSH: "#1f77b4", WORKER: "#2ca02c", POLLING: "#ff7f0e", FLOOR: "#7f7f7f"}
+
+    if results.throughput:
+        plans = list(dict.fromkeys(r.plan for r in results.throughput))
+        labels = list(dict.fromkeys(r.label for r in results.throughput))
+        fig, ax = plt.subplots(figsize=(11, 5))
+        width = 0.8 / max(len(labels), 1)
+        for index, label in enumerate(labels):
+            xs, ys, kind = [], [], PUSH
+            for p_index, plan in enumerate(plans):
+                row = next((r for r in results.throughput if r.plan == plan and r.label == label), None)
+                if row is not None:
+                    xs.append(p_index + index * width)
+                    ys.append(row.jobs_per_s)
+                    kind = row.kind
+            ax.bar(xs, ys, width, label=label, color=colors.get(kind),
+                   alpha=0.55 + 0.45 * (index % 2))
+        ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(plans))], plans)
+        ax.set_ylabel("jobs/s")
+        ax.set_title("Throughput: draining pre-enqueued jobs")
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out / "throughput.png"))
+        plt.close(fig)
+
+    if results.latency and any(r.latency.count for r in results.latency):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for r in results.latency:
+            values = [r.latency.p50, r.latency.p90, r.latency.p99, r.latency.max]
+            ax.plot(["p50", "p90", "p99", "max"], values, marker="o", label=r.label,
+                    color=colors.get(r.kind))
+        ax.set_yscale("log")
+        ax.set_ylabel("enqueue-to-claim, ms (log)")
+        ax.axhline(3, linestyle=":", color="k", linewidth=0.8)
+        ax.axhline(15, linestyle=":", color="k", linewidth=0.8)
+        ax.set_title("Latency, one job every 20 ms (dotted: 3 and 15 ms targets)")
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out / "latency.png"))
+        plt.close(fig)
+
+    consumers_idle = [r for r in results.idle if r.processes]
+    if consumers_idle:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.bar([r.label for r in consumers_idle], [max(r.net_per_process, 1e-3) for r in consumers_idle],
+               color=[colors.get(r.kind) for r in consumers_idle])
+        ax.set_yscale("log")
+        ax.axhline(1.0, linestyle=":", color="k", linewidth=0.8)
+        ax.set_ylabel("server ops/s per idle process (net, log)")
+        ax.set_title("Idle load (dotted: 1 op/s target)")
+        ax.tick_params(axis="x", labelsize=8)
+        written.append(_save(fig, out / "idle.png"))
+        plt.close(fig)
+
+    if results.depth:
+        levels = sorted({r.depth for r in results.depth})
+        labels = list(dict.fromkeys(r.label for r in results.depth))
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        width = 0.8 / (2 * max(len(levels), 1))
+        for l_index, level in enumerate(levels):
+            for which, metric in enumerate(("p50", "p99")):
+                ys = [getattr(next(r.claim for r in results.depth
+                                   if r.depth == level and r.label == label), metric)
+                      for label in labels]
+                offset = (l_index * 2 + which) * width
+                ax.bar([i + offset for i in range(len(labels))], ys, width,
+                       label=f"{metric}, {level:,} waiting", alpha=0.5 + 0.5 * which)
+        ax.set_xticks([i + width * (2 * len(levels) - 1) / 2 for i in range(len(labels))], labels)
+        ax.set_ylabel("claim latency, ms")
+        ax.set_title("Depth scaling")
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out / "depth.png"))
+        plt.close(fig)
+
+    if results.herd:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+        stream = [r for r in results.herd if r.mode == "stream"]
+        labels = list(dict.fromkeys(r.label for r in stream))
+        counts = sorted({r.consumers for r in stream})
+        width = 0.8 / max(len(counts), 1)
+        for c_index, count in enumerate(counts):
+            ys = [next((r.jobs_per_s for r in stream if r.label == label and r.consumers == count), 0.0)
+                  for label in labels]
+            left.bar([i + c_index * width for i in range(len(labels))], ys, width,
+                     label=f"{count} consumers")
+        left.set_xticks([i + width * (len(counts) - 1) / 2 for i in range(len(labels))], labels,
+                        fontsize=7)
+        left.set_ylabel("jobs/s")
+        left.set_title("Herd: back-to-back arrivals")
+        left.legend(fontsize=8)
+        names = [f"{r.label}\n{r.mode}, {r.consumers}" for r in results.herd]
+        right.barh(names, [max(r.wasted_per_job, 1e-3) for r in results.herd],
+                   color=[colors.get(r.kind) for r in results.herd])
+        right.set_xscale("log")
+        right.axvline(1.0, linestyle=":", color="k", linewidth=0.8)
+        right.set_xlabel("wasted wake-ups per job (log)")
+        right.tick_params(axis="y", labelsize=6)
+        written.append(_save(fig, out / "herd.png"))
+        plt.close(fig)
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path

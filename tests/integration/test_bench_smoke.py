@@ -1,0 +1,123 @@
+"""Smoke test of the benchmark: one tiny case of each scenario runs and reports well-formed rows.
+
+No timing is asserted: numbers on a shared test server mean nothing. The real
+run is ``make bench``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streamqueue.bench import scenarios as sc
+from streamqueue.bench.common import BenchContext
+from streamqueue.bench.config import BenchConfig, ThroughputPlan
+from streamqueue.bench.consumers import KIND_FLOOR, KIND_POLLING, KIND_PUSH, Kind, worker_kind
+from streamqueue.bench.report import Results, evaluate, markdown, write_json, write_plots
+
+
+@pytest.fixture(scope="module")
+def ctx(mongo_uri: str) -> Iterator[BenchContext]:
+    context = BenchContext(mongo_uri, verbose=False)
+    yield context
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def results() -> Results:
+    return Results(mode="smoke", started="now", seconds=0.0, machine={}, config={}, notes=[])
+
+
+KINDS = [KIND_PUSH, worker_kind(1), worker_kind(4), KIND_POLLING, KIND_FLOOR]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.label)
+def test_throughput_in_threads(ctx: BenchContext, results: Results, kind: Kind) -> None:
+    row = sc.throughput(ctx, ThroughputPlan(threads=3, jobs=60), kind, stall_timeout=20)
+    assert (row.jobs, row.consumers, row.kind) == (60, 3, kind.kind)
+    assert (row.duplicates, row.lost, row.left, row.errors) == (0, 0, 0, [])
+    assert row.jobs_per_s > 0
+    results.throughput.append(row)
+
+
+@pytest.mark.parametrize("kind", [KIND_PUSH, KIND_FLOOR], ids=lambda k: k.label)
+def test_throughput_in_processes(ctx: BenchContext, results: Results, kind: Kind) -> None:
+    plan = ThroughputPlan(threads=2, jobs=60, processes=2)
+    row = sc.throughput(ctx, plan, kind, stall_timeout=20)
+    assert (row.consumers, row.processes) == (4, 2)
+    assert (row.duplicates, row.lost, row.left, row.errors) == (0, 0, 0, [])
+    results.throughput.append(row)
+
+
+@pytest.mark.parametrize("kind", [KIND_PUSH, worker_kind(1), KIND_POLLING, KIND_FLOOR],
+                         ids=lambda k: k.label)
+def test_latency(ctx: BenchContext, results: Results, kind: Kind) -> None:
+    row = sc.latency(ctx, kind, jobs=6, warmup=1, interval=0.02, stall_timeout=20)
+    assert (row.jobs, row.lost, row.duplicates, row.errors) == (6, 0, 0, [])
+    assert row.latency.count == 6
+    assert 0 <= row.latency.p50 <= row.latency.p90 <= row.latency.p99 <= row.latency.max
+    results.latency.append(row)
+
+
+@pytest.mark.parametrize("kind", [None, KIND_PUSH, KIND_POLLING], ids=str)
+def test_idle(ctx: BenchContext, results: Results, kind: Kind | None) -> None:
+    row = sc.idle(ctx, kind, processes=1, seconds=0.5, settle=0.2)
+    assert row.processes == (0 if kind is None else 1)
+    assert row.raw_ops_per_s >= 0 and set(row.counters) >= {"getmore", "command"}
+    assert row.errors == []
+    results.idle.append(row)
+
+
+def test_depth(ctx: BenchContext, results: Results) -> None:
+    rows = sc.depth(ctx, 50, [KIND_PUSH, KIND_POLLING, KIND_FLOOR], samples=8, warmup=2)
+    assert [r.kind for r in rows] == ["push", "polling", "floor"]
+    for row in rows:
+        assert row.errors == [] and row.samples == 8 and row.depth == 50
+        assert row.claim.p50 <= row.claim_complete.p99
+        # The claim is index-backed: explain reports the keys it read.
+        assert row.keys_examined is not None and row.keys_examined >= 1
+        assert "IXSCAN" in row.plan
+    results.depth.extend(rows)
+
+
+@pytest.mark.parametrize(("kind", "interval"), [(KIND_PUSH, 0.01), (KIND_PUSH, 0.0),
+                                               (worker_kind(4), 0.0), (KIND_FLOOR, 0.0)],
+                         ids=["push-trickle", "push-stream", "worker-stream", "floor-stream"])
+def test_herd(ctx: BenchContext, results: Results, kind: Kind, interval: float) -> None:
+    row = sc.herd(ctx, kind, 4, jobs=8, interval=interval, stall_timeout=20)
+    assert (row.jobs, row.lost, row.duplicates, row.errors) == (8, 0, 0, [])
+    assert row.mode == ("trickle" if interval else "stream")
+    assert row.wasted_per_job >= 0 and row.server_claims_per_job >= 0
+    results.herd.append(row)
+
+
+def test_report(results: Results, tmp_path: Path) -> None:
+    """Runs last in this module: the rows gathered above make a complete report."""
+    if not results.throughput:
+        pytest.skip("needs the scenario tests of this module to run first")
+    sc.add_floor_ratios(results.throughput)
+    sc.add_latency_ratios(results.latency)
+    sc.add_idle_net(results.idle)
+    sc.add_herd_ratios(results.herd)
+    results.targets = evaluate(results, target_plan="3 threads", worker_batch=4)
+    write_json(results, tmp_path / "results.json")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {"throughput", "latency", "idle", "depth", "herd", "targets"} <= set(data)
+    assert all(t["passed"] in (True, False, None) for t in data["targets"])
+    text = markdown(results)
+    assert "## Targets" in text and "## 5. Herd" in text
+    write_plots(results, tmp_path)
+    floor = next(r for r in results.throughput if r.kind == "floor" and r.processes == 1)
+    assert floor.ratio_to_floor is not None and math.isclose(floor.ratio_to_floor, 1.0)
+
+
+def test_plans_are_sane() -> None:
+    for config in (BenchConfig.full(), BenchConfig.quick_plan()):
+        assert {p.consumers for p in config.throughput} >= {1, 4, 16}
+        assert len(config.depth_levels) == 2
+    assert BenchConfig.full().latency_jobs >= 500
+    assert all(p.jobs == 7 for p in BenchConfig.full().with_jobs(7).throughput)
