@@ -8,14 +8,19 @@ running until SIGINT or SIGTERM, then stops every ``mongod`` it started.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from pymongo.errors import PyMongoError
+
+from streamqueue.errors import ConfigurationError
 from streamqueue.exitcodes import ExitCode
 from streamqueue.testing import ReplicaSet
 
@@ -45,7 +50,10 @@ def serve(
     root = dbpath.expanduser().resolve() if dbpath is not None else None
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-    rs = ReplicaSet(nodes=nodes, root=root, ports=ports)
+    # A signalled primary waits up to 15 s by default for a secondary to catch
+    # up before it steps down; a development server should stop in a second.
+    rs = ReplicaSet(nodes=nodes, root=root, ports=ports,
+                    extra_args=["--setParameter", "shutdownTimeoutMillisForSignaledShutdown=1000"])
     signals_seen = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -58,7 +66,15 @@ def serve(
     try:
         try:
             log.info("starting a %d-node replica set", nodes)
-            uri = rs.start()
+            _check_ports_free(ports)
+            try:
+                uri = rs.start()
+            except ConfigurationError as exc:
+                log.debug("replica set start failed", exc_info=True)
+                raise ConfigurationError(summarize_start_failure(str(exc))) from None
+            except PyMongoError as exc:
+                log.debug("replica set start failed", exc_info=True)
+                raise ConfigurationError(f"the replica set did not come up: {exc}") from None
             out.write(uri + "\n")
             out.flush()
             log.info("replica set %s is up: export STREAMQUEUE_URI='%s' (Ctrl-C stops it)",
@@ -71,12 +87,66 @@ def serve(
             if rs.members:
                 log.info("stopping %d mongod process%s", len(rs.members),
                          "" if len(rs.members) == 1 else "es")
+                _signal_all(rs)
             rs.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     except _Stop:
         log.info("stopped")
         return ExitCode.OK
+
+
+def _signal_all(rs: ReplicaSet) -> None:
+    """SIGTERM every member at once.
+
+    Stopped one by one, a primary waits for a secondary to catch up before it
+    steps down (seconds each); stopped together, nobody is left to wait for.
+    ``ReplicaSet.stop`` then only waits (and kills a member that hangs).
+    """
+    for member in rs.members:
+        if member.alive() and member.process is not None:
+            member.process.send_signal(signal.SIGTERM)
+
+
+def _check_ports_free(ports: list[int]) -> None:
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As mongod binds: a port left in TIME_WAIT by the last run is usable.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"port {port} on 127.0.0.1 is not free ({exc.strerror or exc}); "
+                    "choose another --port"
+                ) from None
+
+
+def summarize_start_failure(message: str) -> str:
+    """One line from a launcher error that may carry a tail of mongod's JSON log.
+
+    ``mongod on port 5 exited:`` followed by log lines becomes ``mongod on port
+    5 exited: Error setting up listener: Address already in use``.
+    """
+    lines = message.strip().splitlines()
+    head = lines[0].strip() if lines else message
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or entry.get("s") not in ("E", "F"):
+            continue
+        detail = str(entry.get("msg", "")).strip()
+        attr = entry.get("attr")
+        error = attr.get("error") if isinstance(attr, dict) else None
+        reason = (error.get("errmsg") or error.get("codeName")) if isinstance(error, dict) else None
+        if reason is None and isinstance(attr, dict):
+            reason = attr.get("error") or attr.get("reason")
+        text = f"{detail}: {reason}" if detail and reason else detail or str(reason or "")
+        if text:
+            return f"{head} {text}"
+    return head
 
 
 def _watch(rs: ReplicaSet) -> int:

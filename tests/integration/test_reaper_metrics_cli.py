@@ -340,3 +340,37 @@ def test_unknown_handler_fails_before_connecting(collection: Collection[Document
                      f"mongodb://127.0.0.1:{free_port()}/", "--db", "d", "--queue", "q")
     assert result.returncode == ExitCode.CONFIG
     assert "handler module 'no_such_module_xyz' not found" in one_line(result.stderr)
+
+
+# -- devserver ---------------------------------------------------------------------------------------
+
+
+def test_devserver_prints_its_uri_and_stops_every_mongod(processes: list[CliProcess]) -> None:
+    import socket
+
+    from pymongo import MongoClient
+
+    devserver = CliProcess("streamqueue.devserver", [], child_env())
+    processes.append(devserver)
+    assert wait_until(lambda: devserver.stdout.strip() or not devserver.alive(), timeout=60,
+                      interval=0.05), devserver.describe()
+    uri = devserver.stdout.strip()
+    assert uri.startswith("mongodb://127.0.0.1:") and uri.endswith("/?replicaSet=rs0")
+    port = int(uri.split("127.0.0.1:")[1].split("/")[0])
+    client: MongoClient[Document] = MongoClient(uri, serverSelectionTimeoutMS=10000)
+    try:
+        assert client.admin.command("hello")["isWritablePrimary"] is True
+    finally:
+        client.close()
+
+    devserver.send(signal.SIGTERM)
+    assert devserver.wait(60) == ExitCode.OK, devserver.describe()
+
+    def refused() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            return True
+        return False
+
+    assert wait_until(refused, timeout=10, interval=0.05)
