@@ -931,12 +931,18 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     hooks = PrometheusHooks()
     session = open_session(args, "streamqueue-reaper")
     try:
-        queues = [Queue(session.collection(name), hooks=hooks) for name in session.queues]
+        # The reaper loop is itself a retry: a pass gives up after a bounded
+        # while so a signal is answered promptly even in an outage.
+        retry = RetryPolicy(max_delay=max(10.0, 2 * args.interval))
+        queues = [Queue(session.collection(name), hooks=hooks, retry=retry)
+                  for name in session.queues]
         for name in session.queues:
             hooks.touch_queue(name, role="reaper")
         reaper = Reaper(queues, interval=args.interval, hooks=hooks)
         where = ", ".join(f"{session.db}.{name}" for name in session.queues)
         if args.once:
+            if args.metrics_port is not None:
+                log.info("--metrics-port is ignored with --once (nothing would scrape it)")
             result = reaper.run_once()
             for name, count in result.reaped.items():
                 log.info("%s.%s: %d expired lease%s handled", session.db, name, count,

@@ -21,7 +21,7 @@ from streamqueue import LeaseLost, Queue
 from streamqueue.exitcodes import ExitCode
 from streamqueue.storage import Document
 from streamqueue.testing import free_port
-from tests.helpers import wait_until
+from tests.helpers import Background, wait_until
 from tests.integration.processes import (
     CliProcess,
     child_env,
@@ -128,6 +128,48 @@ def test_reaper_once_leaves_live_leases_alone(collection: Collection[Document],
         doc = collection.find_one({"_id": job_id})
         assert doc is not None and doc["state"] == "locked"
         job.complete()
+
+
+def test_reaper_survives_an_unreachable_queue_and_logs_it_once(
+        collection: Collection[Document], caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import CollectorRegistry
+    from pymongo import MongoClient
+
+    from streamqueue.errors import QueueUnavailable
+    from streamqueue.metrics import PrometheusHooks
+    from streamqueue.reaper import Reaper
+    from streamqueue.retry import RetryPolicy
+
+    registry = CollectorRegistry()
+    hooks = PrometheusHooks(registry)
+    dead_client: MongoClient[Document] = MongoClient(
+        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        serverSelectionTimeoutMS=100)
+    try:
+        with Queue(dead_client["d"]["gone"], retry=RetryPolicy(max_delay=0.2),
+                   max_await=1.0) as unreachable, \
+                Queue(collection, lease=0.3, hooks=hooks, max_await=1.0) as healthy:
+            job_id = healthy.put({"n": 1})
+            assert healthy.next(timeout=0) is not None
+            assert wait_until(lambda: lease_expired(collection, job_id), timeout=10)
+            reaper = Reaper([unreachable, healthy], interval=0.05, hooks=hooks)
+
+            first = reaper.run_once()
+            assert isinstance(first.errors["gone"], QueueUnavailable)
+            # The other queue is reaped all the same, and its gauges published.
+            assert first.reaped == {collection.name: 1}
+            assert registry.get_sample_value(
+                "streamqueue_queue_jobs", {"queue": collection.name, "state": "available"}) == 1
+
+            runner = Background(reaper.run, name="reaper").start()
+            assert wait_until(lambda: reaper.passes >= 4, timeout=30)
+            reaper.stop()
+            runner.join(30)
+    finally:
+        dead_client.close()
+    failures = [r for r in caplog.records
+                if r.name == "streamqueue.reaper" and "reaping d.gone failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in caplog.records]
 
 
 def test_reaper_serves_queue_gauges_over_http(collection: Collection[Document],
