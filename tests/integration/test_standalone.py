@@ -92,10 +92,14 @@ def test_next_polls_and_warns_once_without_change_streams(
     job.complete()
 
     # A delayed job is found by polling too.
-    producer.put({"n": 2}, delay=0.3)
-    assert consumer.next() is None
-    later = consumer.next(timeout=5)
+    due_at = producer.put({"n": 2}, delay=0.3)
+    stored = standalone.find_one({"_id": due_at})
+    assert stored is not None
+    early = consumer.next()
+    assert early is None or early.data["locked_at"] >= stored["available_at"]
+    later = early or consumer.next(timeout=5)
     assert later is not None
+    assert later.data["locked_at"] >= stored["available_at"]
     later.complete()
 
     warnings = fallback_warnings(caplog)
