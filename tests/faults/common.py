@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
@@ -34,20 +35,43 @@ def enqueue(put_many: Callable[[list[Document]], list[ObjectId]], payloads: Iter
     return ids
 
 
-def change_stream_cursors(client: MongoClient[Document], namespace: str) -> int:
-    """Open change streams on ``namespace`` (``db.coll``), idle or in a getMore, on this server."""
+@dataclass(frozen=True)
+class StreamCount:
+    live: int  # in a getMore now, or idle but polled within ``stale_after`` seconds
+    stale: int  # idle and untouched: a cursor whose client is gone (it times out on the server)
+
+
+def change_streams(client: MongoClient[Document], namespace: str,
+                   stale_after: float = 12.0) -> StreamCount:
+    """Change-stream cursors open on ``namespace`` (``db.coll``) on the server ``client`` uses.
+
+    ``$currentOp`` with ``idleCursors`` lists cursors between two getMores as
+    well as those in one. A consumer's stream runs a getMore at least every
+    ``max_await`` (5 s by default), so an idle one older than ``stale_after``
+    has no client: pymongo abandons a cursor whose connection broke without
+    killing it (it cannot reach it), and the server keeps it until
+    ``cursorTimeoutMillis`` (10 minutes).
+    """
     db, _, coll = namespace.partition(".")
+    now = client.admin.command("hello")["localTime"]
     pipeline: list[Document] = [
         {"$currentOp": {"allUsers": True, "idleCursors": True}},
         {"$match": {"cursor.originatingCommand.aggregate": coll,
                     "cursor.originatingCommand.$db": db}},
     ]
-    cursors = set()
+    live: set[int] = set()
+    stale: set[int] = set()
     for op in client.admin.aggregate(pipeline):
-        stages = op["cursor"]["originatingCommand"].get("pipeline", [])
-        if stages and "$changeStream" in stages[0]:
-            cursors.add(op["cursor"]["cursorId"])
-    return len(cursors)
+        cursor = op["cursor"]
+        stages = cursor["originatingCommand"].get("pipeline", [])
+        if not stages or "$changeStream" not in stages[0]:
+            continue
+        idle_for = (now - cursor["lastAccessDate"]).total_seconds()
+        if op.get("type") == "op" or idle_for < stale_after:
+            live.add(cursor["cursorId"])
+        else:
+            stale.add(cursor["cursorId"])
+    return StreamCount(live=len(live), stale=len(stale - live))
 
 
 def connections(client: MongoClient[Document]) -> int:

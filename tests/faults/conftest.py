@@ -95,6 +95,8 @@ def report(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Report]]:
     reports = request.node.stash.get(_outcome_key, {})
     call = reports.get("call")
     outcome = call.outcome if call is not None else "error"
+    if call is not None and hasattr(call, "wasxfail"):
+        outcome = "xfailed (known bug)" if call.skipped else "xpassed"
     for sheet in made:
         sheet.save(outcome)
 
