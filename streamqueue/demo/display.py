@@ -7,6 +7,7 @@ so nothing it printed scrolls away or gets overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -82,6 +83,7 @@ class Console:
         self._last: Snapshot | None = None
         self._last_plain = -math.inf
         self._cursor_hidden = False
+        self._broken = False
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
         self._unicode = encoding in ("utf8", "utf16", "utf32")
 
@@ -92,6 +94,36 @@ class Console:
         live = tty and not force_plain
         color = live and "NO_COLOR" not in os.environ
         return cls(stream, live=live, color=color)
+
+    # -- writing ------------------------------------------------------------------
+
+    def _write(self, text: str) -> None:
+        if self._broken:
+            return
+        try:
+            self.stream.write(text)
+        except OSError:
+            self._give_up()
+
+    def _flush(self) -> None:
+        if self._broken:
+            return
+        try:
+            self.stream.flush()
+        except OSError:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        """The reader went away (``| head``, a closed terminal): carry on silently.
+
+        Output is never worth aborting the shutdown for; the stream is pointed
+        at /dev/null so the interpreter's final flush does not complain either.
+        """
+        self._broken = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
 
     # -- styling --------------------------------------------------------------------
 
@@ -119,9 +151,9 @@ class Console:
         """A permanent line (above the live block, which is redrawn under it)."""
         with self._lock:
             self._erase_block()
-            self.stream.write(text + "\n")
+            self._write(text + "\n")
             self._draw_block()
-            self.stream.flush()
+            self._flush()
 
     def event(self, text: str) -> None:
         """A timestamped permanent line."""
@@ -133,17 +165,17 @@ class Console:
             self._last = snapshot
             if self.live:
                 if not self._cursor_hidden:
-                    self.stream.write(f"{CSI}?25l")
+                    self._write(f"{CSI}?25l")
                     self._cursor_hidden = True
                 self._erase_block()
                 self._draw_block()
-                self.stream.flush()
+                self._flush()
                 return
             now = time.monotonic()
             if force or now - self._last_plain >= self.plain_interval:
                 self._last_plain = now
-                self.stream.write(self.plain_line(snapshot) + "\n")
-                self.stream.flush()
+                self._write(self.plain_line(snapshot) + "\n")
+                self._flush()
 
     def close(self) -> None:
         """Leave the last live block on screen as permanent text; show the cursor again."""
@@ -151,9 +183,9 @@ class Console:
             self._drawn = 0
             self._last = None
             if self._cursor_hidden:
-                self.stream.write(f"{CSI}?25h")
+                self._write(f"{CSI}?25h")
                 self._cursor_hidden = False
-            self.stream.flush()
+            self._flush()
 
     # -- rendering ------------------------------------------------------------------
 
@@ -197,13 +229,13 @@ class Console:
     def _erase_block(self) -> None:
         if self.live and self._drawn:
             # Up to the first line of the block, then clear to the end of the screen.
-            self.stream.write(f"{CSI}{self._drawn}F{CSI}J")
+            self._write(f"{CSI}{self._drawn}F{CSI}J")
             self._drawn = 0
 
     def _draw_block(self) -> None:
         if self.live and self._last is not None:
             lines = self.block_lines(self._last)
-            self.stream.write("".join(f"{CSI}2K{line}\n" for line in lines))
+            self._write("".join(f"{CSI}2K{line}\n" for line in lines))
             self._drawn = len(lines)
 
 
