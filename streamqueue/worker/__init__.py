@@ -133,7 +133,13 @@ class Worker:
             # Leases of running jobs expire and the reaper hands them on.
             os.write(2, b"streamqueue worker: second signal, exiting now\n")
             os._exit(128 + signum)
-        log.info("signal %d: draining (send again to exit at once)", signum)
+        # stop() takes locks the interrupted main thread may hold (an Event's
+        # inner lock is not reentrant), so it runs on a thread of its own.
+        threading.Thread(target=self._stop_on_signal, args=(signum,), name="streamqueue-stop",
+                         daemon=True).start()
+
+    def _stop_on_signal(self, signum: int) -> None:
+        log.info("signal %d: draining (send it again to exit at once)", signum)
         self.stop()
 
     def _start_threads(self) -> None:
