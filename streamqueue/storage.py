@@ -435,10 +435,13 @@ class JobStore:
 
     def counts(self) -> QueueCounts:
         def count() -> QueueCounts:
+            # A literal date (the server's own clock) keeps each count a pure
+            # index count; a $expr would fetch every ready document to re-check it.
+            now = self.jobs.database.command("hello")["localTime"]
             return QueueCounts(
-                available=self.jobs.count_documents(READY_AND_DUE),
+                available=self.jobs.count_documents({"state": READY, "available_at": {"$lte": now}}),
                 locked=self.jobs.count_documents({"state": LOCKED}),
-                delayed=self.jobs.count_documents(READY_NOT_DUE),
+                delayed=self.jobs.count_documents({"state": READY, "available_at": {"$gt": now}}),
                 failed=self.failed.count_documents({}),
             )
 
