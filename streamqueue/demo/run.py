@@ -687,7 +687,7 @@ class Demo:
         row("run time", f"{t.seconds:.1f}s from the first enqueue to an empty queue")
         row("throughput", f"{t.throughput:.1f} jobs/s")
         row("wait p50 / p99", f"{format_seconds(t.wait_p50)} / {format_seconds(t.wait_p99)}"
-                              f"  (due to claimed, server clock, {t.deliveries} deliveries)")
+                              f"  (due to claimed, server clock, {t.deliveries} handler calls)")
         if t.killed_worker:
             lease = (f"{t.redelivered_after_lease} after {t.killed_worker} was killed holding "
                      f"{t.orphaned_at_kill} (lease expired, reaper requeued)")

@@ -199,10 +199,13 @@ def test_demo_runs_to_the_end_and_redelivers_the_killed_workers_jobs(
     assert summary["exit_code"] == ExitCode.OK
     assert summary["enqueued"] == jobs
     assert summary["done"] == jobs and summary["failed"] == 0
-    # Every job was delivered at least once, and the handler saw every delivery.
+    # Every job reached the handler at least once. First deliveries the handler
+    # recorded: all jobs, except any the killed worker had claimed but not yet
+    # started (their first delivery died unrecorded; their second is recorded).
     assert summary["delivered_jobs"] == jobs
-    assert summary["deliveries"] == (jobs + summary["redelivered_after_lease"]
-                                     + summary["retries_after_error"])
+    first = (summary["deliveries"] - summary["redelivered_after_lease"]
+             - summary["retries_after_error"])
+    assert jobs - summary["orphaned_at_kill"] <= first <= jobs
     assert summary["killed_worker"] == "worker-1"
     assert summary["orphaned_at_kill"] >= 1
     assert 1 <= summary["redelivered_after_lease"] <= summary["orphaned_at_kill"]
