@@ -222,11 +222,16 @@ class JobStore:
         """Lock up to ``limit`` due jobs in three round trips, whatever ``limit`` is."""
         token = new_token()
         update = _claim_pipeline(consumer_id, token, lease)
+        tried = False
 
         def attempt() -> list[Document]:
-            held = list(self.jobs.find({"state": LOCKED, "lease_token": token}, sort=CLAIM_SORT))
-            if held:
-                return held  # an earlier try committed
+            nonlocal tried
+            if tried:
+                # Only a retry can find jobs under this fresh token: an earlier try committed.
+                held = list(self.jobs.find({"state": LOCKED, "lease_token": token}, sort=CLAIM_SORT))
+                if held:
+                    return held
+            tried = True
             candidates = [
                 doc["_id"]
                 for doc in self.jobs.find(READY_AND_DUE, {"_id": 1}, sort=CLAIM_SORT, limit=limit)
