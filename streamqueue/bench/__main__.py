@@ -20,6 +20,7 @@ from streamqueue.bench.report import Results, evaluate, markdown, write_json, wr
 from streamqueue.testing import ReplicaSet
 
 SCENARIOS = ("latency", "idle", "throughput", "herd", "depth")
+QUIET_LOAD = 1.0
 
 
 def say(message: str) -> None:
@@ -34,7 +35,27 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--uri", help="use this replica set instead of starting one")
     parser.add_argument("--jobs", type=int, help="jobs per throughput run (overrides the plan)")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="first wait up to SECONDS for the 1-minute load average to fall "
+                             f"below {QUIET_LOAD} (a shared machine skews every number)")
     return parser.parse_args(argv)
+
+
+def wait_quiet(limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while os.getloadavg()[0] >= QUIET_LOAD and time.monotonic() < deadline:
+        say(f"load average {os.getloadavg()[0]:.1f}: waiting for a quieter machine")
+        time.sleep(15)
+
+
+def busy_note(machine: dict[str, object]) -> str | None:
+    loads = [machine.get("load_average_at_start"), machine.get("load_average_at_end")]
+    worst = max((v[0] for v in loads if isinstance(v, list) and v), default=0.0)
+    if worst < QUIET_LOAD:
+        return None
+    return (f"The machine was busy with other work during this run (1-minute load average up to "
+            f"{worst:.1f} on {os.cpu_count()} cores): throughput is lower and tails are longer "
+            "than on an idle machine.")
 
 
 def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
@@ -135,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config.with_jobs(args.jobs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.wait_quiet > 0:
+        wait_quiet(args.wait_quiet)
     began = time.monotonic()
     replica_set: ReplicaSet | None = None
     if args.uri:
@@ -158,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             replica_set.stop()
     results.seconds = time.monotonic() - began
     results.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    note = busy_note(results.machine)
+    if note:
+        results.notes.append(note)
     results.targets = evaluate(results, worker_batch=config.worker_batch)
     write_json(results, out / "results.json")
     (out / "results.md").write_text(markdown(results))

@@ -79,16 +79,16 @@ class BenchConfig:
             ),
             latency_jobs=100,
             latency_warmup=5,
-            idle_seconds=3.0,
+            idle_seconds=2.0,
             depth_levels=(1_000, 100_000),
             depth_samples=150,
             herd_trickle_jobs=60,
-            herd_burst_jobs=300,
+            herd_burst_jobs=200,
             herd_queue_per_thread=False,
             stall_timeout=15.0,
             notes=(
                 "QUICK MODE: fewer jobs (throughput 300-1,000 per run, latency 100 jobs instead of "
-                ">= 500, idle windows of 3 s instead of 30 s, depth 100,000 instead of 1,000,000, "
+                ">= 500, idle windows of 2 s instead of 30 s, depth 100,000 instead of 1,000,000, "
                 "no Queue-per-thread herd row); numbers are noisier and the latency target is "
                 "judged on fewer than 500 samples.",
             ),
