@@ -144,10 +144,10 @@ class Fleet:
 
     def reaper(self, *, interval: float = 0.5, once: bool = False, uri: str | None = None,
                prefix: Sequence[str] = (), python: Sequence[str] = (),
-               env: dict[str, str] | None = None) -> Proc:
+               env: dict[str, str] | None = None, log_level: str = "INFO") -> Proc:
         args = [sys.executable, *python, "-m", "streamqueue.reaper", "--uri", uri or self.uri,
                 "--db", self.db, "--queue", self.queue, "--interval", str(interval),
-                "--log-level", "INFO"]
+                "--log-level", log_level]
         if once:
             args.append("--once")
         return self.spawn("reaper", args, prefix=prefix, env=env)
