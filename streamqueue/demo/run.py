@@ -470,7 +470,7 @@ class Demo:
         reaper = self._new_reaper()
         workers = [self._new_worker() for _ in range(self.args.workers)]
         shown = " ".join(workers[0].args[1:]).replace(self.uri, "URI")
-        c.event(f"each worker runs: {c.dim('python ' + shown)}")
+        c.event(f"{workers[0].name} runs: {c.dim('python ' + shown)}")
         for child in [reaper, *workers]:
             self._start_child(child)
         for child in [reaper, *workers]:
