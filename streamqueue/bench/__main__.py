@@ -16,7 +16,14 @@ from streamqueue.bench import scenarios as sc
 from streamqueue.bench.common import BenchContext, machine_description
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
 from streamqueue.bench.consumers import KIND_FLOOR, KIND_POLLING, KIND_PUSH, Kind, worker_kind
-from streamqueue.bench.report import Results, evaluate, markdown, write_json, write_plots
+from streamqueue.bench.report import (
+    Results,
+    evaluate,
+    markdown,
+    performance_markdown,
+    write_json,
+    write_plots,
+)
 from streamqueue.testing import ReplicaSet
 
 SCENARIOS = ("latency", "idle", "throughput", "herd", "depth")
@@ -187,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.targets = evaluate(results, worker_batch=config.worker_batch)
     write_json(results, out / "results.json")
     (out / "results.md").write_text(markdown(results))
+    (out / "PERFORMANCE.md").write_text(performance_markdown(results))
     plots = write_plots(results, out)
     say(f"done in {results.seconds / 60:.1f} min; wrote {out / 'results.json'}, "
         f"{out / 'results.md'} and {len(plots)} plots")

@@ -41,7 +41,7 @@ class BenchConfig:
     herd_baseline_consumers: int = 4
     herd_trickle_jobs: int = 300
     herd_trickle_interval: float = 0.01
-    herd_burst_jobs: int = 3_000
+    herd_burst_jobs: int = 2_000
     # Also 32 consumers each with its own Queue object (as 32 processes would be): slow to set up.
     herd_queue_per_thread: bool = True
     # The polling consumer (and the floor, which has no push) claims this often when empty.

