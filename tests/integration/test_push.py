@@ -181,3 +181,87 @@ def test_a_requeued_job_wakes_a_waiter(
         assert waiting.finished_at is not None
         assert waiting.finished_at - started < WAKE_LATENCY_LIMIT
         job.error("dead")  # max_attempts=1: into the error queue, for the next round
+
+
+def test_the_safety_sweep_finds_a_job_no_event_announced(
+    make_queue: QueueFactory, collection: Collection[Document]
+) -> None:
+    queue = make_queue(sweep_interval=0.5)
+    job_id = queue.put({}, delay=3600)
+    waiting = Background(lambda: queue.next(timeout=10)).start()
+    assert wait_until(lambda: queue.board.waiters == 1 and stream_ready(queue))
+    # Moving the due time without touching the state is not a wake-up event
+    # (the stream matches inserts and updates that set state to ready).
+    collection.update_one({"_id": job_id}, [{"$set": {"available_at": "$$NOW"}}])
+    started = time.monotonic()
+    job = waiting.join(15)
+    assert isinstance(job, Job)
+    assert job.id == job_id
+    assert waiting.finished_at is not None
+    assert waiting.finished_at - started < 0.5 + 0.5
+
+
+def test_an_idle_sweep_is_rare(
+    make_queue: QueueFactory, collection: Collection[Document],
+    counted_client: tuple[MongoClient[Document], CommandCounter],
+) -> None:
+    client, counter = counted_client
+    queue = make_queue(on(client, collection), sweep_interval=0.5)
+    queue.store.ensure_indexes()
+    counter.reset()
+    assert queue.next(timeout=2.0) is None
+    claims = counter.count("findAndModify", collection.name)
+    # One claim up front, then one per sweep interval.
+    assert 3 <= claims <= 6, claims
+
+
+def test_next_without_timeout_waits_until_a_job_comes(
+    make_queue: QueueFactory, collection: Collection[Document], other_client: MongoClient[Document],
+) -> None:
+    consumer = make_queue()
+    producer = make_queue(on(other_client, collection))
+    waiting = Background(lambda: consumer.next(timeout=None)).start()
+    assert wait_until(lambda: consumer.board.waiters == 1 and stream_ready(consumer))
+    assert not waiting.done.wait(0.3)
+    job_id = producer.put({})
+    job = waiting.join(15)
+    assert isinstance(job, Job)
+    assert job.id == job_id
+
+
+def test_next_batch_waits_for_the_first_and_takes_what_is_due(
+    make_queue: QueueFactory, collection: Collection[Document], other_client: MongoClient[Document],
+) -> None:
+    consumer = make_queue()
+    producer = make_queue(on(other_client, collection))
+    waiting = Background(lambda: consumer.next_batch(10, timeout=10)).start()
+    assert wait_until(lambda: consumer.board.waiters == 1 and stream_ready(consumer))
+    ids = producer.put_many([{"n": i} for i in range(4)])
+    jobs = waiting.join(15)
+    assert 1 <= len(jobs) <= 4
+    rest = consumer.next_batch(10)
+    assert sorted(job.id for job in [*jobs, *rest]) == sorted(ids)
+    assert len({job.lease_token for job in jobs}) == 1  # one claim took the batch
+
+
+def test_waiters_still_wake_after_the_collection_is_dropped(
+    make_queue: QueueFactory, collection: Collection[Document], other_client: MongoClient[Document],
+) -> None:
+    consumer = make_queue()
+    producer = make_queue(on(other_client, collection))
+    producer.put({})
+    first = consumer.next(timeout=5)
+    assert first is not None
+    # Dropping the collection invalidates the change stream; the watcher must
+    # open a fresh one (the old resume token is useless).
+    collection.drop()
+    waiting = Background(lambda: consumer.next(timeout=10)).start()
+    assert wait_until(lambda: consumer.watcher.streams_opened >= 2, 10)
+    assert wait_until(lambda: consumer.board.waiters == 1)
+    started = time.monotonic()
+    job_id = producer.put({})
+    job = waiting.join(15)
+    assert isinstance(job, Job)
+    assert job.id == job_id
+    assert waiting.finished_at is not None
+    assert waiting.finished_at - started < 2.0
