@@ -9,14 +9,17 @@ the pytest output (shown with or without ``-s``).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import pytest
 from pymongo import MongoClient
@@ -146,3 +149,54 @@ def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
     for fleet in fleets:
         fleet.close()
 
+
+
+@dataclass(frozen=True)
+class AuthSet:
+    """A replica set with access control on, and the accounts the auth scenario uses."""
+
+    rs: ReplicaSet
+    db: str
+    password: str  # every account's; it must never show in any output
+
+    def uri(self, user: str, password: str | None = None) -> str:
+        secret = quote_plus(self.password if password is None else password)
+        hosts = ",".join(self.rs.hosts)
+        return f"mongodb://{user}:{secret}@{hosts}/?replicaSet=rs0&authSource=admin"
+
+
+AUTH_DB = "sqauth"
+# URI-special characters on purpose: the redaction must catch the escaped form too.
+AUTH_PASSWORD = "Sq-s3cret/p@ss:word%42"
+
+
+@pytest.fixture(scope="module")
+def auth_rs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthSet]:
+    """``--keyFile`` (which turns authorization on); users made via the localhost exception.
+
+    - ``root``: root, made first through the localhost exception;
+    - ``app``: ``readWrite`` on ``sqauth`` only: enough to enqueue, consume and reap;
+    - ``outsider``: ``readWrite`` on another database only.
+    """
+    keyfile = tmp_path_factory.mktemp("auth") / "keyfile"
+    keyfile.write_text(base64.b64encode(os.urandom(48)).decode())
+    keyfile.chmod(0o400)  # mongod refuses a key file others can read
+    with ReplicaSet(nodes=1, keyfile=keyfile) as rs:
+        local: MongoClient[Document] = MongoClient(rs.direct_uri(rs.members[0]))
+        with local:
+            local.admin.command("createUser", "root", pwd=AUTH_PASSWORD, roles=["root"])
+        auth = AuthSet(rs, AUTH_DB, AUTH_PASSWORD)
+        root: MongoClient[Document] = MongoClient(auth.uri("root"))
+        with root:
+            root.admin.command("createUser", "app", pwd=AUTH_PASSWORD,
+                               roles=[{"role": "readWrite", "db": AUTH_DB}])
+            root.admin.command("createUser", "outsider", pwd=AUTH_PASSWORD,
+                               roles=[{"role": "readWrite", "db": "elsewhere"}])
+        yield auth
+
+
+@pytest.fixture(scope="module")
+def rs3() -> Iterator[ReplicaSet]:
+    """A three-member replica set (elections in about 2 s) for failover scenarios."""
+    with ReplicaSet(nodes=3) as rs:
+        yield rs

@@ -33,6 +33,7 @@ from typing import Any
 
 from pymongo import MongoClient
 from pymongo.collection import Collection
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from streamqueue.queue import Job
@@ -69,14 +70,33 @@ def records() -> Collection[Document]:
         return _records
 
 
-def _base(job: Job) -> Document:
-    return {"job_id": job.id, "attempt": job.attempts, "pid": os.getpid(),
-            "consumer": job.consumer_id}
+def _base(job: Job, kind: str) -> Document:
+    # One record per claim and kind, whatever happens to the write.
+    return {"_id": f"{job.id}-{job.attempts}-{kind}", "kind": kind, "job_id": job.id,
+            "attempt": job.attempts, "pid": os.getpid(), "consumer": job.consumer_id}
+
+
+def _insert(doc: Document) -> None:
+    """Write a record, riding out elections: a record that failed to land would
+    make the handler raise, and the redelivery would blur the figures."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            records().insert_one(doc)
+            return
+        except DuplicateKeyError:
+            return  # an earlier try landed
+        except PyMongoError as exc:
+            transient = isinstance(exc, ConnectionFailure) or exc.has_error_label(
+                "RetryableWriteError")
+            if not transient or time.monotonic() > deadline:
+                raise
+            threading.Event().wait(0.2)
 
 
 def record(payload: dict[str, Any], job: Job) -> None:
     if payload.get("mark"):
-        records().insert_one({**_base(job), "kind": "start"})
+        _insert(_base(job, "start"))
     behaviour = payload.get("do")
     if behaviour == "die":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -87,9 +107,8 @@ def record(payload: dict[str, Any], job: Job) -> None:
         # An Event wait, not time.sleep: the clock-skew runs patch time.sleep.
         threading.Event().wait(work)
     data = job.data
-    records().insert_one({
-        **_base(job),
-        "kind": "done",
+    _insert({
+        **_base(job, "done"),
         "token": job.lease_token,
         "locked_at": data.get("locked_at"),
         "available_at": data.get("available_at"),

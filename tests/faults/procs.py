@@ -93,10 +93,7 @@ class Fleet:
         self.killed_pids: set[int] = set()
         self._count = 0
         self._replaced: set[int] = set()
-        self.env = {k: v for k, v in os.environ.items() if not _CLI_ENV.match(k)}
-        self.env.update({
-            "PYTHONPATH": str(REPO_ROOT),
-            "PYTHONUNBUFFERED": "1",
+        self.env = cli_env(**{
             handlers.ENV_URI: record_uri or uri,
             handlers.ENV_DB: db,
             handlers.ENV_RECORDS: records,
@@ -213,6 +210,22 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The test's environment without STREAMQUEUE_* settings, able to import ``tests``."""
+    env = {k: v for k, v in os.environ.items() if not _CLI_ENV.match(k)}
+    env.update({"PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 60.0,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m streamqueue ARGS...`` to completion, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamqueue", *args], cwd=REPO_ROOT,
+        env=env if env is not None else cli_env(), input=stdin, capture_output=True, text=True,
+        timeout=timeout, check=False)
 
 
 def faketime_prefix(offset: str) -> list[str]:
