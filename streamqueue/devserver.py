@@ -50,10 +50,7 @@ def serve(
     root = dbpath.expanduser().resolve() if dbpath is not None else None
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-    # A signalled primary waits up to 15 s by default for a secondary to catch
-    # up before it steps down; a development server should stop in a second.
-    rs = ReplicaSet(nodes=nodes, root=root, ports=ports,
-                    extra_args=["--setParameter", "shutdownTimeoutMillisForSignaledShutdown=1000"])
+    rs = ReplicaSet(nodes=nodes, root=root, ports=ports)
     signals_seen = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -87,25 +84,12 @@ def serve(
             if rs.members:
                 log.info("stopping %d mongod process%s", len(rs.members),
                          "" if len(rs.members) == 1 else "es")
-                _signal_all(rs)
             rs.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     except _Stop:
         log.info("stopped")
         return ExitCode.OK
-
-
-def _signal_all(rs: ReplicaSet) -> None:
-    """SIGTERM every member at once.
-
-    Stopped one by one, a primary waits for a secondary to catch up before it
-    steps down (seconds each); stopped together, nobody is left to wait for.
-    ``ReplicaSet.stop`` then only waits (and kills a member that hangs).
-    """
-    for member in rs.members:
-        if member.alive() and member.process is not None:
-            member.process.send_signal(signal.SIGTERM)
 
 
 def _check_ports_free(ports: list[int]) -> None:

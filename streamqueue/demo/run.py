@@ -65,8 +65,6 @@ HANDLER = "streamqueue.demo.handlers:handle"
 PRIORITIES = (0, 5, 10)
 PRIORITY_WEIGHTS = (70, 20, 10)
 PRODUCER_BATCH = 50
-#: A primary's SIGTERM shutdown otherwise waits ~15 s in quiesce mode, per member.
-MONGOD_ARGS = ("--setParameter", "shutdownTimeoutMillisForSignaledShutdown=0")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -403,8 +401,7 @@ class Demo:
         c = self.console
         c.event(f"starting a {self.args.nodes}-node replica set (mongod "
                 f"{find_mongod()})")
-        self.rs = ReplicaSet(nodes=self.args.nodes, root=self.run_dir / "mongo",
-                             extra_args=MONGOD_ARGS)
+        self.rs = ReplicaSet(nodes=self.args.nodes, root=self.run_dir / "mongo")
         # Blocks a few seconds; a signal meanwhile is acted on right after.
         self.uri = self.rs.start()
         self.mongod_pids = [m.process.pid for m in self.rs.members if m.process is not None]
