@@ -400,8 +400,12 @@ class Queue:
 
     def retry_failed(self, job_id: ObjectId | None = None) -> int:
         """Move one dead job (or all) back into the queue with a fresh set of attempts."""
-        self.store.ensure_indexes()
-        return self.store.retry_failed(job_id)
+        moved = self.store.retry_failed(job_id)
+        if moved:
+            # Only once something moved: a mistyped queue name must not create
+            # an empty queue (and its error queue) with indexes.
+            self.store.ensure_indexes()
+        return moved
 
     def purge_failed(self, job_id: ObjectId | None = None) -> int:
         return self.store.purge_failed(job_id)
