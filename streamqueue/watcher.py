@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 # ChangeStreamHistoryLost, ChangeStreamFatalError, InvalidResumeToken: the
 # saved token can never work again; reusing it would loop forever.
 TOKEN_DEAD_CODES = frozenset({286, 280, 260})
-# A job due this soon is treated as due now.
-DUE_NOW = 0.002
 
 
 class ChangeStreamWatcher:
@@ -146,7 +144,9 @@ class ChangeStreamWatcher:
         self._last_event = time.monotonic()
         self._hooks.changestream_event(self._store.name)
         due_in = event_due_in(event)
-        if due_in <= DUE_NOW:
+        # Even a job due in a millisecond gets a timer: a claim sent before
+        # then would miss it, and no other event would come for it.
+        if due_in <= 0:
             self._board.notify(1)
         else:
             self._board.schedule(due_in)
