@@ -79,6 +79,18 @@ def connections(client: MongoClient[Document]) -> int:
     return int(client.admin.command("serverStatus")["connections"]["current"])
 
 
+def connections_by_app(client: MongoClient[Document]) -> dict[str, int]:
+    """Open client connections on the server, by the application name each client sent."""
+    counts: dict[str, int] = {}
+    for op in client.admin.aggregate([{"$currentOp": {"allUsers": True, "idleConnections": True,
+                                                      "idleCursors": False}}]):
+        if "client" not in op:
+            continue  # the server's own threads
+        app = op.get("appName") or "-"
+        counts[app] = counts.get(app, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def rss_kib(pid: int) -> int | None:
     """Resident set size of ``pid`` in KiB, read from outside the process; None if it is gone."""
     try:

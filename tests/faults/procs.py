@@ -153,8 +153,7 @@ class Fleet:
 
     def kill(self, proc: Proc) -> None:
         """SIGKILL, as a crash or the OOM killer would."""
-        if proc.alive():
-            os.kill(proc.pid, signal.SIGKILL)
+        _signal_group(proc, signal.SIGKILL)
         proc.popen.wait(timeout=30)
         proc.killed = True
         self.killed_pids.add(proc.pid)
@@ -179,9 +178,7 @@ class Fleet:
 
     def stop(self, proc: Proc, timeout: float = 30.0) -> int:
         """SIGTERM and wait (the worker drains); SIGKILL after ``timeout``. Returns the status."""
-        if proc.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
+        _signal_group(proc, signal.SIGTERM)
         try:
             return proc.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -189,17 +186,19 @@ class Fleet:
             return proc.popen.wait(timeout=30)
 
     def close(self) -> None:
+        """SIGTERM every process group, give them 20 s, then SIGKILL what is left of each."""
         for proc in self.procs:
-            if proc.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGTERM)
+            _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for proc in self.procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.popen.wait(timeout=30)
+        for proc in self.procs:
+            # A wrapper (faketime) may have gone while its child lives on: the
+            # group outlives both, so it is the group that gets the last word.
+            _wait_group_gone(proc, deadline)
+            _signal_group(proc, signal.SIGKILL)
+            proc.popen.wait(timeout=30)
 
     def output(self) -> str:
         return "\n".join(f"===== {p.log_path.name} (pid {p.pid}) =====\n{p.output()}"
@@ -210,6 +209,22 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _signal_group(proc: Proc, signum: int) -> None:
+    # Each child leads its own session, so its process group holds it and
+    # anything it started (faketime runs Python as a child, not by exec).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+def _wait_group_gone(proc: Proc, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -1,0 +1,169 @@
+"""Scenario 8: soak, 100,000 jobs through four worker processes and a reaper, 1 % raising.
+
+Sampled from outside once a second: each worker's resident memory
+(``/proc/PID/status`` VmRSS), the server's open connections
+(``serverStatus.connections.current``) and the change streams open on the
+queue (``$currentOp`` with ``idleCursors``). After a warm-up (the first 10 %
+of the jobs), memory must stay flat (growth under 20 MB per worker) and
+connections and change streams constant.
+
+``STREAMQUEUE_SOAK_JOBS`` changes the number of jobs (default 100,000); the
+figures say how many ran.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo import MongoClient
+
+from streamqueue import Queue
+from streamqueue.testing import ReplicaSet
+from tests.faults.common import (
+    FAULT_DB,
+    change_streams,
+    connections,
+    connections_by_app,
+    enqueue,
+    log,
+    rss_kib,
+)
+from tests.faults.conftest import Report
+from tests.faults.evidence import gather
+from tests.faults.procs import Fleet
+from tests.helpers import wait_until
+
+Document = dict[str, Any]
+
+JOBS = int(os.environ.get("STREAMQUEUE_SOAK_JOBS", "100000"))
+WORKERS = 4
+WARM_UP = 0.10  # of the jobs
+RSS_GROWTH_LIMIT_KIB = 20 * 1024
+CONCURRENCY = 4
+# Connections a process may hold by design, by the appName it connects with.
+# A worker's queue client: the claim loop, one per slot, the heartbeat, the
+# bulk completer and the change stream, plus the driver's two monitoring
+# connections; the handler's record client: one per slot plus two; the
+# reaper: one plus two. A leak grows with the jobs run and crosses these.
+CONNECTION_BOUND = {
+    "streamqueue-worker": WORKERS * (CONCURRENCY + 4 + 2),
+    "sqfault-recorder": WORKERS * (CONCURRENCY + 2),
+    "streamqueue-reaper": 1 + 2,
+}
+# After warm-up a pool may still open one more connection per process, the
+# first time more of its threads than ever before talk to the server at once.
+CONNECTION_SLACK = WORKERS + 1
+
+
+def payload(i: int) -> Document:
+    # 1 % raise: 0.9 % on their first delivery only, 0.1 % on every delivery
+    # (those end in the error queue after max_attempts).
+    if i % 1000 == 7:
+        return {"i": i, "do": "raise"}
+    if i % 100 == 3:
+        return {"i": i, "do": "raise_first"}
+    return {"i": i}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_soak_memory_connections_and_streams_stay_flat(
+    fault_rs: ReplicaSet,
+    fault_client: MongoClient[Document],
+    queue_name: str,
+    fleet_factory: Callable[..., Fleet],
+    report: Callable[[str], Report],
+) -> None:
+    sheet = report("soak")
+    coll = fault_client[FAULT_DB][queue_name]
+    records = fault_client[FAULT_DB][f"{queue_name}.records"]
+    producer = Queue(coll, max_attempts=3)
+    producer.store.ensure_indexes()
+    ids: list[ObjectId] = []
+    put_error: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            ids.extend(enqueue(producer.put_many, (payload(i) for i in range(JOBS))))
+        except BaseException as exc:
+            put_error.append(exc)
+
+    fleet = fleet_factory(fault_rs.uri, queue_name, record_w="1")
+    reaper = fleet.reaper(interval=2.0)
+    workers = [fleet.worker(concurrency=CONCURRENCY, lease=30.0, backoff=0.2)
+               for _ in range(WORKERS)]
+    assert all(w.wait_for_output(" consuming ", 60) for w in workers), fleet.output()
+    started = time.monotonic()
+    putter = threading.Thread(target=produce, name="soak-producer", daemon=True)
+    putter.start()
+
+    samples: list[Document] = []
+    warm_at: Any = None
+    deadline = started + 840
+    next_sample = started
+    while True:
+        done = records.estimated_document_count()
+        sample = {
+            "t": round(time.monotonic() - started, 1), "done": done,
+            "rss_kib": [rss_kib(w.pid) for w in workers], "reaper_rss_kib": rss_kib(reaper.pid),
+            "connections": connections(fault_client),
+            "by_app": connections_by_app(fault_client),
+            "streams": change_streams(fault_client, coll.full_name).live,
+        }
+        samples.append(sample)
+        if warm_at is None and done >= JOBS * WARM_UP:
+            warm_at = sample["t"]
+            log(f"soak: warm after {warm_at}s: {sample}")
+        if not putter.is_alive() and not coll.count_documents({}, limit=1):
+            break
+        assert time.monotonic() < deadline, f"soak not finished: {sample}"
+        assert all(w.alive() for w in workers) and reaper.alive(), fleet.output()[-4000:]
+        if len(samples) % 30 == 0:
+            log(f"soak: {sample}")
+        next_sample += 1.0
+        time.sleep(max(0.0, next_sample - time.monotonic()))
+    elapsed = time.monotonic() - started
+    assert not put_error, put_error
+    assert warm_at is not None
+
+    warm = [s for s in samples if s["t"] >= warm_at]
+    baseline = warm[0]["rss_kib"]
+    growth = [max(s["rss_kib"][k] or 0 for s in warm) - (baseline[k] or 0)
+              for k in range(WORKERS)]
+    conns = [s["connections"] for s in warm]
+    streams = [s["streams"] for s in warm]
+    poison = {oid for oid, i in zip(ids, range(JOBS), strict=True) if i % 1000 == 7}
+    evidence = gather(coll, records, ids, expected_dead=poison)
+    sheet.update(evidence.figures())
+    sheet.update({
+        "workers": WORKERS, "concurrency": CONCURRENCY, "raising_percent": 1.0,
+        "run_seconds": round(elapsed, 1), "jobs_per_second": round(JOBS / elapsed),
+        "warm_up_seconds": warm_at, "samples": len(samples),
+        "rss_mib_after_warm_up": [round((b or 0) / 1024, 1) for b in baseline],
+        "rss_mib_at_end": [round((r or 0) / 1024, 1) for r in samples[-1]["rss_kib"]],
+        "rss_growth_mib_after_warm_up": [round(g / 1024, 1) for g in growth],
+        "reaper_rss_mib_start_end": [round((samples[0]["reaper_rss_kib"] or 0) / 1024, 1),
+                                     round((samples[-1]["reaper_rss_kib"] or 0) / 1024, 1)],
+        "server_connections_min_max": [min(conns), max(conns)],
+        "connection_bound_by_app": CONNECTION_BOUND,
+        "connections_by_app_after_warm_up": warm[0]["by_app"],
+        "connections_by_app_at_end": samples[-1]["by_app"],
+        "change_streams_min_max": [min(streams), max(streams)],
+        "stale_change_stream_cursors_at_end": change_streams(fault_client, coll.full_name).stale,
+    })
+    log(f"soak: {sheet.figures}")
+    evidence.assert_sound()
+    assert evidence.completed == JOBS - len(poison)
+    assert max(growth) < RSS_GROWTH_LIMIT_KIB, f"worker memory grew: {growth} KiB"
+    peak_by_app = {app: max(s["by_app"].get(app, 0) for s in warm) for app in CONNECTION_BOUND}
+    over = {app: n for app, n in peak_by_app.items() if n > CONNECTION_BOUND[app]}
+    assert not over, f"more connections than the design allows: {over} > {CONNECTION_BOUND}"
+    assert max(conns) - conns[0] <= CONNECTION_SLACK, f"connections grew: {conns}"
+    assert set(streams) == {WORKERS}, f"change streams moved: {streams}"
+    assert wait_until(lambda: all(w.alive() for w in workers), timeout=1)
