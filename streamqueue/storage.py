@@ -53,6 +53,9 @@ IS_DUE = {"$lte": ["$available_at", NOW]}
 LEASE_EXPIRED = {"$lt": ["$locked_until", NOW]}
 READY_AND_DUE: Document = {"state": READY, "$expr": IS_DUE}
 READY_NOT_DUE: Document = {"state": READY, "$expr": {"$gt": ["$available_at", NOW]}}
+# A batch claim that loses candidates to concurrent claims tries again for the
+# rest, this many times at most (each lost round means other claims progressed).
+CLAIM_MANY_ROUNDS = 8
 # Highest priority first; within a priority, the job that fell due first.
 CLAIM_SORT = [("priority", DESCENDING), ("available_at", ASCENDING), ("_id", ASCENDING)]
 
@@ -219,7 +222,7 @@ class JobStore:
         return result
 
     def claim_many(self, consumer_id: str, lease: float, limit: int) -> list[Document]:
-        """Lock up to ``limit`` due jobs in three round trips, whatever ``limit`` is."""
+        """Lock up to ``limit`` due jobs in three round trips (two more per round lost to a race)."""
         token = new_token()
         update = _claim_pipeline(consumer_id, token, lease)
         tried = False
@@ -232,15 +235,28 @@ class JobStore:
                 if held:
                     return held
             tried = True
-            candidates = [
-                doc["_id"]
-                for doc in self.jobs.find(READY_AND_DUE, {"_id": 1}, sort=CLAIM_SORT, limit=limit)
-            ]
-            if not candidates:
+            locked = 0
+            for _ in range(CLAIM_MANY_ROUNDS):
+                candidates = [
+                    doc["_id"]
+                    for doc in self.jobs.find(READY_AND_DUE, {"_id": 1}, sort=CLAIM_SORT,
+                                              limit=limit - locked)
+                ]
+                if not candidates:
+                    break
+                # Another consumer may take some candidates first; the filter
+                # re-checks each, so a job is locked by exactly one claim.
+                won = self.jobs.update_many(
+                    {"_id": {"$in": candidates}, **READY_AND_DUE}, update).modified_count
+                locked += won
+                if won == len(candidates):
+                    break  # the claim is full, or every due job was a candidate
+                # Lost some to a concurrent claim (they all read the same head of
+                # the queue): a short claim would tell the caller the queue is
+                # drained, and a worker would then wait for a wake-up a backlog
+                # never sends. Take the next ones instead.
+            if not locked:
                 return []
-            # Another consumer may take some candidates first; the filter
-            # re-checks each, so a job is locked by exactly one claim.
-            self.jobs.update_many({"_id": {"$in": candidates}, **READY_AND_DUE}, update)
             return list(self.jobs.find({"state": LOCKED, "lease_token": token}, sort=CLAIM_SORT))
 
         result: list[Document] = self._call("claim many", attempt)

@@ -1,0 +1,65 @@
+"""Found by the soak: workers sharing a backlog must all keep working.
+
+Every worker's batch claim reads the same head of the queue, so concurrent
+claims collide. A claim that comes back short because another consumer took
+its candidates says nothing about the queue being drained; a worker that
+takes it that way waits for a wake-up that a backlog never sends (no new
+inserts), until its 30 s sweep. Seen before the fix: of 2,000 queued jobs of
+50 ms, one worker ran 1,932 and three ran 2, 11 and 55 (28 s instead of 11 s).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from streamqueue import Queue
+from streamqueue.testing import ReplicaSet
+from tests.faults.common import FAULT_DB, enqueue, log
+from tests.faults.conftest import Report
+from tests.faults.procs import Fleet
+from tests.helpers import wait_until
+
+Document = dict[str, Any]
+
+JOBS = 2000
+WORKERS = 4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_workers_sharing_a_backlog_all_keep_working(
+    fault_rs: ReplicaSet,
+    fault_client: MongoClient[Document],
+    queue_name: str,
+    fleet_factory: Callable[..., Fleet],
+    report: Callable[[str], Report],
+) -> None:
+    sheet = report("backlog_shared")
+    coll = fault_client[FAULT_DB][queue_name]
+    records = fault_client[FAULT_DB][f"{queue_name}.records"]
+    producer = Queue(coll)
+    # The whole backlog is there before any worker starts: no insert will wake anyone.
+    # 50 ms of work per job: the run is bound by the workers' slots, not the CPU,
+    # so each worker should get about a quarter of the jobs.
+    enqueue(producer.put_many, ({"i": i, "work": 0.05} for i in range(JOBS)))
+    producer.close()
+    fleet = fleet_factory(fault_rs.uri, queue_name, record_w="1")
+    workers = [fleet.worker(concurrency=4, lease=30.0) for _ in range(WORKERS)]
+    started = time.monotonic()
+    assert wait_until(lambda: coll.count_documents({}) == 0, timeout=120, interval=0.2), (
+        f"{coll.count_documents({})} left")
+    elapsed = time.monotonic() - started
+    by_pid = {doc["_id"]: doc["n"] for doc in records.aggregate(
+        [{"$group": {"_id": "$pid", "n": {"$sum": 1}}}])}
+    shares = sorted(by_pid.get(w.pid, 0) for w in workers)
+    sheet.update({"jobs": JOBS, "workers": WORKERS, "jobs_per_worker": shares,
+                  "run_seconds": round(elapsed, 1)})
+    log(f"backlog: {sheet.figures}")
+    assert sum(shares) == JOBS
+    # Workers start up to a second or two apart; an even split is 25 % each.
+    assert shares[0] >= JOBS * 0.10, f"a worker sat idle beside a backlog: {shares}"
