@@ -42,15 +42,16 @@ def test_workers_sharing_a_backlog_all_keep_working(
     sheet = report("backlog_shared")
     coll = fault_client[FAULT_DB][queue_name]
     records = fault_client[FAULT_DB][f"{queue_name}.records"]
-    producer = Queue(coll)
-    # The whole backlog is there before any worker starts: no insert will wake anyone.
-    # 50 ms of work per job: the run is bound by the workers' slots, not the CPU,
-    # so each worker should get about a quarter of the jobs.
-    enqueue(producer.put_many, ({"i": i, "work": 0.05} for i in range(JOBS)))
-    producer.close()
     fleet = fleet_factory(fault_rs.uri, queue_name, record_w="1")
     workers = [fleet.worker(concurrency=4, lease=30.0) for _ in range(WORKERS)]
+    assert all(w.wait_for_output(" consuming ", 60) for w in workers), fleet.output()
+    # The backlog arrives in two inserts; after them nothing wakes anyone. 50 ms
+    # of work per job: the run is bound by the workers' slots, not the CPU, so
+    # each worker should get about a quarter of the jobs.
     started = time.monotonic()
+    producer = Queue(coll)
+    enqueue(producer.put_many, ({"i": i, "work": 0.05} for i in range(JOBS)))
+    producer.close()
     assert wait_until(lambda: coll.count_documents({}) == 0, timeout=120, interval=0.2), (
         f"{coll.count_documents({})} left")
     elapsed = time.monotonic() - started
@@ -61,5 +62,5 @@ def test_workers_sharing_a_backlog_all_keep_working(
                   "run_seconds": round(elapsed, 1)})
     log(f"backlog: {sheet.figures}")
     assert sum(shares) == JOBS
-    # Workers start up to a second or two apart; an even split is 25 % each.
+    # An even split is 25 % each.
     assert shares[0] >= JOBS * 0.10, f"a worker sat idle beside a backlog: {shares}"

@@ -31,7 +31,7 @@ Document = dict[str, Any]
 JOBS = 5000
 WORKERS = 4
 CONCURRENCY = 4
-LEASE = 4.0
+LEASE = 6.0
 HEARTBEAT = 0.5
 KILL_EVERY = 1.0
 

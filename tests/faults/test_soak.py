@@ -56,9 +56,12 @@ CONNECTION_BOUND = {
     "sqfault-recorder": WORKERS * (CONCURRENCY + 2),
     "streamqueue-reaper": 1 + 2,
 }
-# After warm-up a pool may still open one more connection per process, the
-# first time more of its threads than ever before talk to the server at once.
-CONNECTION_SLACK = WORKERS + 1
+# After warm-up a pool still opens a connection now and then, the first time
+# more of its threads than ever before talk to the server at once (seen: +5
+# over 100,000 jobs, mostly in the tail, where retries of failing jobs fall
+# due together). The design bound above is the real limit; this only catches
+# a leak early.
+CONNECTION_SLACK = 2 * WORKERS
 
 
 def payload(i: int) -> Document:
@@ -129,6 +132,7 @@ def test_soak_memory_connections_and_streams_stay_flat(
         next_sample += 1.0
         time.sleep(max(0.0, next_sample - time.monotonic()))
     elapsed = time.monotonic() - started
+    producer.close()
     assert not put_error, put_error
     assert warm_at is not None
 
@@ -156,6 +160,9 @@ def test_soak_memory_connections_and_streams_stay_flat(
         "connections_by_app_at_end": samples[-1]["by_app"],
         "change_streams_min_max": [min(streams), max(streams)],
         "stale_change_stream_cursors_at_end": change_streams(fault_client, coll.full_name).stale,
+        # Every 10th sample: seconds, jobs done, server connections, worker RSS (MiB).
+        "timeline": [[x["t"], x["done"], x["connections"],
+                      [round((r or 0) / 1024, 1) for r in x["rss_kib"]]] for x in samples[::10]],
     })
     log(f"soak: {sheet.figures}")
     evidence.assert_sound()
