@@ -1,0 +1,214 @@
+"""The one-shot commands: ``put``, ``stats`` and ``failed list|retry|purge``.
+
+Each connects, does one thing to a queue, prints the result and exits; a
+dead server fails within ``--server-timeout`` rather than after a minute of
+retries. The tables and JSON they print are made here too, since only these
+commands print them. ``streamqueue.queue`` is imported inside each command so
+``--help`` does not pay for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from bson import json_util
+from pymongo.errors import PyMongoError
+
+from streamqueue.cli.options import PROG, CliError, UsageError
+from streamqueue.cli.runtime import Session, _note, _output, one_shot_retry, open_session
+from streamqueue.exitcodes import ExitCode
+from streamqueue.storage import Document
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    from streamqueue.queue import Queue
+
+    payload = _read_payload(args.payload)
+    session = open_session(args, "streamqueue-put")
+    try:
+        queue = Queue(session.collection(), max_attempts=args.max_attempts,
+                      retry=one_shot_retry(args))
+        try:
+            job_id = queue.put(payload, priority=args.priority, delay=args.delay)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"payload rejected: {exc}") from None
+    finally:
+        session.close()
+    _output(job_id)
+    return ExitCode.OK
+
+
+def _read_payload(text: str) -> dict[str, Any]:
+    source = "stdin" if text == "-" else "payload"
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{source} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{source} is nested too deeply") from None
+    if not isinstance(payload, dict):
+        raise UsageError(f"the payload must be a JSON object ({{...}}), not a "
+                         f"{type(payload).__name__}")
+    return payload
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from streamqueue.queue import Queue
+
+    session = open_session(args, "streamqueue-stats")
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        existing = _existing_collections(session)
+        for name in session.queues:
+            queue = Queue(session.collection(name), retry=one_shot_retry(args))
+            stats: dict[str, Any] = dict(queue.stats())
+            stats["oldest_available_age_seconds"] = round(queue.oldest_available_age(), 3)
+            stats["exists"] = name in existing or f"{name}.failed" in existing
+            rows[name] = stats
+    finally:
+        session.close()
+    for name, stats in rows.items():
+        if not stats["exists"]:
+            _note(f"{PROG}: note: {session.db}.{name} does not exist (yet)")
+    if args.json:
+        _output(json.dumps(rows, indent=2, sort_keys=True))
+    else:
+        _output(_stats_table(rows))
+    return ExitCode.OK
+
+
+def _existing_collections(session: Session) -> set[str]:
+    wanted = [n for name in session.queues for n in (name, f"{name}.failed")]
+
+    def names() -> list[str]:
+        return session.client[session.db].list_collection_names(filter={"name": {"$in": wanted}})
+
+    try:
+        return set(names())
+    except PyMongoError:
+        return set(wanted)  # no listCollections privilege: assume they exist
+
+
+def _stats_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    header = ["QUEUE", "AVAILABLE", "LOCKED", "DELAYED", "FAILED", "TOTAL", "OLDEST AVAILABLE"]
+    body = [
+        [name, str(s["available"]), str(s["locked"]), str(s["delayed"]), str(s["failed"]),
+         str(s["total"]), _duration(s["oldest_available_age_seconds"]) if s["available"] else "-"]
+        for name, s in rows.items()
+    ]
+    return _table(header, body, right_aligned=range(1, 7))
+
+
+def _duration(value: float) -> str:
+    if value < 60:
+        return f"{value:.1f}s"
+    if value < 3600:
+        return f"{value / 60:.1f}m"
+    if value < 86400:
+        return f"{value / 3600:.1f}h"
+    return f"{value / 86400:.1f}d"
+
+
+def _table(header: list[str], body: list[list[str]], right_aligned: Sequence[int] = ()) -> str:
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        cells = [cell.rjust(widths[i]) if i in right_aligned else cell.ljust(widths[i])
+                 for i, cell in enumerate(row)]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join(line(row) for row in [header, *body])
+
+
+def cmd_failed_list(args: argparse.Namespace) -> int:
+    from streamqueue.queue import Queue
+
+    session = open_session(args, "streamqueue-failed")
+    try:
+        queue = Queue(session.collection(), retry=one_shot_retry(args))
+        docs = queue.store.list_failed(limit=args.limit)
+    finally:
+        session.close()
+    if args.json:
+        _output(json.dumps([_failed_json(doc) for doc in docs], indent=2))
+        return ExitCode.OK
+    if not docs:
+        _note(f"{PROG}: the error queue of {session.db}.{session.queues[0]} is empty")
+        return ExitCode.OK
+    header = ["JOB ID", "FAILED AT (UTC)", "ATTEMPTS", "LAST ERROR"]
+    body = [[str(doc["_id"]), _when(doc.get("failed_at")),
+             f"{doc.get('attempts', '?')}/{doc.get('max_attempts', '?')}",
+             _error_summary(doc.get("last_error"))] for doc in docs]
+    _output(_table(header, body))
+    return ExitCode.OK
+
+
+def _failed_json(doc: Document) -> dict[str, Any]:
+    def plain(value: object) -> Any:
+        return json.loads(json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS))
+
+    return {
+        "id": str(doc["_id"]),
+        "failed_at": _when(doc.get("failed_at")),
+        "enqueued_at": _when(doc.get("enqueued_at")),
+        "attempts": doc.get("attempts"),
+        "max_attempts": doc.get("max_attempts"),
+        "priority": doc.get("priority"),
+        "last_error": doc.get("last_error"),
+        "payload": plain(doc.get("payload")),
+    }
+
+
+def _when(value: object) -> str:
+    if not isinstance(value, datetime):
+        return "-"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _error_summary(text: object, width: int = 80) -> str:
+    if not isinstance(text, str) or not text.strip():
+        return "-"
+    # A traceback's last line names the exception; that is what a list needs.
+    last = text.strip().splitlines()[-1].strip()
+    return last if len(last) <= width else last[: width - 3] + "..."
+
+
+def cmd_failed_retry(args: argparse.Namespace) -> int:
+    from streamqueue.queue import Queue
+
+    session = open_session(args, "streamqueue-failed")
+    try:
+        queue = Queue(session.collection(), retry=one_shot_retry(args))
+        moved = queue.retry_failed(args.job_id)
+    finally:
+        session.close()
+    where = f"{session.db}.{session.queues[0]}"
+    if args.job_id is not None and moved == 0:
+        raise CliError(f"no job {args.job_id} in the error queue of {where}", ExitCode.NOT_FOUND)
+    _output(f"moved {moved} job{'s' if moved != 1 else ''} back to {where}")
+    return ExitCode.OK
+
+
+def cmd_failed_purge(args: argparse.Namespace) -> int:
+    from streamqueue.queue import Queue
+
+    session = open_session(args, "streamqueue-failed")
+    try:
+        queue = Queue(session.collection(), retry=one_shot_retry(args))
+        purged = queue.purge_failed(args.job_id)
+    finally:
+        session.close()
+    where = f"{session.db}.{session.queues[0]}"
+    if args.job_id is not None and purged == 0:
+        raise CliError(f"no job {args.job_id} in the error queue of {where}", ExitCode.NOT_FOUND)
+    _output(f"deleted {purged} job{'s' if purged != 1 else ''} from the error queue of {where}")
+    return ExitCode.OK

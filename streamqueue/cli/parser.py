@@ -1,0 +1,316 @@
+"""The command line's grammar: which commands exist and which options each takes.
+
+``build_parser`` declares every subcommand with its options, help text and
+examples, and binds each to the function that runs it; ``parse_args`` turns
+``argv`` plus the environment into a checked ``argparse.Namespace``, refusing
+option combinations no command accepts. Parsing never connects to anything,
+so a usage error costs nothing and ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from streamqueue import __version__
+from streamqueue.cli.admin import cmd_failed_list, cmd_failed_purge, cmd_failed_retry, cmd_put, cmd_stats
+from streamqueue.cli.options import (
+    LOG_LEVELS,
+    PROG,
+    ArgumentParser,
+    Options,
+    UsageError,
+    any_int,
+    apply_environment,
+    log_level,
+    object_id,
+    port_number,
+    positive_int,
+    positive_seconds,
+    queue_names,
+    seconds,
+)
+from streamqueue.cli.services import cmd_devserver, cmd_reaper, cmd_worker
+
+DEFAULT_SERVER_TIMEOUT = 5.0
+
+TOP_EPILOG = """\
+examples:
+  python -m streamqueue devserver                     # a local replica set; prints its URI
+  export STREAMQUEUE_URI='mongodb://127.0.0.1:27017/?replicaSet=rs0'
+  streamqueue put --db app --queue emails '{"to": "a@example.com"}'
+  streamqueue worker myapp.tasks:send_email --db app --queue emails --concurrency 8
+  streamqueue reaper --db app --queue emails --metrics-port 9101
+  streamqueue stats --db app --queue emails
+  streamqueue failed list --db app --queue emails
+
+Every option also reads an environment variable, shown in each command's --help;
+the command line wins. Exit status: 0 ok, 1 error, 2 usage, 3 configuration,
+4 MongoDB unreachable, 5 permission denied, 6 job not found, 130 interrupted.
+"""
+
+WORKER_EPILOG = """\
+examples:
+  streamqueue worker myapp.tasks:resize --uri "$URI" --db app --queue images
+  STREAMQUEUE_URI=... STREAMQUEUE_DB=app STREAMQUEUE_QUEUE=images \\
+      python -m streamqueue.worker myapp.tasks:resize --concurrency 8 --metrics-port 9100
+  streamqueue worker myapp.tasks:resize --db app --queue images --burst   # drain, then exit
+
+The handler is called with the job's payload (and the Job, if it takes a second
+argument or one named "job"); returning completes the job, raising retries it
+with exponential backoff until --max-attempts, then moves it to the error queue.
+SIGTERM/SIGINT: stop claiming, let running jobs finish within --shutdown-grace,
+release the rest, exit 0; a second signal exits at once.
+"""
+
+REAPER_EPILOG = """\
+examples:
+  streamqueue reaper --uri "$URI" --db app --queue images --queue emails --metrics-port 9101
+  STREAMQUEUE_QUEUE=images,emails python -m streamqueue.reaper --db app --interval 10
+  streamqueue reaper --db app --queue images --once      # one pass (cron, tests)
+
+Each pass requeues expired leases with attempts left, moves exhausted jobs to
+the error queue (DB.NAME.failed) and publishes the queue gauges. Several
+reapers at once are safe.
+"""
+
+DEVSERVER_EPILOG = """\
+examples:
+  python -m streamqueue.devserver                  # one node on a free port
+  streamqueue devserver --nodes 3 --port 27017     # ports 27017..27019
+  streamqueue devserver --port 27017 --dbpath ~/.streamqueue-data   # keeps data across runs
+
+Prints the URI on stdout; every mongod stops on Ctrl-C or SIGTERM.
+"""
+
+PUT_EPILOG = """\
+examples:
+  streamqueue put --db app --queue emails '{"to": "a@example.com"}'
+  streamqueue put --db app --queue emails --priority 10 --delay 60 '{"to": "b@example.com"}'
+  echo '{"n": 1}' | streamqueue put --db app --queue emails -
+
+Prints the new job's id.
+"""
+
+STATS_EPILOG = """\
+examples:
+  streamqueue stats --db app --queue emails --queue images
+  streamqueue stats --db app --queue emails --json | jq .emails.available
+"""
+
+FAILED_EPILOG = """\
+examples:
+  streamqueue failed list --db app --queue emails
+  streamqueue failed retry --db app --queue emails 65f1c0ffee0123456789abcd
+  streamqueue failed retry --db app --queue emails            # every dead job
+  streamqueue failed purge --db app --queue emails --all
+"""
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
+        description="A job queue in a MongoDB collection: run workers and the reaper, "
+                    "enqueue jobs, look at queues.",
+        epilog=TOP_EPILOG,
+        formatter_class=_formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    worker = _subparser(commands, "worker", "run a handler on a queue's jobs", WORKER_EPILOG)
+    opts = Options(worker)
+    opts.add("handler", env="HANDLER", positional=True, metavar="MODULE:FUNCTION",
+             required=True, help="the job handler, e.g. myapp.tasks:send_email")
+    _connection_options(opts, several_queues=False)
+    opts.add("--concurrency", env="CONCURRENCY", convert=positive_int, default=4, metavar="N",
+             help="handler threads")
+    opts.add("--lease", env="LEASE", convert=positive_seconds, default=300.0, metavar="SECONDS",
+             help="how long a claim holds a job before the reaper may hand it on")
+    opts.add("--max-attempts", env="MAX_ATTEMPTS", convert=positive_int, default=3, metavar="N",
+             help="deliveries before a failing job moves to the error queue "
+                  "(for jobs this process enqueues; each job keeps its own)")
+    opts.add("--heartbeat", env="HEARTBEAT", convert=positive_seconds, metavar="SECONDS",
+             help="extend leases of running jobs this often; default lease/3")
+    opts.add("--shutdown-grace", env="SHUTDOWN_GRACE", convert=seconds, default=30.0,
+             metavar="SECONDS", help="on SIGTERM, how long running jobs may take to finish")
+    opts.add("--batch", env="BATCH", convert=positive_int, metavar="N",
+             help="claim up to N jobs per round trip; default: as many as there are free slots")
+    opts.add("--backoff", env="BACKOFF", convert=seconds, default=1.0, metavar="SECONDS",
+             help="retry delay after the first failure; doubles each attempt, with jitter")
+    opts.add("--backoff-cap", env="BACKOFF_CAP", convert=seconds, default=300.0,
+             metavar="SECONDS", help="longest retry delay")
+    opts.add("--consumer-id", env="CONSUMER_ID", metavar="ID",
+             help="name of this consumer in claimed jobs; default host:pid:random")
+    _metrics_options(opts)
+    opts.flag("--burst", env="BURST",
+              help="exit once nothing is due and every slot is idle")
+    _log_option(opts, "INFO")
+    worker.set_defaults(run=cmd_worker)
+
+    reaper = _subparser(commands, "reaper", "hand expired leases on; publish queue gauges",
+                        REAPER_EPILOG)
+    opts = Options(reaper)
+    _connection_options(opts, several_queues=True)
+    opts.add("--interval", env="INTERVAL", convert=positive_seconds, default=5.0,
+             metavar="SECONDS", help="time between passes")
+    _metrics_options(opts)
+    opts.flag("--once", env="ONCE", help="run one pass and exit (0 if every queue was reaped)")
+    _log_option(opts, "INFO")
+    reaper.set_defaults(run=cmd_reaper)
+
+    devserver = _subparser(commands, "devserver",
+                           "run a local MongoDB replica set in the foreground", DEVSERVER_EPILOG)
+    opts = Options(devserver)
+    opts.add("--nodes", env="DEVSERVER_NODES", convert=positive_int, default=1, metavar="N",
+             help="replica set members")
+    opts.add("--port", env="DEVSERVER_PORT", convert=port_number, metavar="PORT",
+             help="port of the first member (the others follow); default: free ports")
+    opts.add("--dbpath", env="DEVSERVER_DBPATH", convert=Path, metavar="DIR",
+             help="keep data in DIR across runs (needs --port); default: a temporary "
+                  "directory, deleted on exit")
+    _log_option(opts, "INFO")
+    devserver.set_defaults(run=cmd_devserver)
+
+    put = _subparser(commands, "put", "enqueue one job", PUT_EPILOG)
+    opts = Options(put)
+    put.add_argument("payload", metavar="JSON",
+                     help="the payload, a JSON object; '-' reads it from stdin")
+    _connection_options(opts, several_queues=False)
+    opts.add("--priority", env="PRIORITY", convert=any_int, metavar="N",
+             help="higher is claimed first; default: the payload's \"priority\" key, else 0")
+    opts.add("--delay", env="DELAY", convert=seconds, default=0.0, metavar="SECONDS",
+             help="claimable only after this long")
+    opts.add("--max-attempts", env="MAX_ATTEMPTS", convert=positive_int, default=3, metavar="N",
+             help="deliveries before the job moves to the error queue")
+    _log_option(opts, "WARNING")
+    put.set_defaults(run=cmd_put)
+
+    stats = _subparser(commands, "stats", "show job counts by state", STATS_EPILOG)
+    opts = Options(stats)
+    _connection_options(opts, several_queues=True)
+    opts.flag("--json", env="JSON", help="print JSON instead of a table")
+    _log_option(opts, "WARNING")
+    stats.set_defaults(run=cmd_stats)
+
+    failed = _subparser(commands, "failed", "look at, retry or purge the error queue",
+                        FAILED_EPILOG)
+    actions = failed.add_subparsers(dest="action", metavar="ACTION", required=True)
+    failed_list = _subparser(actions, "list", "list dead jobs, newest first", FAILED_EPILOG)
+    opts = Options(failed_list)
+    _connection_options(opts, several_queues=False)
+    opts.add("--limit", env="LIMIT", convert=positive_int, default=100, metavar="N",
+             help="show at most N jobs")
+    opts.flag("--json", env="JSON", help="print JSON instead of a table")
+    _log_option(opts, "WARNING")
+    failed_list.set_defaults(run=cmd_failed_list)
+
+    failed_retry = _subparser(actions, "retry",
+                              "move dead jobs back to the queue with fresh attempts",
+                              FAILED_EPILOG)
+    failed_retry.add_argument("job_id", nargs="?", type=object_id, metavar="JOB_ID",
+                              help="only this job; default: every dead job")
+    opts = Options(failed_retry)
+    _connection_options(opts, several_queues=False)
+    _log_option(opts, "WARNING")
+    failed_retry.set_defaults(run=cmd_failed_retry)
+
+    failed_purge = _subparser(actions, "purge", "delete dead jobs for good", FAILED_EPILOG)
+    failed_purge.add_argument("job_id", nargs="?", type=object_id, metavar="JOB_ID",
+                              help="only this job")
+    # Deliberately no environment variable: deleting everything must be typed.
+    failed_purge.add_argument("--all", action="store_true", dest="all",
+                              help="delete every dead job (required when no JOB_ID is given)")
+    opts = Options(failed_purge)
+    _connection_options(opts, several_queues=False)
+    _log_option(opts, "WARNING")
+    failed_purge.set_defaults(run=cmd_failed_purge)
+    return parser
+
+
+def _subparser(commands: Any, name: str, summary: str, epilog: str) -> ArgumentParser:
+    parser: ArgumentParser = commands.add_parser(
+        name, help=summary, description=summary[:1].upper() + summary[1:] + ".",
+        epilog=epilog, formatter_class=_formatter,
+    )
+    return parser
+
+
+def _connection_options(opts: Options, *, several_queues: bool) -> None:
+    opts.add("--uri", env="URI", required=True, secret=True, metavar="URI",
+             help="MongoDB connection string (a replica set, for push wake-ups)")
+    opts.add("--db", env="DB", metavar="DB",
+             help="database; default: the one named in the URI")
+    if several_queues:
+        opts.add("--queue", env="QUEUE", convert=queue_names, append=True, required=True,
+                 metavar="NAME", help="queue (collection) name; repeat or comma-separate "
+                                      "for several")
+    else:
+        opts.add("--queue", env="QUEUE", convert=queue_names, append=True, required=True,
+                 metavar="NAME", help="queue (collection) name")
+    opts.add("--server-timeout", env="SERVER_TIMEOUT", convert=positive_seconds,
+             default=DEFAULT_SERVER_TIMEOUT, metavar="SECONDS",
+             help="give up on an unreachable server after this long")
+
+
+def _metrics_options(opts: Options) -> None:
+    opts.add("--metrics-port", env="METRICS_PORT", convert=port_number, metavar="PORT",
+             help="serve Prometheus metrics on http://ADDR:PORT/metrics; default: none")
+    opts.add("--metrics-addr", env="METRICS_ADDR", default="0.0.0.0", metavar="ADDR",
+             help="address the metrics server binds")
+
+
+def _log_option(opts: Options, default: str) -> None:
+    opts.add("--log-level", env="LOG_LEVEL", convert=log_level, default=default,
+             metavar="LEVEL", help=f"log threshold, one of {', '.join(LOG_LEVELS)}")
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """Parse ``argv`` and fill unset options from ``environ`` (default ``os.environ``).
+
+    Raises ``UsageError`` for anything wrong; ``SystemExit(0)`` for --help/--version.
+    """
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    apply_environment(args, os.environ if environ is None else environ)
+    if getattr(args, "queue", None) is not None:
+        args.queue = _flatten_queues(args.queue)
+    _check_combinations(args)
+    return args
+
+
+def _flatten_queues(values: list[list[str]] | list[str]) -> list[str]:
+    names: list[str] = []
+    for value in values:
+        for name in [value] if isinstance(value, str) else value:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _check_combinations(args: argparse.Namespace) -> None:
+    command = args.command if args.command != "failed" else f"failed {args.action}"
+    queues: list[str] | None = getattr(args, "queue", None)
+    single = command in ("worker", "put", "failed list", "failed retry", "failed purge")
+    if single and queues is not None and len(queues) > 1:
+        raise UsageError(f"{command} takes one queue, not {len(queues)} ({', '.join(queues)})")
+    if command == "failed purge" and args.job_id is None and not args.all:
+        raise UsageError("failed purge deletes for good: name a JOB_ID, or pass --all")
+    if command == "failed purge" and args.job_id is not None and args.all:
+        raise UsageError("failed purge takes a JOB_ID or --all, not both")
+    if command == "devserver" and args.dbpath is not None and args.port is None:
+        raise UsageError("--dbpath needs --port: a kept replica set must find its members "
+                         "on the same ports")
+    if command == "devserver" and args.port is not None and args.port + args.nodes - 1 > 65535:
+        raise UsageError(f"--port {args.port} leaves no room for {args.nodes} members")
+

@@ -1,0 +1,171 @@
+"""The long-running commands: ``worker``, ``reaper`` and ``devserver``.
+
+These run until signalled: they may serve Prometheus metrics while they run,
+and a first SIGTERM/SIGINT stops them gently, a second at once. The worker and
+queue machinery is imported inside each command so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from streamqueue.cli.options import PROG, CliError, UsageError
+from streamqueue.cli.runtime import _one_line, open_session
+from streamqueue.exitcodes import ExitCode
+from streamqueue.exitcodes import for_error as exit_code_for
+from streamqueue.retry import RetryPolicy
+from streamqueue.uri import redact_uri
+
+# The command line logs under one name, whichever of its modules speaks.
+log = logging.getLogger("streamqueue.cli")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streamqueue.backoff import ExponentialBackoff
+    from streamqueue.handlers import load_handler
+    from streamqueue.metrics import PrometheusHooks
+    from streamqueue.queue import Queue
+    from streamqueue.worker import Worker
+
+    # The console script does not put the working directory on sys.path the
+    # way `python -m` does; handlers are usually found relative to it.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    handler = load_handler(args.handler)
+    hooks = PrometheusHooks()
+    session = open_session(args, "streamqueue-worker")
+    name = session.queues[0]
+    hooks.touch_queue(name)
+    try:
+        queue = Queue(session.collection(name), args.consumer_id, lease=args.lease,
+                      max_attempts=args.max_attempts, hooks=hooks)
+        worker = Worker(queue, handler, concurrency=args.concurrency, heartbeat=args.heartbeat,
+                        shutdown_grace=args.shutdown_grace, batch=args.batch, burst=args.burst,
+                        backoff=ExponentialBackoff(base=args.backoff, cap=args.backoff_cap))
+    except (TypeError, ValueError) as exc:
+        session.close()
+        raise UsageError(str(exc)) from None
+    untrack = hooks.track_worker(name, slots=worker.slots, busy=lambda: worker.busy_slots,
+                                 last_event_age=queue.watcher.last_event_age)
+    try:
+        server = _serve_metrics(args, hooks)
+        try:
+            log.info("worker %s: %s on %s.%s via %s, %d slots, lease %gs",
+                     queue.consumer_id, args.handler, session.db, name, redact_uri(args.uri),
+                     worker.slots, queue.lease)
+            worker.install_signal_handlers()
+            worker.run()
+        finally:
+            if server is not None:
+                server.close()
+    finally:
+        untrack()
+        queue.close()
+        session.close()
+    return ExitCode.OK
+
+
+def _serve_metrics(args: argparse.Namespace, hooks: Any) -> Any:
+    if args.metrics_port is None:
+        return None
+    from streamqueue.metrics import serve_metrics
+
+    try:
+        return serve_metrics(args.metrics_port, args.metrics_addr, hooks.registry)
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: "
+                       f"{exc.strerror or exc}", ExitCode.CONFIG) from None
+
+
+def cmd_reaper(args: argparse.Namespace) -> int:
+    from streamqueue.metrics import PrometheusHooks
+    from streamqueue.queue import Queue
+    from streamqueue.reaper import Reaper
+
+    hooks = PrometheusHooks()
+    session = open_session(args, "streamqueue-reaper")
+    try:
+        # The reaper loop is itself a retry: a pass gives up after a bounded
+        # while so a signal is answered promptly even in an outage.
+        retry = RetryPolicy(max_delay=max(10.0, 2 * args.interval))
+        queues = [Queue(session.collection(name), hooks=hooks, retry=retry)
+                  for name in session.queues]
+        for name in session.queues:
+            hooks.touch_queue(name, role="reaper")
+        reaper = Reaper(queues, interval=args.interval, hooks=hooks)
+        where = ", ".join(f"{session.db}.{name}" for name in session.queues)
+        if args.once:
+            if args.metrics_port is not None:
+                log.info("--metrics-port is ignored with --once (nothing would scrape it)")
+            result = reaper.run_once()
+            for name, count in result.reaped.items():
+                log.info("%s.%s: %d expired lease%s handled", session.db, name, count,
+                         "" if count == 1 else "s")
+            if result.errors:
+                name, exc = next(iter(result.errors.items()))
+                raise CliError(f"reaping {session.db}.{name} failed: {_one_line(exc, args.uri)}",
+                               exit_code_for(exc))
+            return ExitCode.OK
+        server = _serve_metrics(args, hooks)
+        try:
+            log.info("reaper on %s via %s, every %gs", where, redact_uri(args.uri), args.interval)
+            _run_until_signalled(reaper.run, reaper.stop, "reaper")
+        finally:
+            if server is not None:
+                server.close()
+    finally:
+        session.close()
+    return ExitCode.OK
+
+
+def _run_until_signalled(run: Callable[[], None], stop: Callable[[], None], what: str) -> None:
+    """Run ``run`` in a thread; the first SIGTERM/SIGINT calls ``stop``, a second exits at once.
+
+    The loop runs off the main thread so the signal handler never takes a lock
+    the interrupted code may hold.
+    """
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as exc:  # handed to the main thread below
+            failure.append(exc)
+
+    signals = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            os.write(2, f"{PROG} {what}: second signal, exiting now\n".encode())
+            os._exit(128 + signum)
+        log.info("signal %d: stopping after the current pass (send again to exit at once)",
+                 signum)
+        stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    thread = threading.Thread(target=target, name=f"streamqueue-{what}")
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(1.0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failure:
+        raise failure[0]
+
+
+def cmd_devserver(args: argparse.Namespace) -> int:
+    from streamqueue.devserver import serve
+
+    return serve(nodes=args.nodes, port=args.port, dbpath=args.dbpath)
