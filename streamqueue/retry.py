@@ -18,6 +18,7 @@ from pymongo.errors import (
     ExecutionTimeout,
     OperationFailure,
     PyMongoError,
+    WriteConcernError,
     WriteError,
 )
 from tenacity import (
@@ -43,6 +44,14 @@ T = TypeVar("T")
 # Server codes: Unauthorized, AuthenticationFailed, and Atlas' "user is not allowed".
 AUTH_CODES = frozenset({13, 18, 8000})
 TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
+# A write that was applied but whose wait for a majority an election or a
+# shutdown cut short (the retryable-writes spec's codes). The driver labels and
+# retries these only for single-document writes; the multi-document ones here
+# (batch claim, bulk completion, heartbeat, reap) are idempotent or find their
+# own work again by lease token, so they are retried too. Left unretried, a
+# batch claim hit by an election orphaned the jobs it had locked.
+RETRYABLE_WRITE_CONCERN_CODES = frozenset(
+    {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -50,6 +59,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, DuplicateKeyError | DocumentTooLarge | ExecutionTimeout | WriteError):
         return False
     if isinstance(exc, ConnectionFailure):
+        return True
+    if isinstance(exc, WriteConcernError) and exc.code in RETRYABLE_WRITE_CONCERN_CODES:
         return True
     if isinstance(exc, PyMongoError):
         return any(exc.has_error_label(label) for label in TRANSIENT_LABELS)

@@ -197,6 +197,19 @@ def auth_rs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthSet]:
 
 @pytest.fixture(scope="module")
 def rs3() -> Iterator[ReplicaSet]:
-    """A three-member replica set (elections in about 2 s) for failover scenarios."""
+    """A three-member replica set (elections in about 2 s) for failover scenarios.
+
+    All members get the same priority: the launcher prefers the first, which
+    would take the primary role back (a second election) as soon as a
+    stepdown's freeze ends, in the middle of the next scenario.
+    """
     with ReplicaSet(nodes=3) as rs:
+        client: MongoClient[Document] = MongoClient(rs.uri)
+        with client:
+            config = client.admin.command("replSetGetConfig")["config"]
+            for member in config["members"]:
+                member["priority"] = 1
+            config["version"] += 1
+            client.admin.command("replSetReconfig", config)
+        rs.wait_for_primary()
         yield rs

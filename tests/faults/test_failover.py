@@ -152,9 +152,22 @@ def _run_failover(
     recovery = first_flow()
     assert recovery is not None
 
-    streams_ok = wait_until(
-        lambda: change_streams(client, coll.full_name).live == WORKERS, timeout=30, interval=0.2)
-    streams = change_streams(client, coll.full_name)
+    # Each worker still follows one change stream. Not necessarily on the new
+    # primary: since 4.2 a stepdown kills writes only, so a stream's cursor may
+    # live on, and keep delivering, on the member that is now a secondary.
+    def live_streams() -> int:
+        return sum(change_streams(member_client, coll.full_name).live
+                   for member_client in member_clients)
+
+    member_clients: list[MongoClient[Document]] = [
+        MongoClient(rs.direct_uri(m), serverSelectionTimeoutMS=5000)
+        for m in rs.members if m.alive()]
+    try:
+        streams_ok = wait_until(lambda: live_streams() == WORKERS, timeout=30, interval=0.2)
+        streams = live_streams()
+    finally:
+        for member_client in member_clients:
+            member_client.close()
     evidence = gather(coll, records, producer.ids, killed_pids=fleet.killed_pids)
     per_second = Counter(math.floor(rec["clock"] - t0) for rec in records.find(
         {"kind": "done"}, {"clock": 1}) if -3 <= rec["clock"] - t0 < 15)
@@ -167,7 +180,7 @@ def _run_failover(
         "jobs_flowing_again_after_seconds": round(recovery, 2),
         "completions_per_second_around_failover": [per_second.get(s, 0) for s in range(-3, 15)],
         "slowest_enqueue_seconds": round(producer.slowest_put, 2),
-        "change_streams_live_after": streams.live,
+        "change_streams_live_after": streams,
         "stream_recoveries_logged": output.count("push wake-ups resumed"),
         "retries_logged": output.count("retrying:"),
         "run_seconds_from_failover": round(run_seconds, 1),

@@ -32,6 +32,8 @@ Document = dict[str, Any]
 
 WORKER_APP = "streamqueue-worker"  # the appname the worker CLI connects with
 RETRYABLE = ["RetryableWriteError"]
+WCE_INTERRUPTED = {"code": 11602, "codeName": "InterruptedDueToReplStateChange",
+                   "errmsg": "operation was interrupted"}
 
 # (what it simulates, failCommand data, times)
 FAULTS: list[tuple[str, Document, int]] = [
@@ -52,6 +54,13 @@ FAULTS: list[tuple[str, Document, int]] = [
     ("change stream: history lost (token unusable)", {"failCommands": ["getMore"],
                                                       "errorCode": 286}, 1),
     ("heartbeat read-back: connection cut", {"failCommands": ["find"], "closeConnection": True}, 2),
+    # What an election does to a write waiting for majority: the write is
+    # applied, the reply carries a WriteConcernError. Batch claims, bulk
+    # completions and heartbeats are multi-document writes, which the driver
+    # never retries. (After this error the driver waits for its next server
+    # check, up to 10 s, as the server did not really change: one fault for both.)
+    ("batch claim, heartbeat, bulk complete: applied, majority wait interrupted",
+     {"failCommands": ["update", "delete"], "writeConcernError": WCE_INTERRUPTED}, 4),
 ]
 
 
