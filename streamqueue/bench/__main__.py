@@ -15,7 +15,14 @@ from pathlib import Path
 from streamqueue.bench import scenarios as sc
 from streamqueue.bench.common import BenchContext, machine_description
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
-from streamqueue.bench.consumers import KIND_FLOOR, KIND_POLLING, KIND_PUSH, Kind, worker_kind
+from streamqueue.bench.consumers import (
+    KIND_FLOOR,
+    KIND_FLOOR_PUSH,
+    KIND_POLLING,
+    KIND_PUSH,
+    Kind,
+    worker_kind,
+)
 from streamqueue.bench.report import (
     Results,
     evaluate,
@@ -78,7 +85,7 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
     poll = config.poll_interval
     if "latency" in only:
         ctx.progress(f"latency: {config.latency_jobs} jobs every {config.latency_interval * 1000:.0f} ms")
-        for kind in (KIND_PUSH, Kind("worker", 1), KIND_POLLING, KIND_FLOOR):
+        for kind in (KIND_PUSH, Kind("worker", 1), KIND_POLLING, KIND_FLOOR, KIND_FLOOR_PUSH):
             def run_latency(kind: Kind = kind) -> None:
                 row = sc.latency(ctx, kind, jobs=config.latency_jobs, warmup=config.latency_warmup,
                                  interval=config.latency_interval, poll_interval=poll,

@@ -7,6 +7,8 @@
 * floor: bare pymongo, the least any MongoDB queue must do per job: ``insert_one``; a
   ``find_one_and_update`` claim with a sort; ``delete_one``; write concern majority. With
   no push of its own, it polls every 100 ms when empty too.
+* floor-push (latency only): the floor woken by a bare change stream on inserts, the least
+  any push queue on MongoDB must do; the lower bound for push latency on this machine.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ PUSH = "push"
 WORKER = "worker"
 POLLING = "polling"
 FLOOR = "floor"
+FLOOR_PUSH = "floor-push"
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,13 @@ class Kind:
             return f"streamqueue Worker batch={self.batch}"
         if self.kind == POLLING:
             return "polling 100 ms"
+        if self.kind == FLOOR_PUSH:
+            return "floor + change stream (bare pymongo)"
         return "floor (bare pymongo)"
 
     @property
     def uses_queue_shape(self) -> bool:
-        return self.kind != FLOOR
+        return self.kind not in (FLOOR, FLOOR_PUSH)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "batch": self.batch, "queue_per_thread": self.queue_per_thread}
@@ -75,6 +80,7 @@ REAL_JOBS: Document = {"payload.i": {"$gte": 0}}
 KIND_PUSH = Kind(PUSH)
 KIND_POLLING = Kind(POLLING)
 KIND_FLOOR = Kind(FLOOR)
+KIND_FLOOR_PUSH = Kind(FLOOR_PUSH)
 
 
 def worker_kind(batch: int) -> Kind:
@@ -228,7 +234,8 @@ class ConsumerGroup:
         self.queues: list[Queue] = []
         self.floor: RawFloor | None = None
         self.worker: Worker | None = None
-        if kind.kind == FLOOR:
+        self._streams_open = threading.Semaphore(0)
+        if not kind.uses_queue_shape:
             self.floor = RawFloor(collection)
         elif kind.kind == PUSH and kind.queue_per_thread:
             self.queues = [Queue(collection, hooks=self.hooks) for _ in range(threads)]
@@ -252,7 +259,9 @@ class ConsumerGroup:
             self._spawn(self._run_worker, "bench-worker")
             return
         for index in range(self.threads):
-            if self.floor is not None:
+            if self.kind.kind == FLOOR_PUSH:
+                self._spawn(self._floor_push_loop, f"bench-floor-push-{index}")
+            elif self.floor is not None:
                 self._spawn(self._floor_loop, f"bench-floor-{index}")
             elif self.kind.kind == POLLING:
                 self._spawn(self._polling_loop, f"bench-poll-{index}")
@@ -262,6 +271,10 @@ class ConsumerGroup:
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Until every push waiter is parked on its queue's wake-up board (others: at once)."""
+        if self.kind.kind == FLOOR_PUSH:
+            deadline = time.monotonic() + timeout
+            return all(self._streams_open.acquire(timeout=max(0.0, deadline - time.monotonic()))
+                       for _ in range(self.threads))
         if self.kind.kind not in (PUSH, WORKER):
             time.sleep(min(0.2, self.poll_interval * 2))
             return True
@@ -344,6 +357,24 @@ class ConsumerGroup:
             claimed = time.time()
             floor.complete(doc)
             self.sink.record(doc["payload"], claimed, time.time())
+
+    def _floor_push_loop(self) -> None:
+        floor = self.floor
+        assert floor is not None
+        # Open the stream, then claim until empty, then wait for an insert: no lost wake-up.
+        with floor.jobs.watch([{"$match": {"operationType": "insert"}}],
+                              max_await_time_ms=500) as stream:
+            self._streams_open.release()
+            while not self.stop_event.is_set():
+                doc = floor.claim()
+                if doc is None:
+                    self.sink.empty()
+                    while not self.stop_event.is_set() and stream.try_next() is None:
+                        pass
+                    continue
+                claimed = time.time()
+                floor.complete(doc)
+                self.sink.record(doc["payload"], claimed, time.time())
 
     def _handle(self, payload: dict[str, Any]) -> None:
         now = time.time()

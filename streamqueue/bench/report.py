@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from streamqueue.bench.common import jsonable
-from streamqueue.bench.consumers import FLOOR, POLLING, PUSH, WORKER
+from streamqueue.bench.consumers import FLOOR, FLOOR_PUSH, POLLING, PUSH, WORKER
 from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
 
 
@@ -46,8 +46,12 @@ class Results:
 def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: int = 16) -> list[Target]:
     targets: list[Target] = []
     lat = next((r for r in results.latency if r.kind == PUSH), None)
+    push_floor = next((r for r in results.latency if r.kind == FLOOR_PUSH), None)
     if lat is not None:
         small = " (fewer than 500 jobs: quick mode)" if lat.jobs < 500 else ""
+        if push_floor is not None:
+            small += (f"; bare-pymongo push floor {push_floor.latency.p50:.2f} / "
+                      f"{push_floor.latency.p99:.2f} ms")
         targets.append(Target("Latency p50", "<= 3 ms", f"{lat.latency.p50:.2f} ms{small}",
                               _ok(lat.latency.p50 <= 3.0)))
         targets.append(Target("Latency p99", "<= 15 ms", f"{lat.latency.p99:.2f} ms{small}",
@@ -233,10 +237,11 @@ def targets_tables(results: Results) -> list[str]:
          for r in results.throughput])
     out += ["", "## 2. Latency (enqueue-to-claim, one job every 20 ms from another process)", ""]
     out += _table(
-        ["consumer", "jobs", "p50 ms", "p90 ms", "p99 ms", "max ms", "p50 x floor", "p99 x floor"],
+        ["consumer", "jobs", "p50 ms", "p90 ms", "p99 ms", "max ms", "p50 x floor", "p99 x floor",
+         "p50 x push floor"],
         [[r.label, str(r.jobs), _num(r.latency.p50), _num(r.latency.p90), _num(r.latency.p99),
-          _num(r.latency.max), _x(r.p50_ratio_to_floor), _x(r.p99_ratio_to_floor)]
-         for r in results.latency])
+          _num(r.latency.max), _x(r.p50_ratio_to_floor), _x(r.p99_ratio_to_floor),
+          _x(r.p50_ratio_to_push_floor)] for r in results.latency])
     out += ["", "## 3. Idle load (server opcounters, all kinds incl. getmore and command)", ""]
     out += _table(
         ["consumer", "processes", "raw ops/s", "baseline ops/s", "net ops/s", "net ops/s per process",
@@ -280,7 +285,10 @@ METHOD = [
     "numbers, losses are missing ones plus jobs left in the collection.",
     "Latency: a separate producer process enqueues one job every 20 ms with `time.time()` in the "
     "payload, taken just before the enqueue call; the consumer subtracts it from the time its "
-    "claim returned (same machine clock). The first jobs are warm-up and not counted.",
+    "claim returned (same machine clock). The first jobs are warm-up and not counted. An extra "
+    "row, `floor + change stream`, is bare pymongo woken by its own change stream on inserts "
+    "(insert_one; watch; find_one_and_update; delete_one): the least any push queue on MongoDB "
+    "must do, so the lower bound for push latency on the machine.",
     "Idle: N consumer processes (one consumer each) wait on an empty queue; the server's "
     "`serverStatus` opcounters (insert+query+update+delete+getmore+command) are read before and "
     "after the window. The baseline window has no consumers (it holds the replica set's own "
@@ -309,7 +317,8 @@ def write_plots(results: Results, out: Path) -> list[Path]:
         sys.stderr.write("matplotlib is not installed (pip install '.[bench]'): no plots\n")
         return []
     written: list[Path] = []
-    colors = {PUSH: "#1f77b4", WORKER: "#2ca02c", POLLING: "#ff7f0e", FLOOR: "#7f7f7f"}
+    colors = {PUSH: "#1f77b4", WORKER: "#2ca02c", POLLING: "#ff7f0e", FLOOR: "#7f7f7f",
+              FLOOR_PUSH: "#000000"}
 
     if results.throughput:
         plans = list(dict.fromkeys(r.plan for r in results.throughput))

@@ -22,6 +22,7 @@ from streamqueue.bench.common import (
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
 from streamqueue.bench.consumers import (
     FLOOR,
+    FLOOR_PUSH,
     POLLING,
     PUSH,
     REAL_JOBS,
@@ -159,6 +160,7 @@ class LatencyRow:
     duplicates: int
     p50_ratio_to_floor: float | None = None
     p99_ratio_to_floor: float | None = None
+    p50_ratio_to_push_floor: float | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -173,7 +175,7 @@ def latency(ctx: BenchContext, kind: Kind, *, jobs: int, warmup: int, interval: 
         group.start()
         group.wait_idle()
         spec = {"role": "produce", "uri": ctx.uri, "db": ctx.db_name, "collection": coll.name,
-                "mode": "floor" if kind.kind == FLOOR else "queue", "count": total,
+                "mode": "queue" if kind.uses_queue_shape else "floor", "count": total,
                 "interval": interval}
         with children([spec]) as kids:
             go_all(kids)
@@ -192,11 +194,13 @@ def latency(ctx: BenchContext, kind: Kind, *, jobs: int, warmup: int, interval: 
 
 def add_latency_ratios(rows: Sequence[LatencyRow]) -> None:
     floor = next((r for r in rows if r.kind == FLOOR), None)
-    if floor is None:
-        return
+    push_floor = next((r for r in rows if r.kind == FLOOR_PUSH), None)
     for row in rows:
-        row.p50_ratio_to_floor = ratio(row.latency.p50, floor.latency.p50)
-        row.p99_ratio_to_floor = ratio(row.latency.p99, floor.latency.p99)
+        if floor is not None:
+            row.p50_ratio_to_floor = ratio(row.latency.p50, floor.latency.p50)
+            row.p99_ratio_to_floor = ratio(row.latency.p99, floor.latency.p99)
+        if push_floor is not None:
+            row.p50_ratio_to_push_floor = ratio(row.latency.p50, push_floor.latency.p50)
 
 
 # -- 3. idle load -------------------------------------------------------------------------
@@ -408,7 +412,7 @@ def herd(ctx: BenchContext, kind: Kind, consumers: int, *, jobs: int, interval: 
         group.start()
         group.wait_idle()
         spec = {"role": "produce", "uri": ctx.uri, "db": ctx.db_name, "collection": coll.name,
-                "mode": "floor" if kind.kind == FLOOR else "queue", "count": jobs,
+                "mode": "queue" if kind.uses_queue_shape else "floor", "count": jobs,
                 "interval": interval}
         with children([spec]) as kids:
             before = ctx.server_ops()

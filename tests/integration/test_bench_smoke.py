@@ -16,7 +16,14 @@ import pytest
 from streamqueue.bench import scenarios as sc
 from streamqueue.bench.common import BenchContext
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
-from streamqueue.bench.consumers import KIND_FLOOR, KIND_POLLING, KIND_PUSH, Kind, worker_kind
+from streamqueue.bench.consumers import (
+    KIND_FLOOR,
+    KIND_FLOOR_PUSH,
+    KIND_POLLING,
+    KIND_PUSH,
+    Kind,
+    worker_kind,
+)
 from streamqueue.bench.report import Results, evaluate, markdown, write_json, write_plots
 
 
@@ -53,8 +60,8 @@ def test_throughput_in_processes(ctx: BenchContext, results: Results, kind: Kind
     results.throughput.append(row)
 
 
-@pytest.mark.parametrize("kind", [KIND_PUSH, worker_kind(1), KIND_POLLING, KIND_FLOOR],
-                         ids=lambda k: k.label)
+@pytest.mark.parametrize("kind", [KIND_PUSH, worker_kind(1), KIND_POLLING, KIND_FLOOR,
+                                  KIND_FLOOR_PUSH], ids=lambda k: k.label)
 def test_latency(ctx: BenchContext, results: Results, kind: Kind) -> None:
     row = sc.latency(ctx, kind, jobs=6, warmup=1, interval=0.02, stall_timeout=20)
     assert (row.jobs, row.lost, row.duplicates, row.errors) == (6, 0, 0, [])
