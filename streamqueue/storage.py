@@ -32,10 +32,10 @@ from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, UpdateOne
 from pymongo.change_stream import ChangeStream
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.write_concern import WriteConcern
 
-from streamqueue.retry import RetryPolicy
+from streamqueue.retry import DUPLICATE_KEY, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ READY = "ready"
 LOCKED = "locked"
 FAILED = "failed"
 
-DUPLICATE_KEY = 11000
 LOCK_FIELDS = ["lease_token", "consumer_id", "locked_at", "locked_until"]
 
 NOW = "$$NOW"
@@ -69,8 +68,13 @@ INDEXES = [
     ),
     # Next delayed job due, oldest available job, counts by state.
     IndexModel([("state", ASCENDING), ("available_at", ASCENDING)], name="due"),
-    # The reaper's scan for expired leases; also finds a claim by its token.
+    # The reaper's scan for expired leases.
     IndexModel([("state", ASCENDING), ("locked_until", ASCENDING)], name="leases"),
+    # One lease token locks one job, ever. A claim retried after a lost reply
+    # reuses its token, so if the first try still runs on the server after the
+    # retry won, the server refuses it instead of locking an orphan.
+    IndexModel([("lease_token", ASCENDING)], name="lease_token", unique=True,
+               partialFilterExpression={"state": LOCKED}),
 ]
 FAILED_INDEXES = [IndexModel([("failed_at", DESCENDING)], name="failed_at")]
 
@@ -205,18 +209,21 @@ class JobStore:
         update = _claim_pipeline(consumer_id, token, lease)
         tried = False
 
+        def held() -> Document | None:
+            return self.jobs.find_one({"state": LOCKED, "lease_token": token})
+
         def attempt() -> Document | None:
             nonlocal tried
-            if tried:
-                # The failed try may have committed: a second claim would
-                # orphan that job, so look for it by the token first.
-                held = self.jobs.find_one({"state": LOCKED, "lease_token": token})
-                if held is not None:
-                    return held
+            if tried and (job := held()) is not None:
+                return job  # the failed try committed after all
             tried = True
-            return self.jobs.find_one_and_update(
-                READY_AND_DUE, update, sort=CLAIM_SORT, return_document=ReturnDocument.AFTER
-            )
+            try:
+                return self.jobs.find_one_and_update(
+                    READY_AND_DUE, update, sort=CLAIM_SORT, return_document=ReturnDocument.AFTER
+                )
+            except DuplicateKeyError:
+                # An earlier try of this claim committed meanwhile (the token is unique).
+                return held()
 
         result: Document | None = self._call("claim", attempt)
         return result
@@ -224,14 +231,18 @@ class JobStore:
     def claim_many(self, consumer_id: str, lease: float, limit: int) -> list[Document]:
         """Lock up to ``limit`` due jobs in three round trips (two more per round lost to a race)."""
         token = new_token()
-        update = _claim_pipeline(consumer_id, token, lease)
+        # Each job gets its own token (the token index is unique): this claim's
+        # token, a colon, and the job's id; found again by that prefix.
+        per_job = {"$concat": [f"{token}:", {"$toString": "$_id"}]}
+        update = _claim_pipeline(consumer_id, per_job, lease)
+        mine = {"state": LOCKED, "lease_token": {"$regex": f"^{token}:"}}
         tried = False
 
         def attempt() -> list[Document]:
             nonlocal tried
             if tried:
                 # Only a retry can find jobs under this fresh token: an earlier try committed.
-                held = list(self.jobs.find({"state": LOCKED, "lease_token": token}, sort=CLAIM_SORT))
+                held = list(self.jobs.find(mine, sort=CLAIM_SORT))
                 if held:
                     return held
             tried = True
@@ -257,7 +268,7 @@ class JobStore:
                 # never sends. Take the next ones instead.
             if not locked:
                 return []
-            return list(self.jobs.find({"state": LOCKED, "lease_token": token}, sort=CLAIM_SORT))
+            return list(self.jobs.find(mine, sort=CLAIM_SORT))
 
         result: list[Document] = self._call("claim many", attempt)
         return result
@@ -564,7 +575,7 @@ def _insert_pipeline(job: NewJob) -> list[Document]:
     }}]
 
 
-def _claim_pipeline(consumer_id: str, token: str, lease: float) -> list[Document]:
+def _claim_pipeline(consumer_id: str, token: str | Document, lease: float) -> list[Document]:
     return [{"$set": {
         "state": LOCKED,
         "consumer_id": {"$literal": consumer_id},

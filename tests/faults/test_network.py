@@ -196,12 +196,6 @@ def test_network_faults_orphan_nothing_and_lose_nothing(
 AMBIGUOUS_APP = "sqfault-ambiguous"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (reported): a claim whose first try is still queued on the server when the client "
-    "gives up is retried as a new findAndModify; the token lookup runs before the first try "
-    "commits, so the first try later locks a second job under the same token, which nobody "
-    "holds until its lease expires (an attempt is burned; with max_attempts=1 the job is "
-    "buried without ever running)"))
 @pytest.mark.timeout(60)
 def test_a_claim_retried_while_its_first_try_is_in_flight_orphans_nothing(
     fault_rs: ReplicaSet,

@@ -157,7 +157,7 @@ def test_index_creation_is_idempotent(make_queue: QueueFactory) -> None:
     second = make_queue()
     second.put({})  # creates the same indexes again: no error
     assert second.next() is not None
-    assert len(first.collection.index_information()) == 4  # _id + 3
+    assert len(first.collection.index_information()) == 5  # _id + 4
 
 
 def test_claim_query_is_served_by_the_claim_index(
