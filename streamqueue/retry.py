@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from pymongo.errors import (
+    BulkWriteError,
     ConnectionFailure,
     DocumentTooLarge,
     DuplicateKeyError,
@@ -44,24 +45,32 @@ T = TypeVar("T")
 # Server codes: Unauthorized, AuthenticationFailed, and Atlas' "user is not allowed".
 AUTH_CODES = frozenset({13, 18, 8000})
 TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
-# A write that was applied but whose wait for a majority an election or a
-# shutdown cut short (the retryable-writes spec's codes). The driver labels and
-# retries these only for single-document writes; the multi-document ones here
-# (batch claim, bulk completion, heartbeat, reap) are idempotent or find their
-# own work again by lease token, so they are retried too. Left unretried, a
-# batch claim hit by an election orphaned the jobs it had locked.
-RETRYABLE_WRITE_CONCERN_CODES = frozenset(
+# Election and shutdown codes (the retryable-writes spec's list). The driver
+# retries them itself only for single-document writes; the multi-document ones
+# here (batch claim, bulk completion, heartbeat, reap) get them back as a
+# WriteConcernError (applied, majority wait cut short) or as a per-document
+# WriteError such as 189 "Not primary while writing" (stopped part-way). Each
+# of those writes is idempotent or finds its own work again by lease token, so
+# another try is safe; left unretried, a batch claim or a bulk completion hit
+# by a stepdown left its jobs to wait out their leases.
+DUPLICATE_KEY = 11000
+RETRYABLE_CODES = frozenset(
     {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors another try may cure: lost connections, elections, labelled errors."""
-    if isinstance(exc, DuplicateKeyError | DocumentTooLarge | ExecutionTimeout | WriteError):
+    if isinstance(exc, DuplicateKeyError | DocumentTooLarge | ExecutionTimeout):
         return False
     if isinstance(exc, ConnectionFailure):
         return True
-    if isinstance(exc, WriteConcernError) and exc.code in RETRYABLE_WRITE_CONCERN_CODES:
-        return True
+    if isinstance(exc, WriteConcernError | WriteError):
+        return exc.code in RETRYABLE_CODES
+    if isinstance(exc, BulkWriteError):
+        # An unordered enqueue stopped by an election: the rows it did write
+        # come back as duplicate keys on the next try, which means "done".
+        codes = {error.get("code") for error in exc.details.get("writeErrors", [])}
+        return bool(codes & RETRYABLE_CODES) and codes <= RETRYABLE_CODES | {DUPLICATE_KEY}
     if isinstance(exc, PyMongoError):
         return any(exc.has_error_label(label) for label in TRANSIENT_LABELS)
     return False
@@ -72,10 +81,19 @@ def translate(exc: PyMongoError | DocumentTooLarge, action: str) -> StreamQueueE
     if isinstance(exc, ConnectionFailure):
         return QueueUnavailable(f"{action}: MongoDB unreachable: {exc}")
     if isinstance(exc, OperationFailure) and exc.code in AUTH_CODES:
-        return PermissionDenied(f"{action}: not authorized: {exc}")
+        return PermissionDenied(f"{action}: not authorized: {_server_message(exc)}")
     if isinstance(exc, DocumentTooLarge):
         return InvalidJob(f"{action}: document too large: {exc}")
-    return StorageError(f"{action}: {exc}")
+    return StorageError(f"{action}: {_server_message(exc)}")
+
+
+def _server_message(exc: BaseException) -> str:
+    # str(OperationFailure) appends the whole reply (lsid, cluster-time
+    # signature, the command's body): the server's errmsg is what people read.
+    details = getattr(exc, "details", None)
+    if isinstance(details, dict) and details.get("errmsg"):
+        return str(details["errmsg"])
+    return str(exc)
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,7 @@ def _run_failover(
     log(f"failover ({how}): {sheet.figures}")
     evidence.assert_sound()
     assert evidence.completed == len(producer.ids) == JOBS
-    assert evidence.duplicates == 0, "a completion was lost in the failover"
+    assert evidence.duplicates == 0, f"a completion was lost in the failover\n{output[-6000:]}"
     assert not evidence.expired_live, "a live worker lost its lease in the failover"
     assert recovery < TARGET_RECOVERY, f"jobs flowed again only after {recovery:.1f}s"
     assert all(w.alive() for w in workers), output[-4000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
     ConfigurationError,
     ConnectionFailure,
     CursorNotFound,
@@ -197,3 +198,31 @@ def test_call_lets_non_driver_errors_through_untouched() -> None:
 
     with pytest.raises(KeyError):
         FAST.call("op", fn)
+
+
+@pytest.mark.parametrize("code", [189, 10107, 11602, 91])
+def test_a_write_stopped_by_an_election_is_retried(code: int) -> None:
+    # Multi-document writes get these as per-document errors the driver does
+    # not retry itself; every streamqueue write is safe to try again.
+    assert is_transient(WriteError("Not primary while writing", code))
+
+
+def test_other_write_errors_are_not_retried() -> None:
+    assert not is_transient(WriteError("Document failed validation", 121))
+
+
+def test_an_enqueue_stopped_by_an_election_is_retried() -> None:
+    stopped = BulkWriteError({"writeErrors": [
+        {"index": 0, "code": 11000, "errmsg": "dup"},
+        {"index": 1, "code": 189, "errmsg": "Not primary while writing"},
+    ]})
+    assert is_transient(stopped)
+
+
+def test_an_enqueue_that_failed_for_good_is_not_retried() -> None:
+    assert not is_transient(BulkWriteError({"writeErrors": [
+        {"index": 0, "code": 189, "errmsg": "Not primary"},
+        {"index": 1, "code": 121, "errmsg": "Document failed validation"},
+    ]}))
+    assert not is_transient(BulkWriteError({"writeErrors": [
+        {"index": 0, "code": 11000, "errmsg": "dup"}]}))
