@@ -306,9 +306,13 @@ class Worker:
         except StreamQueueError:
             log.warning("heartbeat failed; will try again in %.1fs", self.heartbeat, exc_info=True)
             return
-        for job_id, _ in held:
-            if job_id not in alive:
-                log.warning("job %s lost its lease while running", job_id)
+        with self._slots_cond:
+            # A job settled since the list was taken is gone for a good reason.
+            lost = [job_id for job_id, _ in held
+                    if job_id not in alive and job_id in self._held
+                    and not self._held[job_id].settled]
+        for job_id in lost:
+            log.warning("job %s lost its lease while running", job_id)
 
     # -- shutdown ---------------------------------------------------------------------------
 
