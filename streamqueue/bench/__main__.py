@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 from streamqueue.bench import scenarios as sc
 from streamqueue.bench.common import BenchContext, machine_description
@@ -72,6 +73,39 @@ def busy_note(machine: dict[str, object]) -> str | None:
             "than on an idle machine.")
 
 
+R = TypeVar("R", sc.ThroughputRow, sc.LatencyRow, sc.HerdRow)
+
+
+class Reruns:
+    """Run a case again (twice at most) while other processes took much of the CPU.
+
+    Keeps the least disturbed result; all reruns together stay within ``budget`` seconds.
+    """
+
+    def __init__(self, ctx: BenchContext, budget: float, threshold: float) -> None:
+        self.ctx = ctx
+        self.left = budget
+        self.threshold = threshold
+
+    def run(self, make: Callable[[], R]) -> R:
+        best = make()
+        for _ in range(2):
+            other = best.other_cpu
+            if other is None or other <= self.threshold or self.left <= 0:
+                break
+            self.ctx.progress(f"  ({other:.0%} of the CPU went to other processes: running it again)")
+            began = time.monotonic()
+            again = make()
+            self.left -= time.monotonic() - began
+            if again.other_cpu is not None and again.other_cpu < other:
+                best = again
+        return best
+
+
+def _other(value: float | None) -> str:
+    return "" if value is None else f"  [other load {value:.0%}]"
+
+
 def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
             only: Sequence[str] = SCENARIOS) -> None:
     def attempt(name: str, step: Callable[[], None]) -> None:
@@ -83,16 +117,19 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
             results.failures.append(f"{name}: {type(exc).__name__}: {exc}")
 
     poll = config.poll_interval
+    reruns = Reruns(ctx, config.rerun_budget, config.disturbed)
     if "latency" in only:
         ctx.progress(f"latency: {config.latency_jobs} jobs every {config.latency_interval * 1000:.0f} ms")
         for kind in (KIND_PUSH, Kind("worker", 1), KIND_POLLING, KIND_FLOOR, KIND_FLOOR_PUSH):
             def run_latency(kind: Kind = kind) -> None:
-                row = sc.latency(ctx, kind, jobs=config.latency_jobs, warmup=config.latency_warmup,
-                                 interval=config.latency_interval, poll_interval=poll,
-                                 stall_timeout=config.stall_timeout)
+                row = reruns.run(lambda: sc.latency(
+                    ctx, kind, jobs=config.latency_jobs, warmup=config.latency_warmup,
+                    interval=config.latency_interval, poll_interval=poll,
+                    stall_timeout=config.stall_timeout))
                 results.latency.append(row)
                 ctx.progress(f"  {row.label:40} p50 {row.latency.p50:7.2f} ms  p99 "
-                             f"{row.latency.p99:7.2f} ms  max {row.latency.max:7.2f} ms")
+                             f"{row.latency.p99:7.2f} ms  max {row.latency.max:7.2f} ms"
+                             + _other(row.other_cpu))
             attempt(f"latency {kind.label}", run_latency)
         sc.add_latency_ratios(results.latency)
 
@@ -105,7 +142,8 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
                 row = sc.idle(ctx, kind, processes=config.idle_processes, seconds=config.idle_seconds,
                               threads=threads, poll_interval=poll)
                 results.idle.append(row)
-                ctx.progress(f"  {row.label:40} {row.raw_ops_per_s:8.2f} server ops/s (raw)")
+                ctx.progress(f"  {row.label:40} {row.raw_ops_per_s:8.2f} server ops/s (raw)"
+                             + _other(row.other_cpu))
             attempt(f"idle {idle_kind.label if idle_kind else 'baseline'}", run_idle)
         sc.add_idle_net(results.idle)
 
@@ -114,12 +152,13 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
             ctx.progress(f"throughput: {plan.jobs:,} jobs, {plan.name}")
             for kind in sc.throughput_kinds(plan, config):
                 def run_throughput(kind: Kind = kind, plan: ThroughputPlan = plan) -> None:
-                    row = sc.throughput(ctx, plan, kind, poll_interval=poll,
-                                        stall_timeout=config.stall_timeout)
+                    row = reruns.run(lambda: sc.throughput(
+                        ctx, plan, kind, poll_interval=poll, stall_timeout=config.stall_timeout))
                     results.throughput.append(row)
                     ctx.progress(f"  {row.label:40} {row.jobs_per_s:8,.0f} jobs/s  "
                                  f"dup {row.duplicates} lost {row.lost} left {row.left}"
-                                 + (f"  errors: {row.errors[:1]}" if row.errors else ""))
+                                 + (f"  errors: {row.errors[:1]}" if row.errors else "")
+                                 + _other(row.other_cpu))
                 attempt(f"throughput {kind.label} {plan.name}", run_throughput)
         sc.add_floor_ratios(results.throughput)
 
@@ -140,12 +179,13 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
         for kind, count, jobs, interval in herd_runs:
             def run_herd(kind: Kind = kind, count: int = count, jobs: int = jobs,
                          interval: float = interval) -> None:
-                row = sc.herd(ctx, kind, count, jobs=jobs, interval=interval, poll_interval=poll,
-                              stall_timeout=config.stall_timeout)
+                row = reruns.run(lambda: sc.herd(
+                    ctx, kind, count, jobs=jobs, interval=interval, poll_interval=poll,
+                    stall_timeout=config.stall_timeout))
                 results.herd.append(row)
                 ctx.progress(f"  {row.mode:7} {row.label:40} x{count:<3} {row.jobs_per_s:7,.0f} jobs/s "
                              f"wasted/job {row.wasted_per_job:6.2f}  server claims/job "
-                             f"{row.server_claims_per_job:5.2f}")
+                             f"{row.server_claims_per_job:5.2f}" + _other(row.other_cpu))
             attempt(f"herd {kind.label} x{count}", run_herd)
         sc.add_herd_ratios(results.herd)
 
@@ -159,7 +199,8 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
                 results.depth.extend(rows)
                 for row in rows:
                     ctx.progress(f"  {row.label:40} claim p50 {row.claim.p50:6.2f} ms p99 "
-                                 f"{row.claim.p99:6.2f} ms; keys examined {row.keys_examined}")
+                                 f"{row.claim.p99:6.2f} ms; keys examined {row.keys_examined}"
+                                 + _other(row.other_cpu))
             attempt(f"depth {level}", run_depth)
 
 
@@ -180,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("starting a single-node replica set (streamqueue.testing)")
         replica_set = ReplicaSet(nodes=1)
         uri = replica_set.start()
-    ctx = BenchContext(uri)
+    ctx = BenchContext(uri, server_pids=[] if replica_set is None else [
+        m.process.pid for m in replica_set.members if m.process is not None])
     try:
         results = Results(
             mode="quick" if config.quick else "full",

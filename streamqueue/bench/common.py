@@ -32,8 +32,11 @@ OPCOUNTERS = ("insert", "query", "update", "delete", "getmore", "command")
 class BenchContext:
     """One deployment under test: a client, a throw-away database and the progress log."""
 
-    def __init__(self, uri: str, *, database: str | None = None, verbose: bool = True) -> None:
+    def __init__(self, uri: str, *, database: str | None = None, verbose: bool = True,
+                 server_pids: Sequence[int] = ()) -> None:
         self.uri = uri
+        # Knowing the server's processes lets every run report what else used the CPU.
+        self.cpu = CpuMeter(server_pids)
         self.client: MongoClient[Document] = MongoClient(uri)
         self.db_name = database or f"streamqueue_bench_{uuid.uuid4().hex[:8]}"
         # Majority, stated explicitly: the floor and the queue write the same way.
@@ -66,6 +69,12 @@ class BenchContext:
         finally:
             self.drop(collection)
 
+    def cpu_start(self) -> CpuSample | None:
+        return self.cpu.sample()
+
+    def other_cpu(self, start: CpuSample | None) -> float | None:
+        return self.cpu.other_share(start)
+
     def server_ops(self) -> ServerOps:
         return ServerOps.read(self.client)
 
@@ -73,6 +82,55 @@ class BenchContext:
         if drop:
             self.client.drop_database(self.db_name)
         self.client.close()
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    at: float
+    busy: int  # every CPU of the machine, clock ticks
+    ours: int  # this process, its reaped children and the server, clock ticks
+
+
+class CpuMeter:
+    """The share of the machine's CPU that other processes took during a run.
+
+    On a shared machine every number moves with the neighbours' load; each row
+    reports this share so disturbed runs can be seen (and re-run). Linux only;
+    ``None`` elsewhere, or when the server's processes are not known (``--uri``).
+    """
+
+    def __init__(self, server_pids: Sequence[int]) -> None:
+        self.server_pids = list(server_pids)
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._cpus = os.cpu_count() or 1
+
+    def sample(self) -> CpuSample | None:
+        if not self.server_pids:
+            return None
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+            ours = _process_ticks(os.getpid(), children=True) + sum(
+                _process_ticks(pid, children=False) for pid in self.server_pids)
+        except (OSError, ValueError):
+            return None
+        return CpuSample(time.monotonic(), user + nice + system + irq + softirq + steal, ours)
+
+    def other_share(self, start: CpuSample | None) -> float | None:
+        """Other processes' CPU since ``start``, as a share of all the machine's cores."""
+        end = self.sample()
+        if start is None or end is None or end.at <= start.at:
+            return None
+        capacity = (end.at - start.at) * self._hz * self._cpus
+        other = (end.busy - start.busy) - (end.ours - start.ours)
+        return round(min(1.0, max(0.0, other / capacity)), 3)
+
+
+def _process_ticks(pid: int, *, children: bool) -> int:
+    # Fields after the command name (which may hold spaces): utime is the 12th.
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(v) for v in stat[11:15])
+    return utime + stime + (cutime + cstime if children else 0)
 
 
 @dataclass(frozen=True)

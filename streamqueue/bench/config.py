@@ -48,6 +48,10 @@ class BenchConfig:
     poll_interval: float = 0.1
     # A run with no progress for this long stops and reports its losses.
     stall_timeout: float = 30.0
+    # A run during which other processes took more than this share of the machine's CPU is
+    # run again (keeping the least disturbed), within this many seconds for the whole bench.
+    disturbed: float = 0.15
+    rerun_budget: float = 150.0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -86,6 +90,7 @@ class BenchConfig:
             herd_burst_jobs=200,
             herd_queue_per_thread=False,
             stall_timeout=15.0,
+            rerun_budget=15.0,
             notes=(
                 "QUICK MODE: fewer jobs (throughput 300-1,000 per run, latency 100 jobs instead of "
                 ">= 500, idle windows of 2 s instead of 30 s, depth 100,000 instead of 1,000,000, "

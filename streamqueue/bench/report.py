@@ -71,7 +71,7 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
             continue
         targets.append(Target(
             name, f">= {need:.1f}x the floor",
-            f"{row.jobs_per_s:,.0f} jobs/s = {row.ratio_to_floor:.2f}x floor ({floor.jobs_per_s:,.0f})",
+            f"{row.jobs_per_s:,.0f} jobs/s = {row.ratio_to_floor:.3f}x floor ({floor.jobs_per_s:,.0f})",
             _ok(row.ratio_to_floor >= need)))
 
     bad = [r for r in results.throughput if r.duplicates or r.lost or r.left or r.errors]
@@ -98,7 +98,7 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
         grow = high.claim.p50 / low.claim.p50
         targets.append(Target(
             f"Depth: claim p50 at {high.depth:,} vs {low.depth:,}", "<= 1.5x",
-            f"{high.claim.p50:.2f} ms vs {low.claim.p50:.2f} ms = {grow:.2f}x",
+            f"{high.claim.p50:.2f} ms vs {low.claim.p50:.2f} ms = {grow:.3f}x",
             _ok(grow <= 1.5)))
         keys = [r.keys_examined for r in depth_push]
         targets.append(Target("Depth: claim index-backed (explain)", "1 key examined",
@@ -115,7 +115,7 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
         share = many.jobs_per_s / few.jobs_per_s if few.jobs_per_s else math.nan
         targets.append(Target(
             f"Herd: throughput {many.consumers} vs {few.consumers} consumers", ">= 0.9x",
-            f"{many.jobs_per_s:,.0f} vs {few.jobs_per_s:,.0f} jobs/s = {share:.2f}x", _ok(share >= 0.9)))
+            f"{many.jobs_per_s:,.0f} vs {few.jobs_per_s:,.0f} jobs/s = {share:.3f}x", _ok(share >= 0.9)))
     else:
         targets.append(Target("Herd: throughput 32 vs 4", ">= 0.9x", "not measured", None))
     herd_push = [r for r in shared if r.consumers >= 32]
@@ -151,6 +151,10 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
+
+
+def _pct(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0%}"
 
 
 def _verdict(passed: bool | None) -> str:
@@ -231,40 +235,41 @@ def targets_tables(results: Results) -> list[str]:
     out: list[str] = ["## 1. Throughput (drain pre-enqueued jobs)", ""]
     out += _table(
         ["consumers", "consumer", "jobs", "jobs/s", "x floor", "duplicates", "lost", "left in queue",
-         "enqueue jobs/s"],
+         "enqueue jobs/s", "other load"],
         [[r.plan, r.label, f"{r.jobs:,}", _num(r.jobs_per_s, 0), _x(r.ratio_to_floor),
-          str(r.duplicates), str(r.lost), str(r.left), _num(r.enqueue_per_s, 0)]
+          str(r.duplicates), str(r.lost), str(r.left), _num(r.enqueue_per_s, 0), _pct(r.other_cpu)]
          for r in results.throughput])
     out += ["", "## 2. Latency (enqueue-to-claim, one job every 20 ms from another process)", ""]
     out += _table(
         ["consumer", "jobs", "p50 ms", "p90 ms", "p99 ms", "max ms", "p50 x floor", "p99 x floor",
-         "p50 x push floor"],
+         "p50 x push floor", "other load"],
         [[r.label, str(r.jobs), _num(r.latency.p50), _num(r.latency.p90), _num(r.latency.p99),
           _num(r.latency.max), _x(r.p50_ratio_to_floor), _x(r.p99_ratio_to_floor),
-          _x(r.p50_ratio_to_push_floor)] for r in results.latency])
+          _x(r.p50_ratio_to_push_floor), _pct(r.other_cpu)] for r in results.latency])
     out += ["", "## 3. Idle load (server opcounters, all kinds incl. getmore and command)", ""]
     out += _table(
         ["consumer", "processes", "raw ops/s", "baseline ops/s", "net ops/s", "net ops/s per process",
-         "x floor", "raw counters over the window"],
+         "x floor", "raw counters over the window", "other load"],
         [[r.label, str(r.processes), _num(r.raw_ops_per_s), _num(r.baseline_ops_per_s),
           _num(r.net_ops_per_s), _num(r.net_per_process), _x(r.ratio_to_floor),
-          ", ".join(f"{k} {v}" for k, v in r.counters.items() if v)] for r in results.idle])
+          ", ".join(f"{k} {v}" for k, v in r.counters.items() if v), _pct(r.other_cpu)]
+         for r in results.idle])
     out += ["", "## 4. Depth (claim and claim+complete latency with N jobs waiting, one consumer)", ""]
     out += _table(
         ["consumer", "waiting", "claim p50 ms", "claim p99 ms", "claim+complete p50 ms",
-         "claim+complete p99 ms", "claim p50 x floor", "keys / docs examined", "plan"],
+         "claim+complete p99 ms", "claim p50 x floor", "keys / docs examined", "plan", "other load"],
         [[r.label, f"{r.depth:,}", _num(r.claim.p50), _num(r.claim.p99), _num(r.claim_complete.p50),
           _num(r.claim_complete.p99), _x(r.claim_p50_ratio_to_floor),
-          f"{r.keys_examined} / {r.docs_examined}", r.plan] for r in results.depth])
+          f"{r.keys_examined} / {r.docs_examined}", r.plan, _pct(r.other_cpu)] for r in results.depth])
     out += ["", "## 5. Herd (consumers waiting, jobs arriving one at a time from another process)", ""]
     out += _table(
         ["arrivals", "consumer", "consumers", "jobs", "jobs/s", "x floor", "wasted wake-ups/job",
-         "server claims/job", "server ops/job", "latency p50 / p99 ms", "lost / dup"],
+         "server claims/job", "server ops/job", "latency p50 / p99 ms", "lost / dup", "other load"],
         [[f"every {r.interval_ms:.0f} ms" if r.mode == "trickle" else "back to back",
           r.label, str(r.consumers), str(r.jobs), _num(r.jobs_per_s, 0), _x(r.ratio_to_floor),
           _num(r.wasted_per_job), _num(r.server_claims_per_job), _num(r.server_ops_per_job),
-          f"{_num(r.latency.p50)} / {_num(r.latency.p99)}", f"{r.lost} / {r.duplicates}"]
-         for r in results.herd])
+          f"{_num(r.latency.p50)} / {_num(r.latency.p99)}", f"{r.lost} / {r.duplicates}",
+          _pct(r.other_cpu)] for r in results.herd])
     errors = [(r.label, e) for rows in (results.throughput, results.latency, results.idle,
                                          results.depth, results.herd) for r in rows for e in r.errors]
     if errors:
@@ -297,6 +302,10 @@ METHOD = [
     "consumer claims and completes jobs one at a time; each taken job is replaced (untimed) so the "
     "depth stays constant. `explain` (executionStats) of the exact claim reports keys and documents "
     "examined.",
+    "Other load: the share of the machine's CPU (all cores) that processes other than the bench, "
+    "its children and its mongod used during the run, from /proc. A throughput, latency or herd "
+    "run above 15% is run again (at most twice, within a time budget) and the least disturbed "
+    "result kept; what remains above 15% is disturbed and slower than on an idle machine.",
     "Herd: wasted wake-ups are the `claim_empty` hook (a consumer woken, or swept, that found "
     "nothing) for streamqueue and empty claims for polling and the floor. `server claims/job` counts "
     "every findAndModify the server ran, per job: it includes the claim `next()` makes before it "

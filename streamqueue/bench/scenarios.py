@@ -56,6 +56,8 @@ class ThroughputRow:
     lost: int
     left: int
     enqueue_per_s: float
+    # Share of the machine's CPU other processes used meanwhile (None: unknown).
+    other_cpu: float | None = None
     ratio_to_floor: float | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -65,11 +67,13 @@ def throughput(ctx: BenchContext, plan: ThroughputPlan, kind: Kind, *,
     """Drain ``plan.jobs`` pre-enqueued jobs; count duplicates and losses."""
     with ctx.scratch("tp") as coll:
         enqueue_rate = put_jobs(kind, coll, plan.jobs)
+        cpu = ctx.cpu_start()
         if plan.processes == 1:
             seqs, began, ended, errors = _drain_here(coll, plan, kind, poll_interval, stall_timeout)
         else:
             seqs, began, ended, errors = _drain_in_processes(ctx, coll, plan, kind, poll_interval,
                                                              stall_timeout)
+        other_cpu = ctx.other_cpu(cpu)
         left = coll.count_documents(REAL_JOBS)
     unique = {s for s in seqs if 0 <= s < plan.jobs}
     seconds = max(ended - began, 1e-9)
@@ -78,7 +82,7 @@ def throughput(ctx: BenchContext, plan: ThroughputPlan, kind: Kind, *,
         kind=kind.kind, label=kind.label, batch=kind.batch, jobs=plan.jobs,
         seconds=seconds, jobs_per_s=len(unique) / seconds,
         duplicates=len(seqs) - len(set(seqs)), lost=plan.jobs - len(unique), left=left,
-        enqueue_per_s=enqueue_rate, errors=errors,
+        enqueue_per_s=enqueue_rate, other_cpu=other_cpu, errors=errors,
     )
 
 
@@ -158,6 +162,7 @@ class LatencyRow:
     latency: Percentiles
     lost: int
     duplicates: int
+    other_cpu: float | None = None
     p50_ratio_to_floor: float | None = None
     p99_ratio_to_floor: float | None = None
     p50_ratio_to_push_floor: float | None = None
@@ -168,6 +173,7 @@ def latency(ctx: BenchContext, kind: Kind, *, jobs: int, warmup: int, interval: 
             poll_interval: float = 0.1, stall_timeout: float = 30.0) -> LatencyRow:
     """One idle consumer; a producer process enqueues a job every ``interval`` seconds."""
     total = warmup + jobs
+    cpu = ctx.cpu_start()
     with ctx.scratch("lat") as coll:
         sink = Sink(expected=total)
         group = ConsumerGroup(kind, coll, 1, sink, poll_interval=poll_interval, push_wait=30.0)
@@ -184,11 +190,13 @@ def latency(ctx: BenchContext, kind: Kind, *, jobs: int, warmup: int, interval: 
             kids[0].result(timeout=60)
         group.stop(timeout=10)
         group.close()
+    other_cpu = ctx.other_cpu(cpu)
     measured = [lat for seq, lat in sink.samples if seq >= warmup]
     return LatencyRow(
         kind=kind.kind, label=kind.label, jobs=len(measured), warmup=warmup,
         interval_ms=interval * 1000, latency=Percentiles.of_seconds(measured),
-        lost=total - sink.unique, duplicates=sink.duplicates, errors=group.errors,
+        lost=total - sink.unique, duplicates=sink.duplicates, other_cpu=other_cpu,
+        errors=group.errors,
     )
 
 
@@ -218,6 +226,7 @@ class IdleRow:
     baseline_ops_per_s: float = 0.0
     net_ops_per_s: float = 0.0
     net_per_process: float = 0.0
+    other_cpu: float | None = None
     ratio_to_floor: float | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -235,8 +244,10 @@ def idle(ctx: BenchContext, kind: Kind | None, *, processes: int, seconds: float
         with children(specs) as kids:
             time.sleep(settle)
             before = ctx.server_ops()
+            cpu = ctx.cpu_start()
             time.sleep(seconds)
             delta = ctx.server_ops().since(before)
+            other_cpu = ctx.other_cpu(cpu)
             for kid in kids:
                 kid.send("stop")
             results = [kid.result(timeout=60) for kid in kids]
@@ -245,7 +256,7 @@ def idle(ctx: BenchContext, kind: Kind | None, *, processes: int, seconds: float
         label="no consumers (baseline)" if kind is None else kind.label,
         processes=0 if kind is None else processes, threads_per_process=threads,
         seconds=delta.seconds, raw_ops_per_s=delta.per_second, counters=delta.counters,
-        errors=[e for r in results for e in r["errors"]],
+        other_cpu=other_cpu, errors=[e for r in results for e in r["errors"]],
     )
 
 
@@ -278,6 +289,7 @@ class DepthRow:
     docs_examined: int | None
     plan: str
     fill_seconds: float
+    other_cpu: float | None = None
     claim_p50_ratio_to_floor: float | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -311,6 +323,7 @@ def _depth_kind(ctx: BenchContext, coll: Collection[Document], level: int, kind:
     floor = RawFloor(coll, sort=CLAIM_SORT)
     if kind.kind == PUSH:
         queue.watcher.start()
+    cpu = ctx.cpu_start()
     try:
         for index in range(samples + warmup):
             began = time.perf_counter()
@@ -335,12 +348,13 @@ def _depth_kind(ctx: BenchContext, coll: Collection[Document], level: int, kind:
         errors.append(f"{type(exc).__name__}: {exc}")
     finally:
         queue.close()
+    other_cpu = ctx.other_cpu(cpu)
     keys, docs, plan = explain_claim(ctx, coll, floor=kind.kind == FLOOR)
     return DepthRow(
         kind=kind.kind, label=kind.label, depth=level, samples=len(claims),
         claim=Percentiles.of_seconds(claims), claim_complete=Percentiles.of_seconds(totals),
         keys_examined=keys, docs_examined=docs, plan=plan, fill_seconds=fill_seconds,
-        errors=errors,
+        other_cpu=other_cpu, errors=errors,
     )
 
 
@@ -396,6 +410,7 @@ class HerdRow:
     latency: Percentiles
     lost: int
     duplicates: int
+    other_cpu: float | None = None
     ratio_to_floor: float | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -404,6 +419,7 @@ def herd(ctx: BenchContext, kind: Kind, consumers: int, *, jobs: int, interval: 
          poll_interval: float = 0.1, stall_timeout: float = 30.0) -> HerdRow:
     """``consumers`` idle consumers; a producer process enqueues jobs one at a time."""
     hooks = CountingHooks()
+    cpu = ctx.cpu_start()
     with ctx.scratch("herd") as coll:
         sink = Sink(expected=jobs)
         group = ConsumerGroup(kind, coll, consumers, sink, hooks=hooks,
@@ -424,6 +440,7 @@ def herd(ctx: BenchContext, kind: Kind, consumers: int, *, jobs: int, interval: 
             kids[0].result(timeout=60)
         group.stop(timeout=10)
         group.close()
+    other_cpu = ctx.other_cpu(cpu)
     seconds = max((sink.last_done or time.time()) - began, 1e-9)
     delivered = max(sink.unique, 1)
     return HerdRow(
@@ -434,7 +451,8 @@ def herd(ctx: BenchContext, kind: Kind, consumers: int, *, jobs: int, interval: 
         server_claims_per_job=delta.find_and_modify / delivered,
         server_ops_per_job=delta.total / delivered,
         latency=Percentiles.of_seconds([lat for _, lat in sink.samples]),
-        lost=jobs - sink.unique, duplicates=sink.duplicates, errors=group.errors,
+        lost=jobs - sink.unique, duplicates=sink.duplicates, other_cpu=other_cpu,
+        errors=group.errors,
     )
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from streamqueue.bench import scenarios as sc
-from streamqueue.bench.common import BenchContext
+from streamqueue.bench.common import BenchContext, CpuMeter
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
 from streamqueue.bench.consumers import (
     KIND_FLOOR,
@@ -128,3 +129,13 @@ def test_plans_are_sane() -> None:
         assert len(config.depth_levels) == 2
     assert BenchConfig.full().latency_jobs >= 500
     assert all(p.jobs == 7 for p in BenchConfig.full().with_jobs(7).throughput)
+
+
+def test_other_load_meter() -> None:
+    meter = CpuMeter([os.getpid()])
+    start = meter.sample()
+    if start is None:
+        pytest.skip("no /proc here")
+    share = meter.other_share(start)
+    assert share is not None and 0.0 <= share <= 1.0
+    assert CpuMeter([]).sample() is None  # server unknown (--uri): no figure rather than a wrong one
