@@ -63,14 +63,25 @@ def wait_quiet(limit: float) -> None:
         time.sleep(15)
 
 
-def busy_note(machine: dict[str, object]) -> str | None:
-    loads = [machine.get("load_average_at_start"), machine.get("load_average_at_end")]
-    worst = max((v[0] for v in loads if isinstance(v, list) and v), default=0.0)
-    if worst < QUIET_LOAD:
-        return None
-    return (f"The machine was busy with other work during this run (1-minute load average up to "
-            f"{worst:.1f} on {os.cpu_count()} cores): throughput is lower and tails are longer "
-            "than on an idle machine.")
+def busy_note(results: Results, threshold: float) -> str | None:
+    rows: list[tuple[str, float | None]] = [
+        *((f"throughput {r.label}, {r.plan}", r.other_cpu) for r in results.throughput),
+        *((f"latency {r.label}", r.other_cpu) for r in results.latency),
+        *((f"idle {r.label}", r.other_cpu) for r in results.idle),
+        *((f"depth {r.label}, {r.depth:,}", r.other_cpu) for r in results.depth),
+        *((f"herd {r.mode} {r.label} x{r.consumers}", r.other_cpu) for r in results.herd),
+    ]
+    known = [(name, share) for name, share in rows if share is not None]
+    if not known:
+        return ("Other processes' CPU use was not measured (--uri): on a shared machine these "
+                "numbers may be disturbed.")
+    disturbed = [f"{name} ({share:.0%})" for name, share in known if share > threshold]
+    if not disturbed:
+        return (f"Other processes took at most {max(s for _, s in known):.0%} of the machine's "
+                "CPU during any run: the numbers are undisturbed.")
+    return (f"{len(disturbed)} run(s) shared the machine with other work (over {threshold:.0%} "
+            f"of the CPU, after re-runs): {', '.join(disturbed)}. Those are slower than on an "
+            "idle machine.")
 
 
 R = TypeVar("R", sc.ThroughputRow, sc.LatencyRow, sc.HerdRow)
@@ -237,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             replica_set.stop()
     results.seconds = time.monotonic() - began
     results.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    note = busy_note(results.machine)
+    note = busy_note(results, config.disturbed)
     if note:
         results.notes.append(note)
     results.targets = evaluate(results, worker_batch=config.worker_batch)

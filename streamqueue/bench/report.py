@@ -172,7 +172,8 @@ def machine_line(machine: dict[str, Any]) -> str:
             f"{machine.get('os')}; Python {machine.get('python')}, pymongo {machine.get('pymongo')}; "
             f"MongoDB {machine.get('mongod')} ({machine.get('storage_engine')}, "
             f"cache {machine.get('wiredtiger_cache_gb')} GB), {machine.get('topology')}; "
-            f"load average (1/5/15 min) {_load(machine.get('load_average_at_start'))} at the start, "
+            f"load average (1/5/15 min, the bench's own processes included) "
+            f"{_load(machine.get('load_average_at_start'))} at the start, "
             f"{_load(machine.get('load_average_at_end'))} at the end")
 
 
@@ -353,17 +354,20 @@ def write_plots(results: Results, out: Path) -> list[Path]:
         written.append(_save(fig, out / "throughput.png"))
         plt.close(fig)
 
-    if results.latency and any(r.latency.count for r in results.latency):
+    if results.latency and any(r.samples_ms for r in results.latency):
         fig, ax = plt.subplots(figsize=(8, 5))
         for r in results.latency:
-            values = [r.latency.p50, r.latency.p90, r.latency.p99, r.latency.max]
-            ax.plot(["p50", "p90", "p99", "max"], values, marker="o", label=r.label,
-                    color=colors.get(r.kind))
-        ax.set_yscale("log")
-        ax.set_ylabel("enqueue-to-claim, ms (log)")
-        ax.axhline(3, linestyle=":", color="k", linewidth=0.8)
-        ax.axhline(15, linestyle=":", color="k", linewidth=0.8)
-        ax.set_title("Latency, one job every 20 ms (dotted: 3 and 15 ms targets)")
+            ordered = sorted(r.samples_ms)
+            if not ordered:
+                continue
+            ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=r.label,
+                    color=colors.get(r.kind), drawstyle="steps-post")
+        ax.set_xscale("log")
+        ax.set_xlabel("enqueue-to-claim, ms (log)")
+        ax.set_ylabel("share of jobs claimed within")
+        ax.axvline(3, linestyle=":", color="k", linewidth=0.8)
+        ax.axvline(15, linestyle=":", color="k", linewidth=0.8)
+        ax.set_title("Latency CDF, one job every 20 ms (dotted: 3 and 15 ms targets)")
         ax.legend(fontsize=8)
         written.append(_save(fig, out / "latency.png"))
         plt.close(fig)

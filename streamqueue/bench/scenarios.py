@@ -166,6 +166,8 @@ class LatencyRow:
     p50_ratio_to_floor: float | None = None
     p99_ratio_to_floor: float | None = None
     p50_ratio_to_push_floor: float | None = None
+    # Every measured job in enqueue order: milliseconds from enqueue to claim.
+    samples_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -191,12 +193,12 @@ def latency(ctx: BenchContext, kind: Kind, *, jobs: int, warmup: int, interval: 
         group.stop(timeout=10)
         group.close()
     other_cpu = ctx.other_cpu(cpu)
-    measured = [lat for seq, lat in sink.samples if seq >= warmup]
+    measured = [lat for seq, lat in sorted(sink.samples) if seq >= warmup]
     return LatencyRow(
         kind=kind.kind, label=kind.label, jobs=len(measured), warmup=warmup,
         interval_ms=interval * 1000, latency=Percentiles.of_seconds(measured),
         lost=total - sink.unique, duplicates=sink.duplicates, other_cpu=other_cpu,
-        errors=group.errors,
+        samples_ms=[round(lat * 1000, 3) for lat in measured], errors=group.errors,
     )
 
 
