@@ -110,8 +110,12 @@ class Job:
     @property
     def wait_seconds(self) -> float:
         """From falling due to being claimed, by the server's clock."""
-        waited = self._doc["locked_at"] - self._doc["available_at"]
-        return max(0.0, float(waited.total_seconds()))
+        # A document written by hand (or by another tool) may lack either date:
+        # a metric must not turn that into a failed claim.
+        locked_at, available_at = self._doc.get("locked_at"), self._doc.get("available_at")
+        if not isinstance(locked_at, datetime) or not isinstance(available_at, datetime):
+            return 0.0
+        return max(0.0, float((locked_at - available_at).total_seconds()))
 
     @property
     def run_seconds(self) -> float:

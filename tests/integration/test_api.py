@@ -273,3 +273,15 @@ def test_retry_failed_one_and_all(make_queue: QueueFactory) -> None:
     assert queue.failed.count_documents({}) == 0
     assert {doc["_id"] for doc in queue.collection.find()} == {ids[0], ids[2]}
     assert queue.retry_failed() == 0
+
+
+def test_a_hand_written_job_without_dates_is_claimed(queue: Queue) -> None:
+    # Documents written by other tools may lack the dates the metrics read;
+    # the claim must still hand the job out instead of failing on them.
+    queue.collection.insert_one({"payload": {"by": "hand"}, "state": "ready", "priority": 0,
+                                 "attempts": 0, "max_attempts": 3})
+    job = queue.next()
+    assert job is not None and job.payload == {"by": "hand"}
+    assert job.wait_seconds == 0.0
+    job.complete()
+    assert queue.size() == 0
