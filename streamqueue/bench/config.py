@@ -28,7 +28,8 @@ class ThroughputPlan:
 class BenchConfig:
     quick: bool
     throughput: tuple[ThroughputPlan, ...]
-    # Jobs a batched Worker may claim in one round trip (also capped by its free slots).
+    # Jobs a batched Worker may claim in one round trip; above its slot count the
+    # rest wait in its prefetch buffer.
     worker_batch: int = 16
     latency_jobs: int = 500
     latency_warmup: int = 10

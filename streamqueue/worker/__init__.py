@@ -1,8 +1,9 @@
 """A long-running consumer: one claim loop feeding a fixed set of handler threads.
 
 The claim loop is the only thread that claims, so a process makes one claim
-per wake-up, never one per thread. It claims only while a slot is free, and
-waits on the queue's change stream when the queue has nothing due.
+per wake-up, never one per thread. It claims only while it has room (a free
+slot, or with ``batch > concurrency`` room in its prefetch buffer), and waits
+on the queue's change stream when the queue has nothing due.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ class Worker:
     ``wants_job``). Returning completes the job; raising calls ``error()``
     with the traceback, retried after ``backoff`` (exponential with jitter by
     default). Leases of running jobs are extended every ``heartbeat`` seconds.
+
+    ``batch`` is the most jobs one round trip claims (default: ``concurrency``).
+    A ``batch`` above ``concurrency`` prefetches: the worker holds up to
+    ``batch`` jobs, ``concurrency`` running and the rest waiting in a local
+    buffer with their leases extended like running ones, and tops the buffer
+    up half a batch at a time. That keeps the slots fed with few round trips
+    (fast handlers, deep queues); the cost is that buffered jobs wait behind
+    slow handlers instead of going to another worker.
     """
 
     def __init__(
@@ -78,6 +87,11 @@ class Worker:
         self.handler = handler
         self.slots = concurrency
         self.batch = batch
+        # Claimed jobs held at once, running or buffered.
+        self.capacity = max(concurrency, batch)
+        # With a buffer, claim again once half a batch fits, not for every finished job.
+        self._refill = 1 if batch <= concurrency else max(1, batch // 2)
+        self._running = 0
         self.burst = burst
         self.heartbeat = check_seconds(
             "heartbeat", queue.lease / 3 if heartbeat is None else heartbeat, allow_zero=False)
@@ -97,6 +111,12 @@ class Worker:
 
     @property
     def busy_slots(self) -> int:
+        """Slots running a handler now (buffered jobs are not counted)."""
+        return self._running
+
+    @property
+    def held(self) -> int:
+        """Jobs this worker holds a lease on: running, buffered or awaiting completion."""
         return len(self._held)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -161,7 +181,7 @@ class Worker:
         maybe_more = True  # nothing is known about the queue yet: claim once
         woken = False
         while not self._stopping.is_set():
-            free = self._wait_for_free_slot()
+            free = self._wait_for_room()
             if free == 0:
                 break
             if not maybe_more:
@@ -180,7 +200,7 @@ class Worker:
             woken = False
             for job in jobs:
                 self._dispatch(job)
-            if self.burst and not jobs and self.busy_slots == 0:
+            if self.burst and not jobs and not self._held:
                 log.info("burst mode: nothing due and all slots idle; stopping")
                 break
 
@@ -200,11 +220,18 @@ class Worker:
             return None
         return jobs
 
-    def _wait_for_free_slot(self) -> int:
+    def _wait_for_room(self) -> int:
+        """Wait for room to claim into; return how many jobs fit (0 when stopping)."""
         with self._slots_cond:
-            while len(self._held) >= self.slots and not self._stopping.is_set():
+            while not self._has_room() and not self._stopping.is_set():
                 self._slots_cond.wait()
-            return 0 if self._stopping.is_set() else self.slots - len(self._held)
+            return 0 if self._stopping.is_set() else self.capacity - len(self._held)
+
+    def _has_room(self) -> bool:
+        # A slot about to go idle is always worth a claim; otherwise wait until
+        # a claim can fill a good part of the buffer.
+        held = len(self._held)
+        return held < self.slots or self.capacity - held >= self._refill
 
     def _dispatch(self, job: Job) -> None:
         with self._slots_cond:
@@ -218,10 +245,17 @@ class Worker:
             job = self._work.get()
             if job is None:
                 return
+            if self._stopping.is_set():
+                # Buffered but never started: hand it back at once, not after the grace.
+                self._release_unstarted(job)
+                continue
+            with self._slots_cond:
+                self._running += 1
             try:
                 self._handle(job)
             finally:
                 with self._slots_cond:
+                    self._running -= 1
                     self._held.pop(job.id, None)
                     self._slots_cond.notify_all()
                 if self.burst:
@@ -316,8 +350,24 @@ class Worker:
 
     # -- shutdown ---------------------------------------------------------------------------
 
+    def _release_unstarted(self, job: Job) -> None:
+        self._settle(job, job.release)
+        with self._slots_cond:
+            self._held.pop(job.id, None)
+            self._slots_cond.notify_all()
+
+    def _release_buffered(self) -> None:
+        while True:
+            try:
+                job = self._work.get_nowait()
+            except stdlib_queue.Empty:
+                return
+            if job is not None:
+                self._release_unstarted(job)
+
     def _shut_down(self) -> None:
         self._stopping.set()
+        self._release_buffered()
         deadline = time.monotonic() + self.shutdown_grace
         with self._slots_cond:
             while self._held and time.monotonic() < deadline:

@@ -66,7 +66,7 @@ def test_wants_job_reads_the_signature() -> None:
     assert wants_job(named_job)
 
 
-@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("batch", [1, 8, 32])
 def test_burst_drains_every_job_exactly_once(queue: Queue, hooks: Counting, batch: int) -> None:
     seen: list[int] = []
     lock = threading.Lock()
@@ -193,3 +193,38 @@ def test_an_idle_worker_wakes_once_per_job(queue: Queue, hooks: Counting) -> Non
     finally:
         worker.stop()
         runner.join()
+
+
+def test_a_batch_above_concurrency_prefetches_and_keeps_the_buffer_alive(
+        collection: Collection[Document], hooks: Counting) -> None:
+    queue = Queue(collection, lease=1.0, hooks=hooks)
+    queue.put_many([{"n": n} for n in range(20)])
+    started = threading.Event()
+    finish = threading.Event()
+
+    def first_blocks(payload: dict[str, Any]) -> None:
+        started.set()
+        finish.wait(20)
+
+    worker = Worker(queue, first_blocks, concurrency=1, batch=8, heartbeat=0.2, shutdown_grace=20)
+    runner = Background(worker.run).start()
+    try:
+        assert started.wait(10)
+        # One claim took a whole batch: one job running, seven waiting in the buffer.
+        assert wait_until(lambda: queue.stats()["locked"] == 8, timeout=10)
+        assert (worker.busy_slots, worker.held) == (1, 8)
+        # Three lease lengths on, the buffered jobs are still held (the heartbeat covers them).
+        assert not wait_until(lambda: queue.reap() > 0, timeout=3.0)
+        assert queue.stats()["locked"] == 8
+        worker.stop()
+        # The buffer goes back at once, while the running handler still has its grace.
+        assert wait_until(lambda: queue.stats()["locked"] == 1, timeout=10)
+        assert not runner.done.is_set()
+        assert hooks.get("released") == 7
+        assert queue.collection.count_documents({"state": "ready", "attempts": 0}) == 19
+    finally:
+        finish.set()
+        runner.join()
+        queue.close()
+    assert hooks.get("completed") == 1
+    assert queue.size() == 19
