@@ -23,6 +23,7 @@ from urllib.parse import quote_plus
 
 import pytest
 from pymongo import MongoClient
+from pymongo.collection import Collection
 
 from streamqueue.testing import ReplicaSet
 from tests.faults.common import FAULT_DB
@@ -148,6 +149,40 @@ def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
     yield make
     for fleet in fleets:
         fleet.close()
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A scenario on the shared single-node set: its queue, its records and its fleets."""
+
+    rs: ReplicaSet
+    client: MongoClient[Document]
+    queue_name: str
+    report: Callable[[str], Report]
+    _fleets: Callable[..., Fleet]
+
+    @property
+    def coll(self) -> Collection[Document]:
+        return self.client[FAULT_DB][self.queue_name]
+
+    @property
+    def records(self) -> Collection[Document]:
+        """What the handlers in ``tests.faults.handlers`` write, one record per delivery."""
+        return self.client[FAULT_DB][f"{self.queue_name}.records"]
+
+    @property
+    def failed(self) -> Collection[Document]:
+        return self.client[FAULT_DB][f"{self.queue_name}.failed"]
+
+    def fleet(self, **options: Any) -> Fleet:
+        """Worker and reaper processes on this queue, stopped when the test ends."""
+        return self._fleets(self.rs.uri, self.queue_name, **options)
+
+
+@pytest.fixture
+def scene(fault_rs: ReplicaSet, fault_client: MongoClient[Document], queue_name: str,
+          fleet_factory: Callable[..., Fleet], report: Callable[[str], Report]) -> Scene:
+    return Scene(fault_rs, fault_client, queue_name, report, fleet_factory)
 
 
 

@@ -11,17 +11,13 @@ inserts), until its 30 s sweep. Seen before the fix: of 2,000 queued jobs of
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
 
 from streamqueue import Queue
-from streamqueue.testing import ReplicaSet
-from tests.faults.common import FAULT_DB, enqueue, log
-from tests.faults.conftest import Report
-from tests.faults.procs import Fleet
+from tests.faults.common import enqueue, log
+from tests.faults.conftest import Scene
 from tests.helpers import wait_until
 
 Document = dict[str, Any]
@@ -32,17 +28,10 @@ WORKERS = 4
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_workers_sharing_a_backlog_all_keep_working(
-    fault_rs: ReplicaSet,
-    fault_client: MongoClient[Document],
-    queue_name: str,
-    fleet_factory: Callable[..., Fleet],
-    report: Callable[[str], Report],
-) -> None:
-    sheet = report("backlog_shared")
-    coll = fault_client[FAULT_DB][queue_name]
-    records = fault_client[FAULT_DB][f"{queue_name}.records"]
-    fleet = fleet_factory(fault_rs.uri, queue_name, record_w="1")
+def test_workers_sharing_a_backlog_all_keep_working(scene: Scene) -> None:
+    sheet = scene.report("backlog_shared")
+    coll, records = scene.coll, scene.records
+    fleet = scene.fleet(record_w="1")
     workers = [fleet.worker(concurrency=4, lease=30.0) for _ in range(WORKERS)]
     assert all(w.wait_for_output(" consuming ", 60) for w in workers), fleet.output()
     # The backlog arrives in two inserts; after them nothing wakes anyone. 50 ms

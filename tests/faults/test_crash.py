@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
 
 from streamqueue import Queue
 from streamqueue.storage import READY
-from streamqueue.testing import ReplicaSet
-from tests.faults.common import FAULT_DB, enqueue, log
-from tests.faults.conftest import Report
+from tests.faults.common import enqueue, log
+from tests.faults.conftest import Scene
 from tests.faults.evidence import gather
-from tests.faults.procs import Fleet
 from tests.helpers import wait_until
 
 Document = dict[str, Any]
@@ -38,23 +34,16 @@ KILL_EVERY = 1.0
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_sigkilled_workers_lose_nothing(
-    fault_rs: ReplicaSet,
-    fault_client: MongoClient[Document],
-    queue_name: str,
-    fleet_factory: Callable[..., Fleet],
-    report: Callable[[str], Report],
-) -> None:
-    sheet = report("crash")
-    coll = fault_client[FAULT_DB][queue_name]
-    records = fault_client[FAULT_DB][f"{queue_name}.records"]
+def test_sigkilled_workers_lose_nothing(scene: Scene) -> None:
+    sheet = scene.report("crash")
+    coll, records = scene.coll, scene.records
     # Generous attempts: a job may be held by several killed workers in a row,
     # and this scenario is about redelivery, not the error queue.
     producer = Queue(coll, max_attempts=10)
     ids = enqueue(producer.put_many, ({"i": i, "work": 0.01} for i in range(JOBS)))
     producer.close()
 
-    fleet = fleet_factory(fault_rs.uri, queue_name)
+    fleet = scene.fleet()
     rng = random.Random(1)
     reaper = fleet.reaper(interval=0.5)
     for _ in range(WORKERS):

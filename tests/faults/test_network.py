@@ -23,9 +23,8 @@ from pymongo import MongoClient
 from streamqueue import Queue
 from streamqueue.testing import ReplicaSet
 from tests.faults.common import FAULT_DB, change_streams, log
-from tests.faults.conftest import Report
+from tests.faults.conftest import Report, Scene
 from tests.faults.evidence import gather
-from tests.faults.procs import Fleet
 from tests.helpers import wait_until
 
 Document = dict[str, Any]
@@ -117,29 +116,22 @@ class Producer:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_network_faults_orphan_nothing_and_lose_nothing(
-    fault_rs: ReplicaSet,
-    fault_client: MongoClient[Document],
-    queue_name: str,
-    fleet_factory: Callable[..., Fleet],
-    report: Callable[[str], Report],
-) -> None:
-    sheet = report("network")
-    coll = fault_client[FAULT_DB][queue_name]
-    records = fault_client[FAULT_DB][f"{queue_name}.records"]
+def test_network_faults_orphan_nothing_and_lose_nothing(scene: Scene) -> None:
+    sheet = scene.report("network")
+    coll, records = scene.coll, scene.records
     producer_queue = Queue(coll, max_attempts=5)
     ids = producer_queue.put_many([{"i": -k, "work": 0.005} for k in range(1, 301)])
-    fleet = fleet_factory(fault_rs.uri, queue_name)
+    fleet = scene.fleet()
     workers = [fleet.worker(concurrency=4, lease=60.0, heartbeat=0.3) for _ in range(2)]
     assert all(w.wait_for_output(" consuming ", 60) for w in workers), fleet.output()
 
     fired: dict[str, float] = {}
     started = time.monotonic()
-    with fail_points_off(fault_client), Producer(producer_queue) as producer:
+    with fail_points_off(scene.client), Producer(producer_queue) as producer:
         for name, data, times in FAULTS:
-            before = fail_point(fault_client, data, times)
+            before = fail_point(scene.client, data, times)
             t0 = time.monotonic()
-            wait_for_fail_point(fault_client, before + times, timeout=30)
+            wait_for_fail_point(scene.client, before + times, timeout=30)
             fired[name] = round(time.monotonic() - t0, 2)
             log(f"network: fired {name!r} x{times} in {fired[name]}s")
     assert producer.error is None, producer.error
@@ -151,9 +143,9 @@ def test_network_faults_orphan_nothing_and_lose_nothing(
 
     # Every worker still follows exactly one change stream on the server.
     streams_ok = wait_until(
-        lambda: change_streams(fault_client, coll.full_name).live == len(workers), timeout=30,
+        lambda: change_streams(scene.client, coll.full_name).live == len(workers), timeout=30,
         interval=0.2)
-    streams = change_streams(fault_client, coll.full_name)
+    streams = change_streams(scene.client, coll.full_name)
     # And push wake-ups work: one job at a time, enqueue to completion.
     latencies: list[float] = []
     for k in range(5):

@@ -8,19 +8,16 @@ while ordinary jobs around them keep completing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import MongoClient
 
 from streamqueue import Queue
-from streamqueue.testing import ReplicaSet
-from tests.faults.common import FAULT_DB, log
-from tests.faults.conftest import Report
+from tests.faults.common import log
+from tests.faults.conftest import Scene
 from tests.faults.evidence import EXPIRED_PREFIX, gather
-from tests.faults.procs import Fleet, Proc
+from tests.faults.procs import Proc
 from tests.helpers import wait_until
 
 Document = dict[str, Any]
@@ -33,16 +30,9 @@ MAX_ATTEMPTS = 3
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_poison_jobs_end_in_the_error_queue_after_max_attempts(
-    fault_rs: ReplicaSet,
-    fault_client: MongoClient[Document],
-    queue_name: str,
-    fleet_factory: Callable[..., Fleet],
-    report: Callable[[str], Report],
-) -> None:
-    sheet = report("poison")
-    coll = fault_client[FAULT_DB][queue_name]
-    records = fault_client[FAULT_DB][f"{queue_name}.records"]
+def test_poison_jobs_end_in_the_error_queue_after_max_attempts(scene: Scene) -> None:
+    sheet = scene.report("poison")
+    coll, records = scene.coll, scene.records
     poison_queue = Queue(coll, max_attempts=MAX_ATTEMPTS)
     # Ordinary jobs get room for redeliveries when a dying job takes their worker down.
     normal_queue = Queue(coll, max_attempts=20)
@@ -63,7 +53,7 @@ def test_poison_jobs_end_in_the_error_queue_after_max_attempts(
     poison_queue.close()
     normal_queue.close()
 
-    fleet = fleet_factory(fault_rs.uri, queue_name)
+    fleet = scene.fleet()
 
     def start_worker() -> Proc:
         return fleet.worker(concurrency=4, lease=3.0, heartbeat=0.5, backoff=0.2)
@@ -86,7 +76,7 @@ def test_poison_jobs_end_in_the_error_queue_after_max_attempts(
     starts: dict[Any, list[int]] = {}
     for rec in records.find({"kind": "start"}):
         starts.setdefault(rec["job_id"], []).append(rec["attempt"])
-    dead_docs = {doc["_id"]: doc for doc in coll.database[f"{queue_name}.failed"].find()}
+    dead_docs = {doc["_id"]: doc for doc in scene.failed.find()}
     last_burial = max(doc["failed_at"] for doc in dead_docs.values())
     normal_done_before_last_burial = records.count_documents(
         {"kind": "done", "locked_at": {"$lt": last_burial}})

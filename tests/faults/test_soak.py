@@ -16,17 +16,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import MongoClient
 
 from streamqueue import Queue
-from streamqueue.testing import ReplicaSet
 from tests.faults.common import (
-    FAULT_DB,
     change_streams,
     connections,
     connections_by_app,
@@ -34,9 +30,8 @@ from tests.faults.common import (
     log,
     rss_kib,
 )
-from tests.faults.conftest import Report
+from tests.faults.conftest import Scene
 from tests.faults.evidence import gather
-from tests.faults.procs import Fleet
 from tests.helpers import wait_until
 
 Document = dict[str, Any]
@@ -76,16 +71,9 @@ def payload(i: int) -> Document:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_soak_memory_connections_and_streams_stay_flat(
-    fault_rs: ReplicaSet,
-    fault_client: MongoClient[Document],
-    queue_name: str,
-    fleet_factory: Callable[..., Fleet],
-    report: Callable[[str], Report],
-) -> None:
-    sheet = report("soak")
-    coll = fault_client[FAULT_DB][queue_name]
-    records = fault_client[FAULT_DB][f"{queue_name}.records"]
+def test_soak_memory_connections_and_streams_stay_flat(scene: Scene) -> None:
+    sheet = scene.report("soak")
+    coll, records = scene.coll, scene.records
     producer = Queue(coll, max_attempts=3)
     producer.store.ensure_indexes()
     ids: list[ObjectId] = []
@@ -97,7 +85,7 @@ def test_soak_memory_connections_and_streams_stay_flat(
         except BaseException as exc:
             put_error.append(exc)
 
-    fleet = fleet_factory(fault_rs.uri, queue_name, record_w="1")
+    fleet = scene.fleet(record_w="1")
     reaper = fleet.reaper(interval=2.0)
     workers = [fleet.worker(concurrency=CONCURRENCY, lease=30.0, backoff=0.2)
                for _ in range(WORKERS)]
@@ -115,9 +103,9 @@ def test_soak_memory_connections_and_streams_stay_flat(
         sample = {
             "t": round(time.monotonic() - started, 1), "done": done,
             "rss_kib": [rss_kib(w.pid) for w in workers], "reaper_rss_kib": rss_kib(reaper.pid),
-            "connections": connections(fault_client),
-            "by_app": connections_by_app(fault_client),
-            "streams": change_streams(fault_client, coll.full_name).live,
+            "connections": connections(scene.client),
+            "by_app": connections_by_app(scene.client),
+            "streams": change_streams(scene.client, coll.full_name).live,
         }
         samples.append(sample)
         if warm_at is None and done >= JOBS * WARM_UP:
@@ -159,7 +147,7 @@ def test_soak_memory_connections_and_streams_stay_flat(
         "connections_by_app_after_warm_up": warm[0]["by_app"],
         "connections_by_app_at_end": samples[-1]["by_app"],
         "change_streams_min_max": [min(streams), max(streams)],
-        "stale_change_stream_cursors_at_end": change_streams(fault_client, coll.full_name).stale,
+        "stale_change_stream_cursors_at_end": change_streams(scene.client, coll.full_name).stale,
         # Every 10th sample: seconds, jobs done, server connections, worker RSS (MiB).
         "timeline": [[x["t"], x["done"], x["connections"],
                       [round((r or 0) / 1024, 1) for r in x["rss_kib"]]] for x in samples[::10]],
