@@ -13,8 +13,12 @@ A job is one document in the queue's collection::
     last_error, progress
 
 Every time comparison uses the server's ``$$NOW`` inside the operation, so no
-client clock is ever trusted. Dead jobs move to ``<collection>.failed`` with
-the same ``_id``, in a transaction where the deployment has them.
+client clock is ever trusted. The one date not written by ``$$NOW`` is the
+enqueue's (``enqueued_at``, ``available_at``): a plain insert cannot use it,
+so those come from ``ServerClock``, the server's ``hello.localTime`` carried
+forward by the client's monotonic clock (never its wall clock). Dead jobs move
+to ``<collection>.failed`` with the same ``_id``, in a transaction where the
+deployment has them.
 """
 
 from __future__ import annotations
@@ -24,18 +28,20 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.change_stream import ChangeStream
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.write_concern import WriteConcern
 
+from streamqueue.errors import InvalidJob
 from streamqueue.retry import DUPLICATE_KEY, RetryPolicy
+from streamqueue.servertime import ServerClock
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +153,11 @@ class JobStore:
             f"{collection.name}.failed", write_concern=collection.write_concern
         )
         self.retry = retry or RetryPolicy()
+        client = collection.database.client
+        # The primary's clock dates new jobs (see ServerClock); a new primary
+        # after a failover is asked again rather than trusted to agree.
+        self.clock = ServerClock(lambda: client.admin.command("hello"),
+                                 server_id=lambda: client.primary)
         self._indexes_ready = False
         self._transactions: bool | None = None
         self._lock = threading.Lock()
@@ -181,25 +192,42 @@ class JobStore:
     # -- producing --------------------------------------------------------------
 
     def insert(self, new_jobs: Sequence[NewJob]) -> list[ObjectId]:
-        ids = [ObjectId() for _ in new_jobs]
-        # An upsert that only matches a missing document is an insert whose
-        # dates come from $$NOW; repeating it after a lost reply raises a
-        # duplicate-key error, which here means "already written".
-        ops = [
-            UpdateOne({"_id": oid, "state": {"$exists": False}}, _insert_pipeline(job), upsert=True)
-            for oid, job in zip(ids, new_jobs, strict=True)
-        ]
+        """Write new jobs with plain inserts, dated by the server's clock; return their ids.
+
+        Every document (ids and dates included) is made before the first try,
+        so a retry sends the same documents again.
+        """
+        now: datetime = self._call("read the server clock", self.clock.now)
+        documents = [new_document(job, now) for job in new_jobs]
+        self.insert_documents(documents)
+        return [doc["_id"] for doc in documents]
+
+    def insert_documents(self, documents: Sequence[Document]) -> None:
+        """Insert documents whose ``_id`` is set; one already there counts as written.
+
+        A retry after a lost reply (or of an unordered batch an election cut
+        short) meets the documents the earlier try wrote as duplicate ``_id``
+        keys: those mean "already written". A duplicate on any other unique
+        index (one the application added) is a real refusal and is raised.
+        """
+        if not documents:
+            return
 
         def write() -> None:
             try:
-                self.jobs.bulk_write(ops, ordered=False)
+                if len(documents) == 1:
+                    self.jobs.insert_one(documents[0])
+                else:
+                    self.jobs.insert_many(documents, ordered=False)
+            except DuplicateKeyError as exc:
+                if not _is_duplicate_id(exc.details or {}):
+                    raise
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors", [])
-                if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                if not errors or not all(_is_duplicate_id(error) for error in errors):
                     raise
 
         self._call("enqueue", write)
-        return ids
 
     # -- claiming ---------------------------------------------------------------
 
@@ -563,16 +591,38 @@ def _held(job_id: ObjectId, token: str) -> Document:
     return {"_id": job_id, "lease_token": token, "state": LOCKED}
 
 
-def _insert_pipeline(job: NewJob) -> list[Document]:
-    return [{"$set": {
-        "payload": {"$literal": dict(job.payload)},
+def new_document(job: NewJob, now: datetime) -> Document:
+    """A new job's document; ``now`` is the server's time (``ServerClock.now()``).
+
+    The fields and their order are those the enqueue upsert wrote before
+    enqueue became a plain insert; claims, indexes and counts rely on them.
+    """
+    try:
+        available_at = now + timedelta(milliseconds=millis(job.delay))
+    except OverflowError:
+        # Past year 9999: MongoDB would store it, but pymongo cannot decode
+        # it, so every claim that met the job would fail. Refused, unwritten.
+        raise InvalidJob(f"delay of {job.delay:g} seconds puts the job past the year 9999") from None
+    return {
+        "_id": ObjectId(),
+        "payload": dict(job.payload),
         "priority": job.priority,
         "state": READY,
         "attempts": 0,
         "max_attempts": job.max_attempts,
-        "enqueued_at": NOW,
-        "available_at": {"$add": [NOW, millis(job.delay)]},
-    }}]
+        "enqueued_at": now,
+        "available_at": available_at,
+    }
+
+
+def _is_duplicate_id(error: Mapping[str, Any]) -> bool:
+    """A write error that says this ``_id`` is taken: the document is already in."""
+    if error.get("code") != DUPLICATE_KEY:
+        return False
+    # The server names the index that refused (keyPattern); a reply without
+    # the name is taken as the _id's, as the enqueue always did.
+    pattern = error.get("keyPattern")
+    return pattern is None or list(pattern) == ["_id"]
 
 
 def _claim_pipeline(consumer_id: str, token: str | Document, lease: float) -> list[Document]:

@@ -249,7 +249,7 @@ def ratio(value: float, floor: float) -> float | None:
 # -- fills --------------------------------------------------------------------------------
 
 def queue_documents(count: int, start: int = 0) -> Iterator[Document]:
-    """Jobs in the queue's document shape (``storage._insert_pipeline``), dates made here.
+    """Jobs in the queue's document shape (``storage.new_document``), dates made here.
 
     The dates are a second in the past by this machine's clock, so every job is
     due by the server's clock too (same machine).

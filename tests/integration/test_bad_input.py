@@ -35,6 +35,7 @@ BAD_PUTS: list[tuple[str, Callable[[Queue], object], type[Exception]]] = [
     ("nan delay", lambda q: q.put({}, delay=math.nan), ValueError),
     ("inf delay", lambda q: q.put({}, delay=math.inf), ValueError),
     ("str delay", lambda q: q.put({}, delay="5"), TypeError),  # type: ignore[arg-type]
+    ("delay past year 9999", lambda q: q.put({}, delay=1e12), ValueError),
     ("one bad in a batch", lambda q: q.put_many([{"ok": 1}, {"$bad": 2}, {"ok": 3}]), ValueError),
     ("put_many of a dict", lambda q: q.put_many({"a": 1}), TypeError),  # type: ignore[dict-item]
     ("put_many bad delay", lambda q: q.put_many([{}], delay=-0.5), ValueError),

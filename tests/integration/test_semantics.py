@@ -393,7 +393,7 @@ def test_delay_holds_a_job_back_by_the_server_clock(
     job_id = queue.put({"n": 1}, delay=1.0)
     stored = collection.find_one({"_id": job_id})
     assert stored is not None
-    # Both dates come from one $$NOW: exactly the delay apart.
+    # Both dates come from one reading of the server's clock: exactly the delay apart.
     assert stored["available_at"] - stored["enqueued_at"] == timedelta(seconds=1)
     assert queue.stats()["delayed"] == 1
     assert queue.size() == 1
