@@ -129,7 +129,8 @@ def test_a_skewed_worker_and_reaper_respect_server_time(
     assert abs(mean_skew - SKEWS[offset]) < 120, "the worker did not run with a skewed clock"
     assert still_held == HELD, "a skewed process took over a live lease"
     assert reaper_passes >= 3, reaper.output()[-3000:]
-    # locked_at and available_at are both the server's $$NOW: no client clock in either.
+    # locked_at is the server's $$NOW; available_at the server's clock as the producer
+    # estimated it (hello.localTime + monotonic time): no client wall clock in either.
     assert not claimed_early, f"delayed jobs claimed before they were due: {claimed_early}"
     assert max(claim_delay) < 3.0, "delayed jobs were claimed late"
     evidence.assert_sound()
