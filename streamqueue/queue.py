@@ -281,8 +281,7 @@ class Queue:
                                    self.max_attempts))
         if not new_jobs:
             return []
-        self.store.ensure_indexes()
-        ids = self.store.insert(new_jobs)
+        ids = self.store.insert(new_jobs)  # creates the indexes once the jobs are known good
         self.hooks.enqueued(self.name, len(ids))
         return ids
 

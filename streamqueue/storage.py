@@ -195,10 +195,12 @@ class JobStore:
         """Write new jobs with plain inserts, dated by the server's clock; return their ids.
 
         Every document (ids and dates included) is made before the first try,
-        so a retry sends the same documents again.
+        so a retry sends the same documents again. A job that cannot be dated
+        is refused before anything, indexes included, is written.
         """
         now: datetime = self._call("read the server clock", self.clock.now)
         documents = [new_document(job, now) for job in new_jobs]
+        self.ensure_indexes()
         self.insert_documents(documents)
         return [doc["_id"] for doc in documents]
 
