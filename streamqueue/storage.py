@@ -198,7 +198,8 @@ class JobStore:
         so a retry sends the same documents again. A job that cannot be dated
         is refused before anything, indexes included, is written.
         """
-        now: datetime = self._call("read the server clock", self.clock.now)
+        # The retry wrapper only when the clock has to ask the server (once a minute).
+        now: datetime = self.clock.cached() or self._call("read the server clock", self.clock.now)
         documents = [new_document(job, now) for job in new_jobs]
         self.ensure_indexes()
         self.insert_documents(documents)

@@ -136,6 +136,18 @@ def test_a_change_of_server_refreshes_at_once() -> None:
     assert server.calls == 2
 
 
+def test_cached_never_asks_and_is_none_when_now_would() -> None:
+    server_clock, server, clock = make(max_age=60.0)
+    assert server_clock.cached() is None  # no anchor yet
+    assert server.calls == 0
+    server_clock.now()
+    clock.advance(30)
+    assert server_clock.cached() == server_clock.now() == SERVER_UTC + timedelta(seconds=30)
+    clock.advance(30)
+    assert server_clock.cached() is None  # 60 s old: now() would ask
+    assert server.calls == 1
+
+
 def test_refresh_asks_whatever_the_age() -> None:
     server_clock, server, _ = make()
     server_clock.now()
