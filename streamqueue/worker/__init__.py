@@ -19,7 +19,6 @@ import time
 import traceback
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
 from streamqueue.backoff import ExponentialBackoff
 from streamqueue.errors import LeaseLost, PermissionDenied, StreamQueueError
@@ -101,7 +100,9 @@ class Worker:
         self._stopping = threading.Event()
         self._drained = threading.Event()
         self._slots_cond = threading.Condition()
-        self._held: dict[Any, Job] = {}
+        # Keyed by lease token, not job id: a job this worker failed and then
+        # claimed again is held twice while the first slot is still settling it.
+        self._held: dict[str, Job] = {}
         self._work: stdlib_queue.SimpleQueue[Job | None] = stdlib_queue.SimpleQueue()
         self._signals = 0
         # Batch mode completes in bulk: finished jobs wait here for one delete.
@@ -235,7 +236,7 @@ class Worker:
 
     def _dispatch(self, job: Job) -> None:
         with self._slots_cond:
-            self._held[job.id] = job
+            self._held[job.lease_token] = job
         self._work.put(job)
 
     # -- handling ------------------------------------------------------------------------
@@ -256,7 +257,7 @@ class Worker:
             finally:
                 with self._slots_cond:
                     self._running -= 1
-                    self._held.pop(job.id, None)
+                    self._held.pop(job.lease_token, None)
                     self._slots_cond.notify_all()
                 if self.burst:
                     # A finished job may have requeued itself: look again.
@@ -332,9 +333,10 @@ class Worker:
 
     def _beat(self) -> None:
         with self._slots_cond:
-            held = [(job.id, job.lease_token) for job in self._held.values() if not job.settled]
-        if not held:
+            beating = [job for job in self._held.values() if not job.settled]
+        if not beating:
             return
+        held = [(job.id, job.lease_token) for job in beating]
         try:
             alive = self.queue.store.extend_many(held, self.queue.lease)
         except StreamQueueError:
@@ -342,18 +344,17 @@ class Worker:
             return
         with self._slots_cond:
             # A job settled since the list was taken is gone for a good reason.
-            lost = [job_id for job_id, _ in held
-                    if job_id not in alive and job_id in self._held
-                    and not self._held[job_id].settled]
-        for job_id in lost:
-            log.warning("job %s lost its lease while running", job_id)
+            lost = [job for job in beating
+                    if job.id not in alive and job.lease_token in self._held and not job.settled]
+        for job in lost:
+            log.warning("job %s lost its lease while running", job.id)
 
     # -- shutdown ---------------------------------------------------------------------------
 
     def _release_unstarted(self, job: Job) -> None:
         self._settle(job, job.release)
         with self._slots_cond:
-            self._held.pop(job.id, None)
+            self._held.pop(job.lease_token, None)
             self._slots_cond.notify_all()
 
     def _release_buffered(self) -> None:

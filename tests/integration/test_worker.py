@@ -228,3 +228,46 @@ def test_a_batch_above_concurrency_prefetches_and_keeps_the_buffer_alive(
         queue.close()
     assert hooks.get("completed") == 1
     assert queue.size() == 19
+
+
+class HoldsTheFirstFailure(Counting):
+    """Keeps the slot that failed a job busy until the job's next attempt has started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.second_started = threading.Event()
+
+    def failed(self, queue: str, attempts: int, run_seconds: float) -> None:
+        super().failed(queue, attempts, run_seconds)
+        if attempts == 1:
+            assert self.second_started.wait(10)
+
+
+def test_a_job_claimed_again_while_its_last_attempt_settles_is_still_held(
+        collection: Collection[Document]) -> None:
+    hooks = HoldsTheFirstFailure()
+    queue = Queue(collection, lease=30, hooks=hooks)
+    queue.put({"x": 1})
+    finish = threading.Event()
+
+    def fails_once(payload: dict[str, Any], job: Job) -> None:
+        if job.attempts == 1:
+            raise RuntimeError("first attempt fails")
+        hooks.second_started.set()
+        finish.wait(10)
+
+    worker = Worker(queue, fails_once, concurrency=2, backoff=0.0, burst=True)
+    runner = Background(worker.run).start()
+    try:
+        assert hooks.second_started.wait(10)
+        # The first attempt's slot has now finished; the second attempt must
+        # still count as held (heart-beaten, waited for), so burst mode waits.
+        assert wait_until(lambda: worker.busy_slots == 1, timeout=10)
+        assert worker.held == 1
+        assert not runner.done.wait(0.5)
+    finally:
+        finish.set()
+        runner.join()
+        queue.close()
+    assert (hooks.get("failed"), hooks.get("completed")) == (1, 1)
+    assert queue.size() == 0
