@@ -68,8 +68,11 @@ def is_transient(exc: BaseException) -> bool:
         return exc.code in RETRYABLE_CODES
     if isinstance(exc, BulkWriteError):
         # An unordered enqueue stopped by an election: the rows it did write
-        # come back as duplicate keys on the next try, which means "done".
-        codes = {error.get("code") for error in exc.details.get("writeErrors", [])}
+        # come back as duplicate keys on the next try, which means "done". A
+        # bulk write whose majority wait an election cut short reports it in
+        # writeConcernErrors: written but unconfirmed, so it is tried again too.
+        errors = exc.details.get("writeErrors", []) + exc.details.get("writeConcernErrors", [])
+        codes = {error.get("code") for error in errors}
         return bool(codes & RETRYABLE_CODES) and codes <= RETRYABLE_CODES | {DUPLICATE_KEY}
     if isinstance(exc, PyMongoError):
         return any(exc.has_error_label(label) for label in TRANSIENT_LABELS)

@@ -227,7 +227,10 @@ class JobStore:
                     raise
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors", [])
-                if not errors or not all(_is_duplicate_id(error) for error in errors):
+                # Duplicates alone mean "already written"; with a write concern
+                # error the batch is not known to be majority-committed yet.
+                if (not errors or exc.details.get("writeConcernErrors")
+                        or not all(_is_duplicate_id(error) for error in errors)):
                     raise
 
         self._call("enqueue", write)

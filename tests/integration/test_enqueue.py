@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -143,9 +144,14 @@ def test_a_delay_past_the_year_9999_is_refused_before_anything_is_written(
 LOST_REPLY_APP = "streamqueue-test-lost-reply"
 
 
+@dataclass(frozen=True)
+class LostReply:
+    client: MongoClient[Document]
+    times_fired: Callable[[], int]
+
+
 @pytest.fixture
-def lost_reply_client(mongo_uri: str, mongo_client: MongoClient[Document]
-                      ) -> Iterator[MongoClient[Document]]:
+def lost_reply(mongo_uri: str, mongo_client: MongoClient[Document]) -> Iterator[LostReply]:
     """A client whose next insert is applied but answered with a retryable WriteConcernError.
 
     Driver-level retries are off, so the queue's own retry sends the insert
@@ -155,17 +161,24 @@ def lost_reply_client(mongo_uri: str, mongo_client: MongoClient[Document]
     every code in ``retry.RETRYABLE_CODES`` alike.
     """
     try:
-        mongo_client.admin.command(
+        # The server's count of the fail point's firings runs on across
+        # configurations: firings are counted from this one.
+        before = mongo_client.admin.command(
             "configureFailPoint", "failCommand", mode={"times": 1},
             data={"failCommands": ["insert"], "appName": LOST_REPLY_APP,
                   "writeConcernError": {"code": 89, "codeName": "NetworkTimeout",
-                                        "errmsg": "reply lost (test fail point)"}})
+                                        "errmsg": "reply lost (test fail point)"}})["count"]
     except OperationFailure as exc:
         pytest.skip(f"the test deployment has no failCommand fail point: {exc}")
     client: MongoClient[Document] = MongoClient(mongo_uri, appname=LOST_REPLY_APP,
                                                 retryWrites=False)
+
+    def times_fired() -> int:
+        off = mongo_client.admin.command("configureFailPoint", "failCommand", mode="off")
+        return int(off["count"]) - int(before)
+
     try:
-        yield client
+        yield LostReply(client, times_fired)
     finally:
         client.close()
         mongo_client.admin.command("configureFailPoint", "failCommand", mode="off")
@@ -173,11 +186,24 @@ def lost_reply_client(mongo_uri: str, mongo_client: MongoClient[Document]
 
 def test_a_put_whose_reply_was_lost_writes_one_job(
     make_queue: QueueFactory, collection: Collection[Document],
-    lost_reply_client: MongoClient[Document], mongo_client: MongoClient[Document],
+    lost_reply: LostReply,
 ) -> None:
-    queue = make_queue(on(lost_reply_client, collection))
+    queue = make_queue(on(lost_reply.client, collection))
     queue.store.ensure_indexes()
     job_id = queue.put({"once": True})
-    assert mongo_client.admin.command(
-        "configureFailPoint", "failCommand", mode="off")["count"] == 1, "the fail point never fired"
+    assert lost_reply.times_fired() == 1, "the fail point did not fire exactly once"
     assert list(collection.find({}, {"_id": 1})) == [{"_id": job_id}]
+
+
+def test_a_put_many_whose_reply_was_lost_writes_each_job_once(
+    make_queue: QueueFactory, collection: Collection[Document],
+    lost_reply: LostReply,
+) -> None:
+    # insert_many reports the cut-short majority wait as a BulkWriteError
+    # (writeConcernErrors only): it must be retried like insert_one's.
+    queue = make_queue(on(lost_reply.client, collection))
+    queue.store.ensure_indexes()
+    ids = queue.put_many([{"n": n} for n in range(5)])
+    assert lost_reply.times_fired() == 1, "the fail point did not fire exactly once"
+    assert sorted(doc["_id"] for doc in collection.find({}, {"_id": 1})) == sorted(ids)
+    assert len(ids) == 5

@@ -226,3 +226,15 @@ def test_an_enqueue_that_failed_for_good_is_not_retried() -> None:
     ]}))
     assert not is_transient(BulkWriteError({"writeErrors": [
         {"index": 0, "code": 11000, "errmsg": "dup"}]}))
+
+
+def test_a_bulk_write_whose_majority_wait_an_election_cut_short_is_transient() -> None:
+    # insert_many written, but the wait for majority was interrupted: try again
+    # (the retry meets its own documents as duplicate _ids, which means done).
+    assert is_transient(BulkWriteError({"writeErrors": [], "writeConcernErrors": [
+        {"code": 11602, "errmsg": "operation was interrupted"}]}))
+    assert is_transient(BulkWriteError({"writeErrors": [
+        {"index": 0, "code": 11000, "errmsg": "dup"}], "writeConcernErrors": [
+        {"code": 189, "errmsg": "Primary stepped down while waiting for replication"}]}))
+    assert not is_transient(BulkWriteError({"writeErrors": [], "writeConcernErrors": [
+        {"code": 64, "errmsg": "waiting for replication timed out"}]}))
