@@ -342,6 +342,7 @@ class Queue:
 
     def claim(self, limit: int = 1) -> list[Job]:
         """One claim attempt for up to ``limit`` jobs, without waiting."""
+        self.store.ensure_indexes()  # a flag check, unless the collection was dropped
         if limit == 1:
             doc = self.store.claim(self.consumer_id, self.lease)
             docs = [doc] if doc is not None else []

@@ -183,6 +183,10 @@ class JobStore:
                 ))
                 self._indexes_ready = True
 
+    def forget_indexes(self) -> None:
+        """The collection was dropped: create the indexes again on next use."""
+        self._indexes_ready = False
+
     def supports_transactions(self) -> bool:
         if self._transactions is None:
             hello = self._call("hello", lambda: self.jobs.database.client.admin.command("hello"))

@@ -127,6 +127,9 @@ class ChangeStreamWatcher:
                 # Invalidated (collection dropped or renamed): the token is spent.
                 log.info("change stream on %s was invalidated; reopening", self._store.name)
                 self._resume_token = None
+                # A dropped collection took its indexes along; without them a
+                # claim scans the collection and the lease-token guard is gone.
+                self._store.forget_indexes()
                 self._board.notify_all()
 
     def _stream_opened(self) -> None:

@@ -266,3 +266,5 @@ def test_waiters_still_wake_after_the_collection_is_dropped(
     assert job.id == job_id
     assert waiting.finished_at is not None
     assert waiting.finished_at - started < 2.0
+    # The drop took the indexes along; the consumer made them again.
+    assert {"claim", "due", "leases", "lease_token"} <= set(collection.index_information())
