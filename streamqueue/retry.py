@@ -7,6 +7,8 @@ what escapes into the ``streamqueue.errors`` hierarchy with ``translate``.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -117,11 +119,20 @@ class RetryPolicy:
         fn: Callable[[], T],
     ) -> T:
         """Run ``fn``; retry transient errors; translate the rest into StreamQueueError."""
+        # Nearly every call succeeds at once: the first try skips building the
+        # retry machinery (~14 us a call, on every claim and completion).
+        try:
+            return fn()
+        except (PyMongoError, DocumentTooLarge) as exc:
+            if not is_transient(exc):
+                raise translate(exc, action) from exc
+            log.warning("%s failed (try 1), retrying: %s", action, exc)
+        time.sleep(random.uniform(0, self.initial))
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
             wait=wait_random_exponential(multiplier=self.initial, max=self.cap),
             stop=stop_after_delay(self.max_delay),
-            before_sleep=_log_retry(action),
+            before_sleep=_log_retry(action, tries_before=1),
             reraise=True,
         )
         try:
@@ -134,9 +145,10 @@ class RetryPolicy:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
 
-def _log_retry(action: str) -> Callable[[RetryCallState], None]:
+def _log_retry(action: str, tries_before: int = 0) -> Callable[[RetryCallState], None]:
     def log_it(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("%s failed (try %d), retrying: %s", action, state.attempt_number, exc)
+        log.warning("%s failed (try %d), retrying: %s", action,
+                    tries_before + state.attempt_number, exc)
 
     return log_it

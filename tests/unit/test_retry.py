@@ -146,8 +146,9 @@ def test_call_retries_transient_errors_until_success(caplog: pytest.LogCaptureFi
 
     assert FAST.call("claim", fn) == 7
     assert failures == []
-    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     assert len(retries) == 2
+    assert "claim failed (try 1)" in retries[0] and "claim failed (try 2)" in retries[1]
 
 
 def test_call_does_not_retry_a_permanent_error_and_keeps_the_cause() -> None:
