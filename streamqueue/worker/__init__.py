@@ -191,6 +191,10 @@ class Worker:
                     break
                 woken = wake is not Wake.TIMEOUT
             want = min(free, self.batch)
+            # A claim that finds nothing proves the queue drained only if no job
+            # of ours was running while it ran: a handler failing meanwhile
+            # requeues its job after the claim looked.
+            idle_before = not self._held
             jobs = self._claim(want)
             if jobs is None:
                 maybe_more = True  # the outage may have hidden new jobs
@@ -201,7 +205,7 @@ class Worker:
             woken = False
             for job in jobs:
                 self._dispatch(job)
-            if self.burst and not jobs and not self._held:
+            if self.burst and not jobs and idle_before:
                 log.info("burst mode: nothing due and all slots idle; stopping")
                 break
 

@@ -271,3 +271,47 @@ def test_a_job_claimed_again_while_its_last_attempt_settles_is_still_held(
         queue.close()
     assert (hooks.get("failed"), hooks.get("completed")) == (1, 1)
     assert queue.size() == 0
+
+
+class SlowEmptyClaims(Queue):
+    """A queue whose empty claims, once armed, return only after the worker holds nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.worker: Worker | None = None
+        self.armed = False
+        self.empty_claim_done = threading.Event()
+
+    def claim(self, limit: int = 1) -> list[Job]:
+        jobs = super().claim(limit)
+        if not jobs and self.armed and self.worker is not None:
+            self.armed = False
+            self.empty_claim_done.set()
+            worker = self.worker
+            assert wait_until(lambda: worker.held == 0, timeout=10)
+        return jobs
+
+
+def test_burst_mode_does_not_stop_on_a_claim_that_overlapped_a_failing_handler(
+        collection: Collection[Document], hooks: Counting) -> None:
+    queue = SlowEmptyClaims(collection, lease=30, max_attempts=3, hooks=hooks)
+    calls: list[int] = []
+
+    def fails_twice(payload: dict[str, Any], job: Job) -> None:
+        calls.append(job.attempts)
+        if job.attempts == 2:
+            # A stray wake-up: the loop claims (finding nothing) while this
+            # handler runs, and that claim returns only after the requeue below.
+            queue.armed = True
+            queue.board.notify(1)
+            assert queue.empty_claim_done.wait(10)
+        if job.attempts < 3:
+            raise RuntimeError("not yet")
+
+    queue.put({"x": 1})
+    worker = Worker(queue, fails_twice, concurrency=2, backoff=0.0, burst=True)
+    queue.worker = worker
+    Background(worker.run).start().join(30)
+    queue.close()
+    assert calls == [1, 2, 3]
+    assert (hooks.get("failed"), hooks.get("completed")) == (2, 1)
