@@ -268,3 +268,47 @@ def test_waiters_still_wake_after_the_collection_is_dropped(
     assert waiting.finished_at - started < 2.0
     # The drop took the indexes along; the consumer made them again.
     assert {"claim", "due", "leases", "lease_token"} <= set(collection.index_information())
+
+
+def test_the_stream_is_left_unread_while_nobody_waits(
+    make_queue: QueueFactory, collection: Collection[Document],
+    counted_client: tuple[MongoClient[Document], CommandCounter], other_client: MongoClient[Document],
+) -> None:
+    # Reading the stream wakes the server's cursor for every write; while no
+    # consumer waits nobody needs its events, so it is not read at all.
+    client, counter = counted_client
+    consumer = make_queue(on(client, collection), max_await=0.2)
+    producer = make_queue(on(other_client, collection))
+    consumer.watcher.start()
+    counter.reset()
+    producer.put_many([{"n": n} for n in range(50)])
+    assert stays_false(lambda: counter.count("getMore") > 0, 1.0)
+    assert len(consumer.next_batch(50)) == 50
+    # A consumer that waits gets the stream read again, and wakes on a put.
+    waiting = Background(lambda: consumer.next(timeout=10)).start()
+    assert wait_until(lambda: counter.count("getMore") > 0 and consumer.board.waiters == 1)
+    put_at = time.monotonic()
+    job_id = producer.put({})
+    job = waiting.join(15)
+    assert isinstance(job, Job) and job.id == job_id
+    assert waiting.finished_at is not None
+    assert waiting.finished_at - put_at < WAKE_LATENCY_LIMIT
+
+
+def test_a_delayed_job_put_while_nobody_waits_wakes_its_waiter_when_due(
+    make_queue: QueueFactory, collection: Collection[Document], other_client: MongoClient[Document],
+) -> None:
+    consumer = make_queue(max_await=DEFAULT_MAX_AWAIT)
+    producer = make_queue(on(other_client, collection))
+    consumer.watcher.start()
+    put_at = time.monotonic()
+    job_id = producer.put({}, delay=2.0)
+    # Nobody waits for a while, so the job's event is read late: its timer
+    # must still count from when the job was put, not from when it was read.
+    assert stays_false(lambda: consumer.board.pending_due() > 0, 1.2)
+    waiting = Background(lambda: consumer.next(timeout=10)).start()
+    job = waiting.join(15)
+    assert isinstance(job, Job) and job.id == job_id
+    assert waiting.finished_at is not None
+    woke_after = waiting.finished_at - put_at
+    assert 1.95 <= woke_after < 2.0 + WAKE_LATENCY_LIMIT, woke_after

@@ -112,3 +112,41 @@ def test_without_wall_time_the_cluster_time_is_used() -> None:
 def test_anything_unknown_counts_as_due_now(event: dict[str, Any]) -> None:
     # When in doubt, wake a waiter: one empty claim is cheaper than a lost job.
     assert event_due_in(event) == 0.0
+
+
+# -- events read late: the server's time now, when known, shortens the timer ---------------
+
+
+def test_an_event_read_late_counts_from_the_servers_time_now() -> None:
+    event = insert_event(COMMIT + timedelta(seconds=10))
+    read_at = COMMIT_AWARE + timedelta(seconds=4)  # the stream was left unread for 4 s
+    assert event_due_in(event, lambda: read_at) == pytest.approx(6.0)
+
+
+def test_a_job_that_fell_due_while_unread_is_due_now() -> None:
+    event = insert_event(COMMIT + timedelta(seconds=2))
+    assert event_due_in(event, lambda: COMMIT_AWARE + timedelta(seconds=3)) == 0.0
+
+
+def test_a_lagging_estimate_never_makes_a_timer_later_than_the_commit_says() -> None:
+    event = insert_event(COMMIT + timedelta(seconds=2))
+    assert event_due_in(event, lambda: COMMIT_AWARE - timedelta(seconds=1)) == pytest.approx(2.0)
+
+
+def test_without_an_estimate_the_commit_is_used() -> None:
+    event = insert_event(COMMIT + timedelta(seconds=2))
+    assert event_due_in(event, lambda: None) == pytest.approx(2.0)
+
+
+def test_the_server_time_is_asked_only_for_a_delayed_job() -> None:
+    asked: list[int] = []
+
+    def now() -> datetime:
+        asked.append(1)
+        return COMMIT_AWARE
+
+    assert event_due_in(insert_event(COMMIT), now) == 0.0
+    assert event_due_in(update_event(COMMIT - timedelta(seconds=1)), now) == 0.0
+    assert asked == []
+    event_due_in(insert_event(COMMIT + timedelta(seconds=1)), now)
+    assert asked == [1]
