@@ -568,14 +568,10 @@ class JobStore:
         )
 
 
-def event_due_in(event: Mapping[str, Any],
-                 server_now: Callable[[], datetime | None] | None = None) -> float:
-    """Seconds until the job an event announces falls due (0 if due).
+def event_due_in(event: Mapping[str, Any]) -> float:
+    """Seconds from an event's commit until the job it announces falls due (0 if due).
 
-    Counted from the event's commit, or from ``server_now()`` (the server's
-    time as ``ServerClock`` estimates it, asked only for a delayed job) when
-    that is later: an event read late then still times its job right. All
-    dates are the server's, so the consumer's clock plays no part.
+    Both dates are the server's, so the consumer's clock plays no part.
     """
     document = event.get("fullDocument") or event.get("updateDescription", {}).get(
         "updatedFields", {}
@@ -587,11 +583,7 @@ def event_due_in(event: Mapping[str, Any],
         committed = datetime.fromtimestamp(event["clusterTime"].time, timezone.utc)
     if not isinstance(due, datetime) or not isinstance(committed, datetime):
         return 0.0
-    due_in = (_utc(due) - _utc(committed)).total_seconds()
-    now = server_now() if server_now is not None and due_in > 0 else None
-    if now is not None:
-        due_in = min(due_in, (_utc(due) - _utc(now)).total_seconds())
-    return max(0.0, due_in)
+    return max(0.0, (_utc(due) - _utc(committed)).total_seconds())
 
 
 def _utc(moment: datetime) -> datetime:

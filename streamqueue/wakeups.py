@@ -5,11 +5,6 @@ an event for one job costs one claim, not one per thread (no thundering herd).
 Signals that arrive while every waiter is busy claiming are kept (at most one
 per registered waiter), so a waiter that comes back finds them and no wake-up
 is lost between its empty claim and its wait.
-
-The board also tells the change-stream watcher whether anyone is waiting
-(``wait_for_demand``): while every consumer is busy claiming, reading the
-stream would only wake the server's cursor for each write, so the watcher
-leaves it unread (its position is kept) until a consumer blocks.
 """
 
 from __future__ import annotations
@@ -35,11 +30,7 @@ class WakeupBoard:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        lock = threading.RLock()
-        self._cond = threading.Condition(lock)
-        # A condition of its own: a notify meant for a waiter must never land on the watcher.
-        self._demand = threading.Condition(lock)
-        self._blocked = 0  # threads inside wait() now
+        self._cond = threading.Condition()
         self._waiters = 0
         self._permits = 0
         self._due: list[float] = []  # sorted monotonic times
@@ -101,25 +92,8 @@ class WakeupBoard:
             self._poll_interval = interval
             self._cond.notify_all()
 
-    def wait_for_demand(self, timeout: float) -> bool:
-        """Block until a thread is blocked in ``wait`` (or ``timeout`` passes); True if one is."""
-        with self._cond:
-            if self._blocked == 0:
-                self._demand.wait(timeout)
-            return self._blocked > 0
-
     def wait(self, until: float) -> Wake:
         """Block until a signal for this waiter, or until the monotonic time ``until``."""
-        with self._cond:
-            self._blocked += 1
-            if self._blocked == 1:
-                self._demand.notify_all()
-            try:
-                return self._wait(until)
-            finally:
-                self._blocked -= 1
-
-    def _wait(self, until: float) -> Wake:
         with self._cond:
             started = self._clock()
             while True:

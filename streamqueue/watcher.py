@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from pymongo.errors import OperationFailure, PyMongoError
@@ -26,10 +25,6 @@ log = logging.getLogger(__name__)
 # ChangeStreamHistoryLost, ChangeStreamFatalError, InvalidResumeToken: the
 # saved token can never work again; reusing it would loop forever.
 TOKEN_DEAD_CODES = frozenset({286, 280, 260})
-# While no consumer waits the stream is left unread, but read at least this
-# often: well inside the server's 10-minute idle-cursor timeout, and the
-# unread stretch of the oplog stays short.
-UNREAD_AT_MOST = 60.0
 
 
 class ChangeStreamWatcher:
@@ -124,7 +119,6 @@ class ChangeStreamWatcher:
             self.streams_opened += 1
             self._stream_opened()
             while not self._stopping.is_set() and stream.alive:
-                self._wait_for_a_reader()
                 event = stream.try_next()
                 self._resume_token = stream.resume_token
                 if event is not None:
@@ -137,16 +131,6 @@ class ChangeStreamWatcher:
                 # claim scans the collection and the lease-token guard is gone.
                 self._store.forget_indexes()
                 self._board.notify_all()
-
-    def _wait_for_a_reader(self) -> None:
-        # Each getMore wakes the server for every write on the collection; while
-        # all consumers are busy claiming, nobody needs the events yet. They stay
-        # in the oplog at the cursor's position and come in one batch later.
-        unread_since = time.monotonic()
-        while not self._stopping.is_set():
-            left = UNREAD_AT_MOST - (time.monotonic() - unread_since)
-            if left <= 0 or self._board.wait_for_demand(min(self._max_await, left)):
-                return
 
     def _stream_opened(self) -> None:
         if self._in_outage:
@@ -162,21 +146,13 @@ class ChangeStreamWatcher:
     def _on_event(self, event: Mapping[str, Any]) -> None:
         self._last_event = time.monotonic()
         self._hooks.changestream_event(self._store.name)
-        due_in = event_due_in(event, self._server_now)
+        due_in = event_due_in(event)
         # Even a job due in a millisecond gets a timer: a claim sent before
         # then would miss it, and no other event would come for it.
         if due_in <= 0:
             self._board.notify(1)
         else:
             self._board.schedule(due_in)
-
-    def _server_now(self) -> datetime | None:
-        # An event read late (the stream was left unread, or this thread was
-        # slow) must not push its delayed job's timer late by as much.
-        try:
-            return self._store.clock.now()
-        except (PyMongoError, StreamQueueError):
-            return None
 
     def _note_outage(self, exc: PyMongoError) -> None:
         if isinstance(exc, OperationFailure) and exc.code in TOKEN_DEAD_CODES:

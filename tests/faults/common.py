@@ -46,13 +46,11 @@ def change_streams(client: MongoClient[Document], namespace: str,
     """Change-stream cursors open on ``namespace`` (``db.coll``) on the server ``client`` uses.
 
     ``$currentOp`` with ``idleCursors`` lists cursors between two getMores as
-    well as those in one. A consumer that waits for jobs runs a getMore at
-    least every ``max_await`` (5 s by default), so an idle cursor older than
-    ``stale_after`` has no client: pymongo abandons a cursor whose connection
-    broke without killing it (it cannot reach it), and the server keeps it
-    until ``cursorTimeoutMillis`` (10 minutes). A consumer busy all the time
-    leaves its stream unread for up to ``watcher.UNREAD_AT_MOST`` seconds:
-    scenarios whose workers never wait pass a ``stale_after`` above that.
+    well as those in one. A consumer's stream runs a getMore at least every
+    ``max_await`` (5 s by default), so an idle one older than ``stale_after``
+    has no client: pymongo abandons a cursor whose connection broke without
+    killing it (it cannot reach it), and the server keeps it until
+    ``cursorTimeoutMillis`` (10 minutes).
     """
     db, _, coll = namespace.partition(".")
     now = client.admin.command("hello")["localTime"]

@@ -22,7 +22,6 @@ import pytest
 from bson import ObjectId
 
 from streamqueue import Queue
-from streamqueue.watcher import UNREAD_AT_MOST
 from tests.faults.common import (
     change_streams,
     connections,
@@ -42,9 +41,6 @@ WORKERS = 4
 WARM_UP = 0.10  # of the jobs
 RSS_GROWTH_LIMIT_KIB = 20 * 1024
 CONCURRENCY = 4
-# Workers busy through the whole run leave their streams unread for up to
-# UNREAD_AT_MOST between reads, then read for up to one max_await (5 s).
-BUSY_STREAM_IDLE = UNREAD_AT_MOST + 5.0 + 10.0
 # Connections a process may hold by design, by the appName it connects with.
 # A worker's queue client: the claim loop, one per slot, the heartbeat, the
 # bulk completer and the change stream, plus the driver's two monitoring
@@ -109,7 +105,7 @@ def test_soak_memory_connections_and_streams_stay_flat(scene: Scene) -> None:
             "rss_kib": [rss_kib(w.pid) for w in workers], "reaper_rss_kib": rss_kib(reaper.pid),
             "connections": connections(scene.client),
             "by_app": connections_by_app(scene.client),
-            "streams": change_streams(scene.client, coll.full_name, BUSY_STREAM_IDLE).live,
+            "streams": change_streams(scene.client, coll.full_name).live,
         }
         samples.append(sample)
         if warm_at is None and done >= JOBS * WARM_UP:
@@ -151,8 +147,7 @@ def test_soak_memory_connections_and_streams_stay_flat(scene: Scene) -> None:
         "connections_by_app_after_warm_up": warm[0]["by_app"],
         "connections_by_app_at_end": samples[-1]["by_app"],
         "change_streams_min_max": [min(streams), max(streams)],
-        "stale_change_stream_cursors_at_end": change_streams(
-            scene.client, coll.full_name, BUSY_STREAM_IDLE).stale,
+        "stale_change_stream_cursors_at_end": change_streams(scene.client, coll.full_name).stale,
         # Every 10th sample: seconds, jobs done, server connections, worker RSS (MiB).
         "timeline": [[x["t"], x["done"], x["connections"],
                       [round((r or 0) / 1024, 1) for r in x["rss_kib"]]] for x in samples[::10]],

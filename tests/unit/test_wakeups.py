@@ -395,27 +395,3 @@ def test_leaving_polling_mode() -> None:
     assert not board.polling
     with board.waiting():
         assert board.wait(clock() + 0.0) is Wake.TIMEOUT
-
-
-# -- demand: whether the watcher needs to read the stream ----------------------------------
-
-
-def test_no_demand_while_nobody_is_blocked() -> None:
-    board = WakeupBoard()
-    with board.waiting():  # registered, but claiming rather than waiting
-        started = time.monotonic()
-        assert board.wait_for_demand(0.1) is False
-        assert time.monotonic() - started >= 0.09
-
-
-def test_a_blocked_waiter_is_demand_at_once() -> None:
-    board = WakeupBoard()
-    watcher = Background(lambda: board.wait_for_demand(FAR), name="watcher").start()
-    assert stays_false(lambda: watcher.done.is_set(), 0.1)
-    sleeper = waiter(board, lambda: FAR, "sleeper")
-    assert watcher.join(5) is True
-    board.notify(1)
-    assert sleeper.join(5) is Wake.EVENT
-    # Gone again once the waiter has its wake.
-    assert board.wait_for_demand(0.0) is False
-
