@@ -184,26 +184,17 @@ def lost_reply(mongo_uri: str, mongo_client: MongoClient[Document]) -> Iterator[
         mongo_client.admin.command("configureFailPoint", "failCommand", mode="off")
 
 
-def test_a_put_whose_reply_was_lost_writes_one_job(
+@pytest.mark.parametrize("count", [1, 5], ids=["put", "put_many"])
+def test_an_enqueue_whose_reply_was_lost_writes_each_job_once(
     make_queue: QueueFactory, collection: Collection[Document],
-    lost_reply: LostReply,
+    lost_reply: LostReply, count: int,
 ) -> None:
+    # insert_one gets the cut-short majority wait as a WriteConcernError,
+    # insert_many as a BulkWriteError (writeConcernErrors only): both retried.
     queue = make_queue(on(lost_reply.client, collection))
     queue.store.ensure_indexes()
-    job_id = queue.put({"once": True})
-    assert lost_reply.times_fired() == 1, "the fail point did not fire exactly once"
-    assert list(collection.find({}, {"_id": 1})) == [{"_id": job_id}]
-
-
-def test_a_put_many_whose_reply_was_lost_writes_each_job_once(
-    make_queue: QueueFactory, collection: Collection[Document],
-    lost_reply: LostReply,
-) -> None:
-    # insert_many reports the cut-short majority wait as a BulkWriteError
-    # (writeConcernErrors only): it must be retried like insert_one's.
-    queue = make_queue(on(lost_reply.client, collection))
-    queue.store.ensure_indexes()
-    ids = queue.put_many([{"n": n} for n in range(5)])
+    payloads = [{"n": n} for n in range(count)]
+    ids = [queue.put(payloads[0])] if count == 1 else queue.put_many(payloads)
     assert lost_reply.times_fired() == 1, "the fail point did not fire exactly once"
     assert sorted(doc["_id"] for doc in collection.find({}, {"_id": 1})) == sorted(ids)
-    assert len(ids) == 5
+    assert len(ids) == count
