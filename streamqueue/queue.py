@@ -302,7 +302,6 @@ class Queue:
             raise ValueError(f"limit must be a positive int, not {limit!r}")
         deadline = math.inf if timeout is None else time.monotonic() + check_seconds(
             "timeout", timeout)
-        self.store.ensure_indexes()
         if timeout == 0:
             return self.claim(limit)
         self.watcher.start()

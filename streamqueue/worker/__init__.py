@@ -261,8 +261,7 @@ class Worker:
             finally:
                 with self._slots_cond:
                     self._running -= 1
-                    self._held.pop(job.lease_token, None)
-                    self._slots_cond.notify_all()
+                self._forget(job)
                 if self.burst:
                     # A finished job may have requeued itself: look again.
                     self.queue.board.notify(1)
@@ -355,11 +354,15 @@ class Worker:
 
     # -- shutdown ---------------------------------------------------------------------------
 
-    def _release_unstarted(self, job: Job) -> None:
-        self._settle(job, job.release)
+    def _forget(self, job: Job) -> None:
+        """The job is no longer ours (settled, or left to its lease): make room."""
         with self._slots_cond:
             self._held.pop(job.lease_token, None)
             self._slots_cond.notify_all()
+
+    def _release_unstarted(self, job: Job) -> None:
+        self._settle(job, job.release)
+        self._forget(job)
 
     def _release_buffered(self) -> None:
         while True:
