@@ -5,6 +5,12 @@ an event for one job costs one claim, not one per thread (no thundering herd).
 Signals that arrive while every waiter is busy claiming are kept (at most one
 per registered waiter), so a waiter that comes back finds them and no wake-up
 is lost between its empty claim and its wait.
+
+The board also tells the watcher when its stream is not needed: while every
+consumer is busy claiming and running jobs (a backlog), none waits, yet an
+open stream costs the server a scan of every write. After ``try_pause`` the
+stream may close; a waiter then gets ``Wake.RESUME`` instead of blocking, so
+it reopens the stream and claims again before it waits.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ class Wake(enum.Enum):
     DUE = "due"  # a delayed job known to the board fell due
     POLL = "poll"  # the stream is down; time for a polling claim
     TIMEOUT = "timeout"  # the caller's own time limit (deadline or sweep)
+    RESUME = "resume"  # the stream was paused: reopen it, then claim before waiting
 
 
 class WakeupBoard:
@@ -35,6 +42,9 @@ class WakeupBoard:
         self._permits = 0
         self._due: list[float] = []  # sorted monotonic times
         self._poll_interval: float | None = None
+        self._blocked = 0  # waiters inside wait(), not claiming
+        self._last_blocked = clock()
+        self._paused = False
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
@@ -55,6 +65,39 @@ class WakeupBoard:
     @property
     def polling(self) -> bool:
         return self._poll_interval is not None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def try_pause(self, idle_for: float) -> bool:
+        """Pause the stream if no waiter has blocked for ``idle_for`` seconds.
+
+        Decided under the board's lock, so a waiter about to block either
+        counts as blocked here or finds the pause and resumes the stream.
+        """
+        with self._cond:
+            if self._paused:
+                return True
+            if (self._blocked or self._poll_interval is not None
+                    or self._clock() - self._last_blocked < idle_for):
+                return False
+            self._paused = True
+            return True
+
+    def unpause(self) -> None:
+        """The stream is open again: every waiter claims once.
+
+        A waiter whose empty claim ran while the stream was closed, but who
+        began to wait after it reopened, would otherwise sleep through a job
+        enqueued in that gap.
+        """
+        with self._cond:
+            if not self._paused:
+                return
+            self._paused = False
+            self._permits = self._waiters
+            self._cond.notify_all()
 
     def notify(self, count: int = 1) -> None:
         """Wake ``count`` waiters (one per claimable job)."""
@@ -106,6 +149,8 @@ class WakeupBoard:
                     return Wake.DUE
                 if now >= until:
                     return Wake.TIMEOUT
+                if self._paused:
+                    return Wake.RESUME
                 timeout = until - now
                 if self._due:
                     timeout = min(timeout, self._due[0] - now)
@@ -114,4 +159,12 @@ class WakeupBoard:
                     if now >= poll_at:
                         return Wake.POLL
                     timeout = min(timeout, poll_at - now)
-                self._cond.wait(timeout)
+                self._block(timeout)
+
+    def _block(self, timeout: float) -> None:
+        self._blocked += 1
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._blocked -= 1
+            self._last_blocked = self._clock()

@@ -395,3 +395,123 @@ def test_leaving_polling_mode() -> None:
     assert not board.polling
     with board.waiting():
         assert board.wait(clock() + 0.0) is Wake.TIMEOUT
+
+
+# -- pausing the stream while nobody waits --------------------------------------------------
+
+
+def test_pause_needs_idle_for_seconds_since_the_board_was_made() -> None:
+    clock = FakeClock()
+    board = WakeupBoard(clock=clock)
+    assert not board.try_pause(2.0)
+    clock.advance(1.9)
+    assert not board.try_pause(2.0)
+    clock.advance(0.1)
+    assert board.try_pause(2.0)
+    assert board.paused
+
+
+def test_no_pause_while_a_waiter_is_blocked() -> None:
+    clock = RecordingClock()
+    board = WakeupBoard(clock=clock)
+    thread = waiter(board, lambda: FAR, "blocked")
+    # Two clock reads: the start of wait() and the one right before it blocks.
+    assert wait_until(lambda: clock.read_by("blocked") >= 2)
+    assert not board.try_pause(0.0)
+    board.notify(1)
+    assert thread.join(5) is Wake.EVENT
+    assert board.try_pause(0.0)
+
+
+def test_a_waiter_that_blocked_recently_keeps_the_stream() -> None:
+    clock = FakeClock()
+    board = WakeupBoard(clock=clock)
+    clock.advance(10.0)
+    with board.waiting():
+        assert board.wait(clock()) is Wake.TIMEOUT  # returns at once: no block
+        assert board.try_pause(2.0)
+    board.unpause()
+    thread = waiter(board, lambda: FAR, "blocks")
+    assert wait_until(lambda: board.waiters == 1)
+    board.notify(1)
+    assert thread.join(5) is Wake.EVENT
+    # It blocked just now: two seconds must pass before the stream may close.
+    assert not board.try_pause(2.0)
+    clock.advance(2.0)
+    assert board.try_pause(2.0)
+
+
+def test_no_pause_while_polling_stands_in_for_the_stream() -> None:
+    clock = FakeClock()
+    board = WakeupBoard(clock=clock)
+    clock.advance(10.0)
+    board.set_polling(1.0)
+    assert not board.try_pause(2.0)
+
+
+def test_a_paused_board_tells_a_waiter_to_resume_instead_of_blocking() -> None:
+    clock = FakeClock()
+    board = WakeupBoard(clock=clock)
+    clock.advance(10.0)
+    assert board.try_pause(2.0)
+    with board.waiting():
+        assert board.wait(FAR) is Wake.RESUME
+        # Still paused until the watcher reopens the stream: resume again.
+        assert board.wait(FAR) is Wake.RESUME
+
+
+def test_a_signal_or_due_time_is_handed_out_before_resume() -> None:
+    clock = FakeClock()
+    board = WakeupBoard(clock=clock)
+    clock.advance(10.0)
+    with board.waiting():
+        board.notify(1)
+        board.schedule(0.0)
+        assert board.try_pause(2.0)
+        assert board.wait(FAR) is Wake.EVENT
+        assert board.wait(FAR) is Wake.DUE
+        assert board.wait(FAR) is Wake.RESUME
+
+
+def test_a_waiter_past_its_deadline_times_out_rather_than_resume() -> None:
+    clock = FakeClock()
+    board = WakeupBoard(clock=clock)
+    clock.advance(10.0)
+    assert board.try_pause(2.0)
+    with board.waiting():
+        assert board.wait(clock()) is Wake.TIMEOUT
+
+
+def test_unpause_makes_every_registered_waiter_claim_once() -> None:
+    # A waiter whose empty claim ran while the stream was closed may start
+    # to wait only after it reopened; its permit covers the gap.
+    clock = FakeClock()
+    board = WakeupBoard(clock=clock)
+    clock.advance(10.0)
+    with registered(board, 3):
+        assert board.try_pause(2.0)
+        board.unpause()
+        assert not board.paused
+        assert [board.wait(clock()) for _ in range(4)] == [Wake.EVENT] * 3 + [Wake.TIMEOUT]
+
+
+def test_unpause_of_a_board_that_was_not_paused_changes_nothing() -> None:
+    clock = FakeClock()
+    board = WakeupBoard(clock=clock)
+    with board.waiting():
+        board.unpause()
+        assert board.wait(clock()) is Wake.TIMEOUT
+
+
+def test_a_blocked_waiter_is_not_woken_by_a_pause() -> None:
+    # The pause cannot happen while it blocks; once it is released by its own
+    # signal it claims, and only a later wait sees the pause.
+    fake = FakeClock()
+    clock = RecordingClock(fake)
+    board = WakeupBoard(clock=clock)
+    fake.advance(10.0)
+    thread = waiter(board, lambda: FAR, "blocked")
+    assert wait_until(lambda: clock.read_by("blocked") >= 2)
+    assert stays_false(lambda: board.try_pause(0.0), 0.1)
+    board.notify(1)
+    assert thread.join(5) is Wake.EVENT
