@@ -225,6 +225,7 @@ class Queue:
         sweep_interval: float = 30.0,
         poll_interval: float = 1.0,
         max_await: float = 5.0,
+        pause_stream_after: float | None = 2.0,
         retry: RetryPolicy | None = None,
     ) -> None:
         if not isinstance(collection, Collection):
@@ -243,6 +244,8 @@ class Queue:
             self.store, self.board, self.hooks,
             max_await=check_seconds("max_await", max_await, allow_zero=False),
             poll_interval=check_seconds("poll_interval", poll_interval, allow_zero=False),
+            pause_after=None if pause_stream_after is None else check_seconds(
+                "pause_stream_after", pause_stream_after, allow_zero=False),
         )
 
     def __repr__(self) -> str:
@@ -324,7 +327,8 @@ class Queue:
             wake = self.wait_for_wakeup(deadline)
             if wake is Wake.TIMEOUT and time.monotonic() >= deadline:
                 return []
-            woken = True
+            # After a resume the claim is the one made before waiting, not a wake-up.
+            woken = wake is not Wake.RESUME
 
     def wait_for_wakeup(self, deadline: float) -> Wake:
         """Wait for a sign that a claim may succeed, a sweep, or the monotonic ``deadline``.
@@ -334,7 +338,9 @@ class Queue:
         """
         until = min(deadline, time.monotonic() + self.sweep_interval)
         wake = self.board.wait(until)
-        if wake is Wake.DUE:
+        if wake is Wake.RESUME:
+            self.watcher.resume()
+        elif wake is Wake.DUE:
             # That delayed job is due now; learn when the next one will be.
             self.watcher.refresh_due()
         return wake

@@ -3,6 +3,13 @@
 The stream is a hint, never the job: an event wakes one waiter, which then
 runs the claim. Delayed jobs produce no event when they fall due, so the
 watcher also tells the board when the next known delayed job is due.
+
+While no consumer has waited for ``pause_after`` seconds (all of them busy
+with a backlog) the stream is closed: every open change stream makes the
+server examine each write, which cost a draining fleet about 7 % of its
+throughput per stream. The first consumer that needs to wait again reopens it
+(fresh, not resumed: events from the pause are not worth reading back) and
+every waiter claims once, which finds whatever arrived meanwhile.
 """
 
 from __future__ import annotations
@@ -38,13 +45,19 @@ class ChangeStreamWatcher:
         *,
         max_await: float = 5.0,
         poll_interval: float = 1.0,
+        pause_after: float | None = 2.0,
     ) -> None:
         self._store = store
         self._board = board
         self._hooks = hooks
         self._max_await = max_await
         self._poll_interval = poll_interval
+        self._pause_after = pause_after
         self._ready = threading.Event()
+        # Waking is guaranteed now (the stream is open, or polling stands in);
+        # cleared while the stream is paused.
+        self._live = threading.Event()
+        self._wanted = threading.Event()  # a waiter asked for the paused stream back
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -52,6 +65,7 @@ class ChangeStreamWatcher:
         self._last_event = time.monotonic()
         self._in_outage = False
         self.streams_opened = 0
+        self.streams_paused = 0
 
     def last_event_age(self) -> float:
         return time.monotonic() - self._last_event
@@ -61,6 +75,8 @@ class ChangeStreamWatcher:
 
         Anything committed after this returns reaches the board as an event;
         anything before it is found by the caller's claim: no lost wake-up.
+        (Once the stream has paused, the board sends ``Wake.RESUME`` instead,
+        and the same holds for the claim made after ``resume``.)
         """
         with self._lock:
             if self._thread is None:
@@ -80,8 +96,26 @@ class ChangeStreamWatcher:
         its stream itself as soon as the getMore returns.
         """
         self._stopping.set()
+        self._wanted.set()
+        # Waiters then block until their own deadline, as after any close,
+        # instead of asking a stopped watcher to resume over and over.
+        self._board.unpause()
+        self._live.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    def resume(self, timeout: float = 30.0) -> bool:
+        """Reopen a paused stream; True once waking is guaranteed again.
+
+        A waiter calls this on ``Wake.RESUME`` and claims after it returns,
+        so a job enqueued while the stream was closed is found by that claim.
+        """
+        self._wanted.set()
+        return self._live.wait(timeout)
+
+    @property
+    def paused(self) -> bool:
+        return self._board.paused
 
     def refresh_due(self) -> None:
         """Ask the server when the next delayed job falls due and tell the board."""
@@ -97,7 +131,8 @@ class ChangeStreamWatcher:
         failures = 0
         while not self._stopping.is_set():
             try:
-                self._follow_stream()
+                if self._follow_stream():
+                    self._wanted.wait()
                 failures = 0
             except PyMongoError as exc:
                 if self._stopping.is_set():
@@ -111,10 +146,11 @@ class ChangeStreamWatcher:
             except Exception:
                 log.exception("change stream watcher of %s crashed; polling", self._store.name)
                 self._board.set_polling(self._poll_interval)
-                self._ready.set()
+                self._poll_instead()
                 return
 
-    def _follow_stream(self) -> None:
+    def _follow_stream(self) -> bool:
+        """Follow the stream until stopped, invalidated or paused (then True)."""
         with self._store.watch(self._resume_token, self._max_await) as stream:
             self.streams_opened += 1
             self._stream_opened()
@@ -123,6 +159,8 @@ class ChangeStreamWatcher:
                 self._resume_token = stream.resume_token
                 if event is not None:
                     self._on_event(event)
+                if self._pause_if_unneeded():
+                    return True
             if not stream.alive and not self._stopping.is_set():
                 # Invalidated (collection dropped or renamed): the token is spent.
                 log.info("change stream on %s was invalidated; reopening", self._store.name)
@@ -131,6 +169,29 @@ class ChangeStreamWatcher:
                 # claim scans the collection and the lease-token guard is gone.
                 self._store.forget_indexes()
                 self._board.notify_all()
+        return False
+
+    def _pause_if_unneeded(self) -> bool:
+        if self._pause_after is None:
+            return False
+        # Cleared before the board can pause: a waiter told to resume must
+        # find the stream not live, or it would claim before the reopen.
+        self._live.clear()
+        self._wanted.clear()
+        if not self._board.try_pause(self._pause_after):
+            self._live.set()
+            return False
+        self._resume_token = None
+        self.streams_paused += 1
+        log.debug("no consumer of %s waited for %.1fs; change stream closed until one does",
+                  self._store.name, self._pause_after)
+        return True
+
+    def _poll_instead(self) -> None:
+        """Polling stands in for the stream: nobody should wait for a resume."""
+        self._board.unpause()
+        self._live.set()
+        self._ready.set()
 
     def _stream_opened(self) -> None:
         if self._in_outage:
@@ -140,6 +201,8 @@ class ChangeStreamWatcher:
             # Events from the gap are replayed when resumed with a token; after a
             # fresh start they are not, so every waiter claims once.
             self._board.notify_all()
+        self._board.unpause()
+        self._live.set()
         self._ready.set()
         self.refresh_due()
 
@@ -164,7 +227,7 @@ class ChangeStreamWatcher:
                         self._store.name, exc, self._poll_interval)
             self._in_outage = True
             self._board.set_polling(self._poll_interval)
-        self._ready.set()
+        self._poll_instead()
 
     def _fall_back_to_polling(self, exc: PyMongoError) -> None:
         log.warning(
@@ -173,4 +236,4 @@ class ChangeStreamWatcher:
             exc, self._store.name, self._poll_interval,
         )
         self._board.set_polling(self._poll_interval)
-        self._ready.set()
+        self._poll_instead()

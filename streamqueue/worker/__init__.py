@@ -189,7 +189,7 @@ class Worker:
                 wake = self.queue.wait_for_wakeup(math.inf)
                 if self._stopping.is_set():
                     break
-                woken = wake is not Wake.TIMEOUT
+                woken = wake not in (Wake.TIMEOUT, Wake.RESUME)
             want = min(free, self.batch)
             # A claim that finds nothing proves the queue drained only if no job
             # of ours was running while it ran: a handler failing meanwhile
