@@ -96,7 +96,9 @@ class _WorkerCollector(Collector):
             GaugeMetricFamily(f"{PREFIX}_worker_slots",
                               "Handler slots (the worker's concurrency).", labels=["queue"]),
             GaugeMetricFamily(f"{PREFIX}_changestream_last_event_age_seconds",
-                              "Seconds since the worker's change stream last delivered an event.",
+                              ("Seconds since the worker's change stream last delivered an event "
+                               "(also grows while the worker is too busy to wait and its "
+                               "stream is closed)."),
                               labels=["queue"]),
         ]
 
