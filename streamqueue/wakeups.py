@@ -70,6 +70,14 @@ class WakeupBoard:
     def paused(self) -> bool:
         return self._paused
 
+    def may_pause(self, idle_for: float) -> bool:
+        """A lock-free first look for ``try_pause``: False means it would refuse now.
+
+        The watcher asks after every event, right when a woken waiter wants
+        the GIL; the common answer (someone waited recently) costs no lock.
+        """
+        return not self._blocked and self._clock() - self._last_blocked >= idle_for
+
     def try_pause(self, idle_for: float) -> bool:
         """Pause the stream if no waiter has blocked for ``idle_for`` seconds.
 

@@ -172,7 +172,7 @@ class ChangeStreamWatcher:
         return False
 
     def _pause_if_unneeded(self) -> bool:
-        if self._pause_after is None:
+        if self._pause_after is None or not self._board.may_pause(self._pause_after):
             return False
         # Cleared before the board can pause: a waiter told to resume must
         # find the stream not live, or it would claim before the reopen.

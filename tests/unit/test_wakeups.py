@@ -515,3 +515,13 @@ def test_a_blocked_waiter_is_not_woken_by_a_pause() -> None:
     assert stays_false(lambda: board.try_pause(0.0), 0.1)
     board.notify(1)
     assert thread.join(5) is Wake.EVENT
+
+
+def test_may_pause_agrees_with_try_pause() -> None:
+    clock = FakeClock()
+    board = WakeupBoard(clock=clock)
+    assert not board.may_pause(2.0)
+    assert not board.try_pause(2.0)
+    clock.advance(2.0)
+    assert board.may_pause(2.0)
+    assert board.try_pause(2.0)
