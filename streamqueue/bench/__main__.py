@@ -117,6 +117,32 @@ def _other(value: float | None) -> str:
     return "" if value is None else f"  [other load {value:.0%}]"
 
 
+def _run_throughput_plan(ctx: BenchContext, config: BenchConfig, plan: ThroughputPlan,
+                         reruns: Reruns, attempt: Callable[[str, Callable[[], None]], None],
+                         results: Results) -> None:
+    rounds = f", {plan.rounds} interleaved rounds" if plan.rounds > 1 else ""
+    ctx.progress(f"throughput: {plan.jobs:,} jobs, {plan.name}{rounds}")
+    kinds = sc.throughput_kinds(plan, config)
+    runs: dict[str, list[sc.ThroughputRow]] = {kind.label: [] for kind in kinds}
+    for round_ in range(plan.rounds):
+        if plan.rounds > 1:
+            ctx.progress(f"  round {round_ + 1} of {plan.rounds}")
+        for kind in kinds:
+            def run_throughput(kind: Kind = kind) -> None:
+                row = reruns.run(lambda: sc.throughput(
+                    ctx, plan, kind, poll_interval=config.poll_interval,
+                    stall_timeout=config.stall_timeout))
+                runs[kind.label].append(row)
+                ctx.progress(f"  {row.label:40} {row.jobs_per_s:8,.0f} jobs/s  "
+                             f"dup {row.duplicates} lost {row.lost} left {row.left}"
+                             + (f"  errors: {row.errors[:1]}" if row.errors else "")
+                             + _other(row.other_cpu))
+            attempt(f"throughput {kind.label} {plan.name}", run_throughput)
+    for kind in kinds:
+        if runs[kind.label]:
+            results.throughput.append(sc.median_round(runs[kind.label]))
+
+
 def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
             only: Sequence[str] = SCENARIOS) -> None:
     def attempt(name: str, step: Callable[[], None]) -> None:
@@ -160,17 +186,7 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
 
     if "throughput" in only:
         for plan in config.throughput:
-            ctx.progress(f"throughput: {plan.jobs:,} jobs, {plan.name}")
-            for kind in sc.throughput_kinds(plan, config):
-                def run_throughput(kind: Kind = kind, plan: ThroughputPlan = plan) -> None:
-                    row = reruns.run(lambda: sc.throughput(
-                        ctx, plan, kind, poll_interval=poll, stall_timeout=config.stall_timeout))
-                    results.throughput.append(row)
-                    ctx.progress(f"  {row.label:40} {row.jobs_per_s:8,.0f} jobs/s  "
-                                 f"dup {row.duplicates} lost {row.lost} left {row.left}"
-                                 + (f"  errors: {row.errors[:1]}" if row.errors else "")
-                                 + _other(row.other_cpu))
-                attempt(f"throughput {kind.label} {plan.name}", run_throughput)
+            _run_throughput_plan(ctx, config, plan, reruns, attempt, results)
         sc.add_floor_ratios(results.throughput)
 
     if "herd" in only:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bson import SON
@@ -60,6 +60,26 @@ class ThroughputRow:
     other_cpu: float | None = None
     ratio_to_floor: float | None = None
     errors: list[str] = field(default_factory=list)
+    # Jobs/s of every round, in the order run (one entry unless the plan has rounds).
+    rounds_jobs_per_s: list[float] = field(default_factory=list)
+
+
+def median_round(rows: Sequence[ThroughputRow]) -> ThroughputRow:
+    """One kind's rounds as one row: the median round's figures, every round's faults.
+
+    A duplicate or a lost job in any round must show, not only in the round
+    that happened to be the median.
+    """
+    if not rows:
+        raise ValueError("no rounds to summarize")
+    ranked = sorted(rows, key=lambda r: r.jobs_per_s)
+    middle = ranked[(len(ranked) - 1) // 2]
+    return replace(
+        middle,
+        duplicates=sum(r.duplicates for r in rows), lost=sum(r.lost for r in rows),
+        left=sum(r.left for r in rows), errors=[e for r in rows for e in r.errors],
+        rounds_jobs_per_s=[r.jobs_per_s for r in rows],
+    )
 
 
 def throughput(ctx: BenchContext, plan: ThroughputPlan, kind: Kind, *,
