@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pymongo import MongoClient, monitoring
+from pymongo.collection import Collection
 
 Document = dict[str, Any]
 
@@ -120,6 +121,11 @@ class CommandCounter(monitoring.CommandListener):
                 if command_name == "aggregate" and body.get("aggregate") == collection
                 and any("$changeStream" in stage for stage in body.get("pipeline", []))
             )
+
+
+def on(client: MongoClient[Document], collection: Collection[Document]) -> Collection[Document]:
+    """The same collection, reached through another client ("another process")."""
+    return client[collection.database.name][collection.name]
 
 
 def server_now(client: MongoClient[Document]) -> datetime:

@@ -16,16 +16,11 @@ from streamqueue import Queue
 from streamqueue.errors import StorageError
 from streamqueue.servertime import ServerClock
 from streamqueue.storage import Document, NewJob, new_document
-from tests.helpers import CommandCounter, server_now
+from tests.helpers import CommandCounter, on, server_now
 from tests.integration.conftest import QueueFactory
 
 FIELDS = ["_id", "payload", "priority", "state", "attempts", "max_attempts", "enqueued_at",
           "available_at"]
-
-
-def on(client: MongoClient[Document], collection: Collection[Document]) -> Collection[Document]:
-    """The same collection, reached through another client."""
-    return client[collection.database.name][collection.name]
 
 
 def naive(moment: datetime) -> datetime:

@@ -10,16 +10,11 @@ from pymongo.collection import Collection
 
 from streamqueue import Job, Queue
 from streamqueue.storage import Document
-from tests.helpers import Background, CommandCounter, stays_false, wait_until
+from tests.helpers import Background, CommandCounter, on, stays_false, wait_until
 from tests.integration.conftest import DEFAULT_MAX_AWAIT, QueueFactory
 
 # The issue's bound: a blocked consumer returns within 200 ms of a put from another client.
 WAKE_LATENCY_LIMIT = 0.200
-
-
-def on(client: MongoClient[Document], collection: Collection[Document]) -> Collection[Document]:
-    """The same collection, reached through another client."""
-    return client[collection.database.name][collection.name]
 
 
 def stream_ready(queue: Queue) -> bool:

@@ -18,7 +18,7 @@ from pymongo.collection import Collection
 from streamqueue import Job, Queue
 from streamqueue.storage import Document
 from streamqueue.worker import Worker
-from tests.helpers import Background, stays_false, wait_until
+from tests.helpers import Background, on, stays_false, wait_until
 from tests.integration.conftest import QueueFactory
 
 # Short enough for a quick test; the sweep is far away, so only the stream
@@ -41,7 +41,7 @@ def test_the_stream_closes_while_nobody_waits_and_reopens_for_a_waiter(
     make_queue: QueueFactory, collection: Collection[Document], other_client: MongoClient[Document],
 ) -> None:
     consumer = make_queue(**PAUSE)
-    producer = make_queue(other_client[collection.database.name][collection.name])
+    producer = make_queue(on(other_client, collection))
     assert consumer.next(timeout=0.05) is None  # opens the stream, then nobody waits
     assert wait_until(lambda: consumer.watcher.paused, 10)
     assert wait_until(lambda: live_change_streams(other_client, collection) == 0, 10)
@@ -85,7 +85,7 @@ class EnqueuesAfterAnEmptyClaim(Queue):
 def test_a_job_enqueued_while_the_stream_was_closed_is_claimed_on_resume(
     make_queue: QueueFactory, collection: Collection[Document], other_client: MongoClient[Document],
 ) -> None:
-    producer = make_queue(other_client[collection.database.name][collection.name])
+    producer = make_queue(on(other_client, collection))
     consumer = EnqueuesAfterAnEmptyClaim(collection, producer=producer, **PAUSE)
     try:
         assert consumer.next(timeout=0.05) is None
@@ -123,7 +123,7 @@ def test_a_waiter_that_claimed_while_the_stream_was_closed_claims_again_once_it_
     # looked. B reopens the stream and its claim takes one; A began to wait
     # only after the reopen, so no event and no resume reaches it: the
     # reopen itself must make A claim once, or the second job waits for a sweep.
-    producer = Queue(other_client[collection.database.name][collection.name])
+    producer = Queue(on(other_client, collection))
     consumer = HeldEmptyClaims(collection, **PAUSE)
     inserted = threading.Event()
     ids: list[Any] = []
@@ -168,7 +168,7 @@ def test_a_draining_worker_closes_the_stream_and_still_takes_the_next_job(
     collection: Collection[Document], other_client: MongoClient[Document],
 ) -> None:
     queue = Queue(collection, **PAUSE)
-    producer = Queue(other_client[collection.database.name][collection.name])
+    producer = Queue(on(other_client, collection))
     done: list[int] = []
 
     def slow(payload: dict[str, Any]) -> None:
