@@ -400,6 +400,14 @@ def test_leaving_polling_mode() -> None:
 # -- pausing the stream while nobody waits --------------------------------------------------
 
 
+def idle_board() -> tuple[FakeClock, WakeupBoard]:
+    """A board nobody has waited on for 10 s: any pause up to that is allowed."""
+    clock = FakeClock()
+    board = WakeupBoard(clock=clock)
+    clock.advance(10.0)
+    return clock, board
+
+
 def test_pause_needs_idle_for_seconds_since_the_board_was_made() -> None:
     clock = FakeClock()
     board = WakeupBoard(clock=clock)
@@ -424,9 +432,7 @@ def test_no_pause_while_a_waiter_is_blocked() -> None:
 
 
 def test_a_waiter_that_blocked_recently_keeps_the_stream() -> None:
-    clock = FakeClock()
-    board = WakeupBoard(clock=clock)
-    clock.advance(10.0)
+    clock, board = idle_board()
     with board.waiting():
         assert board.wait(clock()) is Wake.TIMEOUT  # returns at once: no block
         assert board.try_pause(2.0)
@@ -442,17 +448,13 @@ def test_a_waiter_that_blocked_recently_keeps_the_stream() -> None:
 
 
 def test_no_pause_while_polling_stands_in_for_the_stream() -> None:
-    clock = FakeClock()
-    board = WakeupBoard(clock=clock)
-    clock.advance(10.0)
+    _, board = idle_board()
     board.set_polling(1.0)
     assert not board.try_pause(2.0)
 
 
 def test_a_paused_board_tells_a_waiter_to_resume_instead_of_blocking() -> None:
-    clock = FakeClock()
-    board = WakeupBoard(clock=clock)
-    clock.advance(10.0)
+    _, board = idle_board()
     assert board.try_pause(2.0)
     with board.waiting():
         assert board.wait(FAR) is Wake.RESUME
@@ -461,9 +463,7 @@ def test_a_paused_board_tells_a_waiter_to_resume_instead_of_blocking() -> None:
 
 
 def test_a_signal_or_due_time_is_handed_out_before_resume() -> None:
-    clock = FakeClock()
-    board = WakeupBoard(clock=clock)
-    clock.advance(10.0)
+    _, board = idle_board()
     with board.waiting():
         board.notify(1)
         board.schedule(0.0)
@@ -474,9 +474,7 @@ def test_a_signal_or_due_time_is_handed_out_before_resume() -> None:
 
 
 def test_a_waiter_past_its_deadline_times_out_rather_than_resume() -> None:
-    clock = FakeClock()
-    board = WakeupBoard(clock=clock)
-    clock.advance(10.0)
+    clock, board = idle_board()
     assert board.try_pause(2.0)
     with board.waiting():
         assert board.wait(clock()) is Wake.TIMEOUT
@@ -485,9 +483,7 @@ def test_a_waiter_past_its_deadline_times_out_rather_than_resume() -> None:
 def test_unpause_makes_every_registered_waiter_claim_once() -> None:
     # A waiter whose empty claim ran while the stream was closed may start
     # to wait only after it reopened; its permit covers the gap.
-    clock = FakeClock()
-    board = WakeupBoard(clock=clock)
-    clock.advance(10.0)
+    clock, board = idle_board()
     with registered(board, 3):
         assert board.try_pause(2.0)
         board.unpause()
