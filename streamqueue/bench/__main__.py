@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -143,6 +144,35 @@ def _run_throughput_plan(ctx: BenchContext, config: BenchConfig, plan: Throughpu
             results.throughput.append(sc.median_round(runs[kind.label]))
 
 
+LATENCY_KINDS = (KIND_PUSH, Kind("worker", 1), KIND_POLLING, KIND_FLOOR, KIND_FLOOR_PUSH)
+
+
+def _run_latency(ctx: BenchContext, config: BenchConfig, reruns: Reruns,
+                 attempt: Callable[[str, Callable[[], None]], None], results: Results) -> None:
+    per_round = math.ceil(config.latency_jobs / config.latency_rounds)
+    ctx.progress(f"latency: {per_round * config.latency_rounds} jobs every "
+                 f"{config.latency_interval * 1000:.0f} ms, {config.latency_rounds} interleaved "
+                 f"rounds of {per_round}")
+    runs: dict[str, list[sc.LatencyRow]] = {kind.label: [] for kind in LATENCY_KINDS}
+    for round_ in range(config.latency_rounds):
+        if config.latency_rounds > 1:
+            ctx.progress(f"  round {round_ + 1} of {config.latency_rounds}")
+        for kind in LATENCY_KINDS:
+            def run_latency(kind: Kind = kind) -> None:
+                row = reruns.run(lambda: sc.latency(
+                    ctx, kind, jobs=per_round, warmup=config.latency_warmup,
+                    interval=config.latency_interval, poll_interval=config.poll_interval,
+                    stall_timeout=config.stall_timeout))
+                runs[kind.label].append(row)
+                ctx.progress(f"  {row.label:40} p50 {row.latency.p50:7.2f} ms  p99 "
+                             f"{row.latency.p99:7.2f} ms  max {row.latency.max:7.2f} ms"
+                             + _other(row.other_cpu))
+            attempt(f"latency {kind.label}", run_latency)
+    results.latency.extend(sc.pool_latency_rounds(runs[kind.label]) for kind in LATENCY_KINDS
+                           if runs[kind.label])
+    sc.add_latency_ratios(results.latency)
+
+
 def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
             only: Sequence[str] = SCENARIOS) -> None:
     def attempt(name: str, step: Callable[[], None]) -> None:
@@ -156,19 +186,7 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
     poll = config.poll_interval
     reruns = Reruns(ctx, config.rerun_budget, config.disturbed)
     if "latency" in only:
-        ctx.progress(f"latency: {config.latency_jobs} jobs every {config.latency_interval * 1000:.0f} ms")
-        for kind in (KIND_PUSH, Kind("worker", 1), KIND_POLLING, KIND_FLOOR, KIND_FLOOR_PUSH):
-            def run_latency(kind: Kind = kind) -> None:
-                row = reruns.run(lambda: sc.latency(
-                    ctx, kind, jobs=config.latency_jobs, warmup=config.latency_warmup,
-                    interval=config.latency_interval, poll_interval=poll,
-                    stall_timeout=config.stall_timeout))
-                results.latency.append(row)
-                ctx.progress(f"  {row.label:40} p50 {row.latency.p50:7.2f} ms  p99 "
-                             f"{row.latency.p99:7.2f} ms  max {row.latency.max:7.2f} ms"
-                             + _other(row.other_cpu))
-            attempt(f"latency {kind.label}", run_latency)
-        sc.add_latency_ratios(results.latency)
+        _run_latency(ctx, config, reruns, attempt, results)
 
     if "idle" in only:
         ctx.progress(f"idle: {config.idle_processes} processes x {config.idle_seconds:.0f} s each")

@@ -36,6 +36,9 @@ class BenchConfig:
     # rest wait in its prefetch buffer.
     worker_batch: int = 16
     latency_jobs: int = 500
+    # The jobs are split over this many rounds, every kind once per round, and
+    # pooled: a kind that always ran first met the server fresh from start-up.
+    latency_rounds: int = 3
     latency_warmup: int = 10
     latency_interval: float = 0.02
     idle_seconds: float = 30.0
@@ -90,6 +93,7 @@ class BenchConfig:
             ),
             latency_jobs=100,
             latency_warmup=5,
+            latency_rounds=2,
             idle_seconds=2.0,
             depth_levels=(1_000, 100_000),
             depth_samples=150,

@@ -37,6 +37,10 @@ WORKER = "worker"
 POLLING = "polling"
 FLOOR = "floor"
 FLOOR_PUSH = "floor-push"
+# The queue's own claim and complete (JobStore), called bare: no Queue, Job, hooks or
+# watcher. Between the floor and next(), it splits the gap into what the server pays for
+# the queue's guarantees and what the client pays for its API.
+STORE = "store"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Kind:
             return "polling 100 ms"
         if self.kind == FLOOR_PUSH:
             return "floor + change stream (bare pymongo)"
+        if self.kind == STORE:
+            return "streamqueue storage ops only (no Queue)"
         return "floor (bare pymongo)"
 
     @property
@@ -81,6 +87,7 @@ KIND_PUSH = Kind(PUSH)
 KIND_POLLING = Kind(POLLING)
 KIND_FLOOR = Kind(FLOOR)
 KIND_FLOOR_PUSH = Kind(FLOOR_PUSH)
+KIND_STORE = Kind(STORE)
 
 
 def worker_kind(batch: int) -> Kind:
@@ -265,6 +272,8 @@ class ConsumerGroup:
                 self._spawn(self._floor_loop, f"bench-floor-{index}")
             elif self.kind.kind == POLLING:
                 self._spawn(self._polling_loop, f"bench-poll-{index}")
+            elif self.kind.kind == STORE:
+                self._spawn(self._store_loop, f"bench-store-{index}")
             else:
                 self._spawn(functools.partial(self._push_loop, self.queues[index % len(self.queues)]),
                             f"bench-push-{index}")
@@ -339,6 +348,18 @@ class ConsumerGroup:
                 self.stop_event.wait(self.poll_interval)
                 continue
             self._finish(job)
+
+    def _store_loop(self) -> None:
+        store = self.queues[0].store
+        while not self.stop_event.is_set():
+            doc = store.claim(self.queues[0].consumer_id, self.queues[0].lease)
+            if doc is None:
+                self.sink.empty()
+                self.stop_event.wait(self.poll_interval)
+                continue
+            claimed = time.time()
+            store.complete(doc["_id"], doc["lease_token"])
+            self.sink.record(doc["payload"], claimed, time.time())
 
     def _finish(self, job: Job) -> None:
         claimed = time.time()

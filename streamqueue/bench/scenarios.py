@@ -26,6 +26,7 @@ from streamqueue.bench.consumers import (
     POLLING,
     PUSH,
     REAL_JOBS,
+    STORE,
     WORKER,
     ConsumerGroup,
     Kind,
@@ -189,6 +190,8 @@ class LatencyRow:
     # Every measured job in enqueue order: milliseconds from enqueue to claim.
     samples_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # p50 of every round, in the order run (one entry unless the run had rounds).
+    rounds_p50_ms: list[float] = field(default_factory=list)
 
 
 def latency(ctx: BenchContext, kind: Kind, *, jobs: int, warmup: int, interval: float,
@@ -219,6 +222,26 @@ def latency(ctx: BenchContext, kind: Kind, *, jobs: int, warmup: int, interval: 
         interval_ms=interval * 1000, latency=Percentiles.of_seconds(measured),
         lost=total - sink.unique, duplicates=sink.duplicates, other_cpu=other_cpu,
         samples_ms=[round(lat * 1000, 3) for lat in measured], errors=group.errors,
+    )
+
+
+def pool_latency_rounds(rows: Sequence[LatencyRow]) -> LatencyRow:
+    """One kind's rounds as one row: percentiles over every round's samples together.
+
+    Rounds are interleaved with the other kinds, so whatever the server was
+    doing (a checkpoint, the previous run's deletes) falls on every kind alike
+    instead of on whichever ran first.
+    """
+    if not rows:
+        raise ValueError("no rounds to pool")
+    samples = [ms for row in rows for ms in row.samples_ms]
+    loads = [row.other_cpu for row in rows if row.other_cpu is not None]
+    return replace(
+        rows[0], jobs=len(samples), latency=Percentiles.of_seconds([ms / 1000 for ms in samples]),
+        lost=sum(r.lost for r in rows), duplicates=sum(r.duplicates for r in rows),
+        other_cpu=max(loads) if loads else None, samples_ms=samples,
+        errors=[e for r in rows for e in r.errors],
+        rounds_p50_ms=[r.latency.p50 for r in rows],
     )
 
 
@@ -493,4 +516,4 @@ def throughput_kinds(plan: ThroughputPlan, config: BenchConfig) -> list[Kind]:
     kinds = [Kind(PUSH), Kind(WORKER, 1)]
     if plan.threads > 1:
         kinds.append(Kind(WORKER, config.worker_batch))
-    return [*kinds, Kind(POLLING), Kind(FLOOR)]
+    return [*kinds, Kind(POLLING), Kind(STORE), Kind(FLOOR)]

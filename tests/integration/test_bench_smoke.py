@@ -22,6 +22,7 @@ from streamqueue.bench.consumers import (
     KIND_FLOOR_PUSH,
     KIND_POLLING,
     KIND_PUSH,
+    KIND_STORE,
     Kind,
     worker_kind,
 )
@@ -40,7 +41,7 @@ def results() -> Results:
     return Results(mode="smoke", started="now", seconds=0.0, machine={}, config={}, notes=[])
 
 
-KINDS = [KIND_PUSH, worker_kind(1), worker_kind(4), KIND_POLLING, KIND_FLOOR]
+KINDS = [KIND_PUSH, worker_kind(1), worker_kind(4), KIND_POLLING, KIND_STORE, KIND_FLOOR]
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.label)
@@ -52,7 +53,7 @@ def test_throughput_in_threads(ctx: BenchContext, results: Results, kind: Kind) 
     results.throughput.append(row)
 
 
-@pytest.mark.parametrize("kind", [KIND_PUSH, KIND_FLOOR], ids=lambda k: k.label)
+@pytest.mark.parametrize("kind", [KIND_PUSH, KIND_STORE, KIND_FLOOR], ids=lambda k: k.label)
 def test_throughput_in_processes(ctx: BenchContext, results: Results, kind: Kind) -> None:
     plan = ThroughputPlan(threads=2, jobs=60, processes=2)
     row = sc.throughput(ctx, plan, kind, stall_timeout=20)
@@ -118,6 +119,7 @@ def test_report(results: Results, tmp_path: Path) -> None:
     assert all(t["passed"] in (True, False, None) for t in data["targets"])
     text = markdown(results)
     assert "## Targets" in text and "## 5. Herd" in text
+    assert "the queue's own claim and complete called bare" in text
     write_plots(results, tmp_path)
     floor = next(r for r in results.throughput if r.kind == "floor" and r.processes == 1)
     assert floor.ratio_to_floor is not None and math.isclose(floor.ratio_to_floor, 1.0)

@@ -1,11 +1,12 @@
-"""Throughput rounds: the median round stands for a kind, and no round's faults are hidden."""
+"""Bench rounds: the median throughput round stands for a kind, latency rounds pool, no fault hides."""
 
 from __future__ import annotations
 
 import pytest
 
 from streamqueue.bench import scenarios as sc
-from streamqueue.bench.report import _jobs_per_s, _rounds_note
+from streamqueue.bench.common import Percentiles
+from streamqueue.bench.report import _jobs_per_s, _p50_rounds, _rounds_note, _store_note
 
 
 def row(jobs_per_s: float, *, duplicates: int = 0, lost: int = 0, kind: str = "push") -> sc.ThroughputRow:
@@ -48,3 +49,43 @@ def test_a_single_run_is_shown_plainly() -> None:
     single = sc.median_round([row(650.0)])
     assert _jobs_per_s(single) == "650"
     assert _rounds_note(single, single) == ""
+
+
+# -- latency rounds --------------------------------------------------------------------------
+
+def lat_row(samples_ms: list[float], *, lost: int = 0, other_cpu: float | None = None) -> sc.LatencyRow:
+    return sc.LatencyRow(
+        kind="push", label="push", jobs=len(samples_ms), warmup=1, interval_ms=20.0,
+        latency=Percentiles.of_seconds([ms / 1000 for ms in samples_ms]), lost=lost, duplicates=0,
+        other_cpu=other_cpu, samples_ms=samples_ms)
+
+
+def test_latency_rounds_pool_their_samples_and_list_each_round_p50() -> None:
+    pooled = sc.pool_latency_rounds([lat_row([1.0, 2.0, 3.0]), lat_row([10.0, 11.0, 12.0])])
+    assert pooled.jobs == 6
+    assert pooled.samples_ms == [1.0, 2.0, 3.0, 10.0, 11.0, 12.0]
+    assert pooled.latency.max == pytest.approx(12.0)
+    # The pooled p50 sits between the rounds, not on either round's own p50.
+    assert 3.0 <= pooled.latency.p50 <= 10.0
+    assert pooled.rounds_p50_ms == [pytest.approx(2.0), pytest.approx(11.0)]
+    assert _p50_rounds(pooled) == " (rounds 2.00 / 11.00)"
+
+
+def test_latency_rounds_sum_losses_and_keep_the_worst_other_load() -> None:
+    pooled = sc.pool_latency_rounds([lat_row([1.0], lost=1, other_cpu=0.02),
+                                     lat_row([2.0], other_cpu=None),
+                                     lat_row([3.0], lost=2, other_cpu=0.20)])
+    assert (pooled.lost, pooled.other_cpu) == (3, 0.20)
+
+
+def test_one_latency_round_is_shown_plainly() -> None:
+    assert _p50_rounds(sc.pool_latency_rounds([lat_row([1.0, 2.0])])) == ""
+    with pytest.raises(ValueError):
+        sc.pool_latency_rounds([])
+
+
+def test_the_bare_storage_row_is_named_in_the_next_target() -> None:
+    store = row(680.0, kind="store")
+    store.ratio_to_floor = 0.95
+    assert _store_note(store) == "; the queue's own claim and complete called bare (no Queue): 0.950x"
+    assert _store_note(None) == ""
