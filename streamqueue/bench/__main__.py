@@ -134,7 +134,9 @@ def _run_throughput_plan(ctx: BenchContext, config: BenchConfig, plan: Throughpu
                     ctx, plan, kind, poll_interval=config.poll_interval,
                     stall_timeout=config.stall_timeout))
                 runs[kind.label].append(row)
-                ctx.progress(f"  {row.label:40} {row.jobs_per_s:8,.0f} jobs/s  "
+                server = ("" if row.server_cpu_ms_per_job is None
+                          else f"  server {row.server_cpu_ms_per_job:.2f} ms/job")
+                ctx.progress(f"  {row.label:40} {row.jobs_per_s:8,.0f} jobs/s{server}  "
                              f"dup {row.duplicates} lost {row.lost} left {row.left}"
                              + (f"  errors: {row.errors[:1]}" if row.errors else "")
                              + _other(row.other_cpu))

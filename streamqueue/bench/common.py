@@ -75,6 +75,9 @@ class BenchContext:
     def other_cpu(self, start: CpuSample | None) -> float | None:
         return self.cpu.other_share(start)
 
+    def server_cpu(self, start: CpuSample | None) -> float | None:
+        return self.cpu.server_seconds(start)
+
     def server_ops(self) -> ServerOps:
         return ServerOps.read(self.client)
 
@@ -89,6 +92,7 @@ class CpuSample:
     at: float
     busy: int  # every CPU of the machine, clock ticks
     ours: int  # this process, its reaped children and the server, clock ticks
+    server: int = 0  # the server's processes alone, clock ticks
 
 
 class CpuMeter:
@@ -110,11 +114,18 @@ class CpuMeter:
         try:
             fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
             user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-            ours = _process_ticks(os.getpid(), children=True) + sum(
-                _process_ticks(pid, children=False) for pid in self.server_pids)
+            server = sum(_process_ticks(pid, children=False) for pid in self.server_pids)
+            ours = _process_ticks(os.getpid(), children=True) + server
         except (OSError, ValueError):
             return None
-        return CpuSample(time.monotonic(), user + nice + system + irq + softirq + steal, ours)
+        return CpuSample(time.monotonic(), user + nice + system + irq + softirq + steal, ours, server)
+
+    def server_seconds(self, start: CpuSample | None) -> float | None:
+        """CPU seconds the server's processes used since ``start``."""
+        end = self.sample()
+        if start is None or end is None:
+            return None
+        return (end.server - start.server) / self._hz
 
     def other_share(self, start: CpuSample | None) -> float | None:
         """Other processes' CPU since ``start``, as a share of all the machine's cores."""

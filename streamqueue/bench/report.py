@@ -267,10 +267,11 @@ def targets_tables(results: Results) -> list[str]:
     """The five result tables (also used in docs/PERFORMANCE.md)."""
     out: list[str] = ["## 1. Throughput (drain pre-enqueued jobs)", ""]
     out += _table(
-        ["consumers", "consumer", "jobs", "jobs/s", "x floor", "duplicates", "lost", "left in queue",
-         "enqueue jobs/s", "other load"],
+        ["consumers", "consumer", "jobs", "jobs/s", "x floor", "server CPU ms/job", "duplicates",
+         "lost", "left in queue", "enqueue jobs/s", "other load"],
         [[r.plan, r.label, f"{r.jobs:,}", _jobs_per_s(r), _x(r.ratio_to_floor),
-          str(r.duplicates), str(r.lost), str(r.left), _num(r.enqueue_per_s, 0), _pct(r.other_cpu)]
+          _num(r.server_cpu_ms_per_job), str(r.duplicates), str(r.lost), str(r.left),
+          _num(r.enqueue_per_s, 0), _pct(r.other_cpu)]
          for r in results.throughput])
     out += ["", "## 2. Latency (enqueue-to-claim, one job every 20 ms from another process)", ""]
     out += _table(

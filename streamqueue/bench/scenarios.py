@@ -63,6 +63,9 @@ class ThroughputRow:
     errors: list[str] = field(default_factory=list)
     # Jobs/s of every round, in the order run (one entry unless the plan has rounds).
     rounds_jobs_per_s: list[float] = field(default_factory=list)
+    # The server's CPU time per job over the drain (None when its processes are unknown):
+    # steadier than jobs/s on a machine the client and the server saturate together.
+    server_cpu_ms_per_job: float | None = None
 
 
 def median_round(rows: Sequence[ThroughputRow]) -> ThroughputRow:
@@ -94,16 +97,19 @@ def throughput(ctx: BenchContext, plan: ThroughputPlan, kind: Kind, *,
         else:
             seqs, began, ended, errors = _drain_in_processes(ctx, coll, plan, kind, poll_interval,
                                                              stall_timeout)
+        server_cpu = ctx.server_cpu(cpu)
         other_cpu = ctx.other_cpu(cpu)
         left = coll.count_documents(REAL_JOBS)
     unique = {s for s in seqs if 0 <= s < plan.jobs}
     seconds = max(ended - began, 1e-9)
+    server_ms = None if server_cpu is None else server_cpu * 1000 / max(len(unique), 1)
     return ThroughputRow(
         plan=plan.name, threads=plan.threads, processes=plan.processes, consumers=plan.consumers,
         kind=kind.kind, label=kind.label, batch=kind.batch, jobs=plan.jobs,
         seconds=seconds, jobs_per_s=len(unique) / seconds,
         duplicates=len(seqs) - len(set(seqs)), lost=plan.jobs - len(unique), left=left,
         enqueue_per_s=enqueue_rate, other_cpu=other_cpu, errors=errors,
+        server_cpu_ms_per_job=server_ms,
     )
 
 

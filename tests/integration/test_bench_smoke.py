@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,3 +142,16 @@ def test_other_load_meter() -> None:
     share = meter.other_share(start)
     assert share is not None and 0.0 <= share <= 1.0
     assert CpuMeter([]).sample() is None  # server unknown (--uri): no figure rather than a wrong one
+
+
+def test_server_cpu_meter_counts_the_server_processes_only() -> None:
+    meter = CpuMeter([os.getpid()])  # this process stands in for the server
+    start = meter.sample()
+    if start is None:
+        pytest.skip("no /proc here")
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    used = meter.server_seconds(start)
+    assert used is not None and 0.2 <= used <= 5.0
+    assert CpuMeter([]).server_seconds(None) is None
