@@ -1,4 +1,4 @@
-"""What a benchmark run measures: the full plan (about 17 minutes) and the quick one (under 2)."""
+"""What a benchmark run measures: the full plan (about 20 minutes) and the quick one (under 2)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ class BenchConfig:
             ),
             notes=(
                 "Throughput drains 20,000 jobs for the 4-consumer rows the targets use and "
-                "5,000 for 1 and 16 threads, to keep the whole run near 17 minutes "
+                "5,000 for 1 and 16 threads, to keep the whole run near 20 minutes "
                 "(`--jobs 20000` drains 20,000 everywhere). The 4-thread rows the targets "
                 "use are each the median of 3 interleaved rounds (all kinds once, then "
                 "again): single drains moved by 10-20 % from run to run.",

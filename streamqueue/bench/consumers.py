@@ -349,18 +349,6 @@ class ConsumerGroup:
                 continue
             self._finish(job)
 
-    def _store_loop(self) -> None:
-        store = self.queues[0].store
-        while not self.stop_event.is_set():
-            doc = store.claim(self.queues[0].consumer_id, self.queues[0].lease)
-            if doc is None:
-                self.sink.empty()
-                self.stop_event.wait(self.poll_interval)
-                continue
-            claimed = time.time()
-            store.complete(doc["_id"], doc["lease_token"])
-            self.sink.record(doc["payload"], claimed, time.time())
-
     def _finish(self, job: Job) -> None:
         claimed = time.time()
         job.complete()
@@ -369,14 +357,24 @@ class ConsumerGroup:
     def _floor_loop(self) -> None:
         floor = self.floor
         assert floor is not None
+        self._bare_loop(floor.claim, floor.complete)
+
+    def _store_loop(self) -> None:
+        queue = self.queues[0]
+        self._bare_loop(lambda: queue.store.claim(queue.consumer_id, queue.lease),
+                        lambda doc: queue.store.complete(doc["_id"], doc["lease_token"]))
+
+    def _bare_loop(self, claim: Callable[[], Document | None],
+                   complete: Callable[[Document], object]) -> None:
+        """Claim and complete until stopped; when empty, try again every ``poll_interval``."""
         while not self.stop_event.is_set():
-            doc = floor.claim()
+            doc = claim()
             if doc is None:
                 self.sink.empty()
                 self.stop_event.wait(self.poll_interval)
                 continue
             claimed = time.time()
-            floor.complete(doc)
+            complete(doc)
             self.sink.record(doc["payload"], claimed, time.time())
 
     def _floor_push_loop(self) -> None:
