@@ -328,7 +328,9 @@ METHOD = [
     "its final bulk delete). Every payload carries a sequence number: duplicates are repeated "
     "numbers, losses are missing ones plus jobs left in the collection. A plan with rounds runs "
     "every kind once, then all again, and reports each kind's median round (its duplicates and "
-    "losses summed over all rounds).",
+    "losses summed over all rounds). Server CPU ms/job is the CPU time (user + system, from /proc) "
+    "of the mongod the bench started, over the drain, divided by the jobs delivered (`-` with "
+    "`--uri`, where the server's processes are not known).",
     "Latency: a separate producer process enqueues one job every 20 ms with `time.time()` in the "
     "payload, taken just before the enqueue call; the consumer subtracts it from the time its "
     "claim returned (same machine clock). The first jobs are warm-up and not counted. The jobs "
