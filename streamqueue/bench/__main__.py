@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -118,58 +119,73 @@ def _other(value: float | None) -> str:
     return "" if value is None else f"  [other load {value:.0%}]"
 
 
+Attempt = Callable[[str, Callable[[], None]], None]
+
+
+def _in_rounds(ctx: BenchContext, rounds: int, kinds: Sequence[Kind], attempt: Attempt,
+               scenario: str, measure: Callable[[Kind], R],
+               describe: Callable[[R], str]) -> dict[str, list[R]]:
+    """Every kind once per round, round after round, so whatever the server is
+    doing meanwhile (a checkpoint, the last run's deletes) falls on all kinds alike."""
+    runs: dict[str, list[R]] = {kind.label: [] for kind in kinds}
+
+    def step(kind: Kind) -> None:
+        row = measure(kind)
+        runs[kind.label].append(row)
+        ctx.progress(f"  {kind.label:40} {describe(row)}")
+
+    for round_ in range(rounds):
+        if rounds > 1:
+            ctx.progress(f"  round {round_ + 1} of {rounds}")
+        for kind in kinds:
+            attempt(f"{scenario}: {kind.label}", functools.partial(step, kind))
+    return runs
+
+
+def _describe_throughput(row: sc.ThroughputRow) -> str:
+    server = ("" if row.server_cpu_ms_per_job is None
+              else f"  server {row.server_cpu_ms_per_job:.2f} ms/job")
+    return (f"{row.jobs_per_s:8,.0f} jobs/s{server}  "
+            f"dup {row.duplicates} lost {row.lost} left {row.left}"
+            + (f"  errors: {row.errors[:1]}" if row.errors else "") + _other(row.other_cpu))
+
+
+def _describe_latency(row: sc.LatencyRow) -> str:
+    return (f"p50 {row.latency.p50:7.2f} ms  p99 {row.latency.p99:7.2f} ms  "
+            f"max {row.latency.max:7.2f} ms" + _other(row.other_cpu))
+
+
 def _run_throughput_plan(ctx: BenchContext, config: BenchConfig, plan: ThroughputPlan,
-                         reruns: Reruns, attempt: Callable[[str, Callable[[], None]], None],
-                         results: Results) -> None:
+                         reruns: Reruns, attempt: Attempt, results: Results) -> None:
     rounds = f", {plan.rounds} interleaved rounds" if plan.rounds > 1 else ""
     ctx.progress(f"throughput: {plan.jobs:,} jobs, {plan.name}{rounds}")
     kinds = sc.throughput_kinds(plan, config)
-    runs: dict[str, list[sc.ThroughputRow]] = {kind.label: [] for kind in kinds}
-    for round_ in range(plan.rounds):
-        if plan.rounds > 1:
-            ctx.progress(f"  round {round_ + 1} of {plan.rounds}")
-        for kind in kinds:
-            def run_throughput(kind: Kind = kind) -> None:
-                row = reruns.run(lambda: sc.throughput(
-                    ctx, plan, kind, poll_interval=config.poll_interval,
-                    stall_timeout=config.stall_timeout))
-                runs[kind.label].append(row)
-                server = ("" if row.server_cpu_ms_per_job is None
-                          else f"  server {row.server_cpu_ms_per_job:.2f} ms/job")
-                ctx.progress(f"  {row.label:40} {row.jobs_per_s:8,.0f} jobs/s{server}  "
-                             f"dup {row.duplicates} lost {row.lost} left {row.left}"
-                             + (f"  errors: {row.errors[:1]}" if row.errors else "")
-                             + _other(row.other_cpu))
-            attempt(f"throughput {kind.label} {plan.name}", run_throughput)
-    for kind in kinds:
-        if runs[kind.label]:
-            results.throughput.append(sc.median_round(runs[kind.label]))
+    runs = _in_rounds(
+        ctx, plan.rounds, kinds, attempt, f"throughput {plan.name}",
+        lambda kind: reruns.run(lambda: sc.throughput(
+            ctx, plan, kind, poll_interval=config.poll_interval,
+            stall_timeout=config.stall_timeout)),
+        _describe_throughput)
+    results.throughput.extend(sc.median_round(runs[kind.label]) for kind in kinds
+                              if runs[kind.label])
 
 
 LATENCY_KINDS = (KIND_PUSH, Kind("worker", 1), KIND_POLLING, KIND_FLOOR, KIND_FLOOR_PUSH)
 
 
-def _run_latency(ctx: BenchContext, config: BenchConfig, reruns: Reruns,
-                 attempt: Callable[[str, Callable[[], None]], None], results: Results) -> None:
+def _run_latency(ctx: BenchContext, config: BenchConfig, reruns: Reruns, attempt: Attempt,
+                 results: Results) -> None:
     per_round = math.ceil(config.latency_jobs / config.latency_rounds)
     ctx.progress(f"latency: {per_round * config.latency_rounds} jobs every "
                  f"{config.latency_interval * 1000:.0f} ms, {config.latency_rounds} interleaved "
                  f"rounds of {per_round}")
-    runs: dict[str, list[sc.LatencyRow]] = {kind.label: [] for kind in LATENCY_KINDS}
-    for round_ in range(config.latency_rounds):
-        if config.latency_rounds > 1:
-            ctx.progress(f"  round {round_ + 1} of {config.latency_rounds}")
-        for kind in LATENCY_KINDS:
-            def run_latency(kind: Kind = kind) -> None:
-                row = reruns.run(lambda: sc.latency(
-                    ctx, kind, jobs=per_round, warmup=config.latency_warmup,
-                    interval=config.latency_interval, poll_interval=config.poll_interval,
-                    stall_timeout=config.stall_timeout))
-                runs[kind.label].append(row)
-                ctx.progress(f"  {row.label:40} p50 {row.latency.p50:7.2f} ms  p99 "
-                             f"{row.latency.p99:7.2f} ms  max {row.latency.max:7.2f} ms"
-                             + _other(row.other_cpu))
-            attempt(f"latency {kind.label}", run_latency)
+    runs = _in_rounds(
+        ctx, config.latency_rounds, LATENCY_KINDS, attempt, "latency",
+        lambda kind: reruns.run(lambda: sc.latency(
+            ctx, kind, jobs=per_round, warmup=config.latency_warmup,
+            interval=config.latency_interval, poll_interval=config.poll_interval,
+            stall_timeout=config.stall_timeout)),
+        _describe_latency)
     results.latency.extend(sc.pool_latency_rounds(runs[kind.label]) for kind in LATENCY_KINDS
                            if runs[kind.label])
     sc.add_latency_ratios(results.latency)
