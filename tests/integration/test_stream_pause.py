@@ -44,6 +44,7 @@ def test_the_stream_closes_while_nobody_waits_and_reopens_for_a_waiter(
     producer = make_queue(on(other_client, collection))
     assert consumer.next(timeout=0.05) is None  # opens the stream, then nobody waits
     assert wait_until(lambda: consumer.watcher.paused, 10)
+    assert consumer.watcher.streams_paused == 1
     assert wait_until(lambda: live_change_streams(other_client, collection) == 0, 10)
 
     waiting = Background(lambda: consumer.next(timeout=20), name="consumer").start()
