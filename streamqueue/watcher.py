@@ -6,9 +6,10 @@ watcher also tells the board when the next known delayed job is due.
 
 While no consumer has waited for ``pause_after`` seconds (all of them busy
 with a backlog) the stream is closed: every open change stream makes the
-server examine each write, which cost a draining fleet about 7 % of its
-throughput per stream. The first consumer that needs to wait again reopens it
-(fresh, not resumed: events from the pause are not worth reading back) and
+server examine each write: with four processes draining a backlog, closing
+their streams raised throughput from 624 to 778 jobs/s (interleaved A/B,
+15,000 jobs, 3 rounds). The first consumer that needs to wait again reopens
+it (fresh, not resumed: events from the pause are not worth reading back) and
 every waiter claims once, which finds whatever arrived meanwhile.
 """
 
