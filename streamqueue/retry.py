@@ -81,6 +81,16 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def is_transient_claim(exc: BaseException) -> bool:
+    """For a claim, a server-side time limit that ran out is transient too.
+
+    A claim runs under a time limit (see ``storage.BoundedTries``); an
+    interrupted single claim locked nothing, and a batch claim finds what it
+    did lock again by its token, so another try is safe.
+    """
+    return is_transient(exc) or isinstance(exc, ExecutionTimeout)
+
+
 def translate(exc: PyMongoError | DocumentTooLarge, action: str) -> StreamQueueError:
     """The streamqueue error for a driver error that was not (or no longer) retried."""
     if isinstance(exc, ConnectionFailure):
@@ -117,19 +127,20 @@ class RetryPolicy:
         self,
         action: str,
         fn: Callable[[], T],
+        transient: Callable[[BaseException], bool] = is_transient,
     ) -> T:
-        """Run ``fn``; retry transient errors; translate the rest into StreamQueueError."""
+        """Run ``fn``; retry errors ``transient`` accepts; translate the rest into StreamQueueError."""
         # Nearly every call succeeds at once: the first try skips building the
         # retry machinery (~14 us a call, on every claim and completion).
         try:
             return fn()
         except (PyMongoError, DocumentTooLarge) as exc:
-            if not is_transient(exc):
+            if not transient(exc):
                 raise translate(exc, action) from exc
             log.warning("%s failed (try 1), retrying: %s", action, exc)
         time.sleep(random.uniform(0, self.initial))
         retrying = Retrying(
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(transient),
             wait=wait_random_exponential(multiplier=self.initial, max=self.cap),
             stop=stop_after_delay(self.max_delay),
             before_sleep=_log_retry(action, tries_before=1),

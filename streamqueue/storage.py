@@ -23,25 +23,29 @@ deployment has them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from bson import ObjectId, Timestamp
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReadPreference, ReturnDocument
 from pymongo.change_stream import ChangeStream
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from streamqueue.errors import InvalidJob
-from streamqueue.retry import DUPLICATE_KEY, RetryPolicy
+from streamqueue.errors import InvalidJob, QueueUnavailable
+from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_transient_claim
 from streamqueue.servertime import ServerClock
+from streamqueue.tries import BoundedTries, time_limit
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,17 @@ LOCKED = "locked"
 FAILED = "failed"
 
 LOCK_FIELDS = ["lease_token", "consumer_id", "locked_at", "locked_until"]
+# The token of the claim that last settled the job (requeue, bury): a settle
+# retried after a lost reply reads it to learn whether its first try applied.
+SETTLED_BY = "settled_lease"
+# A two-step move (no transactions) marks its source first; see _move_in_steps.
+MOVE_FIELDS = ["_move", "_move_at"]
+# A marked move whose mover went quiet this long is finished by the next mover.
+STALE_MOVE_MS = 60_000
+# How far before its first try an unconfirmed enqueue looks for its own inserts.
+ENQUEUE_LOOKBACK = 10
+# How long it waits for the change stream to show them.
+ENQUEUE_CHECK_TIMEOUT = 30.0
 
 NOW = "$$NOW"
 IS_DUE = {"$lte": ["$available_at", NOW]}
@@ -148,12 +163,20 @@ class JobStore:
             # An acknowledged w:1 write can roll back on failover and hand a
             # claimed job to a second consumer: majority is the safe default.
             collection = collection.with_options(write_concern=WriteConcern("majority"))
+        # Every read here decides something (what a batch claim locked, whether
+        # a retried write applied): it goes to the primary and sees only what a
+        # failover cannot undo, whatever the caller's client prefers.
+        collection = collection.with_options(read_preference=ReadPreference.PRIMARY,
+                                             read_concern=ReadConcern("majority"))
         self.jobs = collection
         self.failed = collection.database.get_collection(
-            f"{collection.name}.failed", write_concern=collection.write_concern
+            f"{collection.name}.failed", write_concern=collection.write_concern,
+            read_preference=ReadPreference.PRIMARY, read_concern=ReadConcern("majority"),
         )
         self.retry = retry or RetryPolicy()
         client = collection.database.client
+        self._client = client
+        self._socket_timeout: float | None = client.options.pool_options.socket_timeout
         # The primary's clock dates new jobs (see ServerClock); a new primary
         # after a failover is asked again rather than trusted to agree.
         self.clock = ServerClock(lambda: client.admin.command("hello"),
@@ -166,8 +189,9 @@ class JobStore:
     def name(self) -> str:
         return self.jobs.name
 
-    def _call(self, action: str, fn: Callable[[], Any]) -> Any:
-        return self.retry.call(f"{action} on {self.jobs.full_name}", fn)
+    def _call(self, action: str, fn: Callable[[], Any],
+              transient: Callable[[BaseException], bool] = is_transient) -> Any:
+        return self.retry.call(f"{action} on {self.jobs.full_name}", fn, transient)
 
     # -- set-up ---------------------------------------------------------------
 
@@ -210,60 +234,121 @@ class JobStore:
         return [doc["_id"] for doc in documents]
 
     def insert_documents(self, documents: Sequence[Document]) -> None:
-        """Insert documents whose ``_id`` is set; one already there counts as written.
+        """Insert documents whose ``_id`` is set, exactly once however many tries it takes.
 
-        A retry after a lost reply (or of an unordered batch an election cut
-        short) meets the documents the earlier try wrote as duplicate ``_id``
-        keys: those mean "already written". A duplicate on any other unique
-        index (one the application added) is a real refusal and is raised.
+        A try whose reply was lost may have written some documents, and a
+        consumer may have run and deleted them before the retry. So a retry
+        first finds out which documents were written (``_unwritten``) and
+        sends only the others; a duplicate ``_id`` also means "already
+        written". A duplicate on any other unique index (one the application
+        added) is a real refusal and is raised.
         """
         if not documents:
             return
+        since = self._history_start()
+        tries = self._tries(len(documents))
+        pending = list(documents)
 
         def write() -> None:
-            try:
-                if len(documents) == 1:
-                    self.jobs.insert_one(documents[0])
-                else:
-                    self.jobs.insert_many(documents, ordered=False)
-            except DuplicateKeyError as exc:
-                if not _is_duplicate_id(exc.details or {}):
-                    raise
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                # Duplicates alone mean "already written"; with a write concern
-                # error the batch is not known to be majority-committed yet.
-                if (not errors or exc.details.get("writeConcernErrors")
-                        or not all(_is_duplicate_id(error) for error in errors)):
-                    raise
+            nonlocal pending
+            if tries.retrying():
+                pending = self._unwritten(pending, since)
+                if not pending:
+                    return
+            with tries.bounded():
+                _insert_ignoring_duplicate_ids(self.jobs, pending)
 
         self._call("enqueue", write)
+
+    def _history_start(self) -> Timestamp:
+        """A cluster time safely before any try of a write starting now."""
+        now: datetime = self.clock.cached() or self._call("read the server clock", self.clock.now)
+        # The cluster time's seconds never lag the primary's wall clock, which
+        # ServerClock never runs ahead of; the margin covers another member's clock.
+        return Timestamp(max(1, int(now.timestamp()) - ENQUEUE_LOOKBACK), 0)
+
+    def _unwritten(self, documents: Sequence[Document], since: Timestamp) -> list[Document]:
+        """The documents no earlier try wrote: neither stored now nor inserted since ``since``."""
+        ids = [doc["_id"] for doc in documents]
+        stored = {doc["_id"] for doc in self.jobs.find({"_id": {"$in": ids}}, {"_id": 1})}
+        stored |= {doc["_id"] for doc in self.failed.find({"_id": {"$in": ids}}, {"_id": 1})}
+        missing = [oid for oid in ids if oid not in stored]
+        if missing:
+            # Gone is not the same as never written: a consumer may have
+            # completed them already. The oplog remembers the inserts.
+            stored |= self._inserted_since(since, missing)
+        return [doc for doc in documents if doc["_id"] not in stored]
+
+    def _inserted_since(self, since: Timestamp, ids: Sequence[ObjectId]) -> set[ObjectId]:
+        """Which of ``ids`` were inserted (majority-committed) since ``since``, by the change stream.
+
+        A marker inserted after the stream opens ends the search: every
+        insert committed before it has been read once the marker arrives.
+        """
+        marker = ObjectId()
+        pipeline: list[Document] = [
+            {"$match": {"operationType": "insert",
+                        "documentKey._id": {"$in": [*ids, marker]}}},
+            {"$project": {"documentKey": 1}},
+        ]
+        found: set[ObjectId] = set()
+        deadline = time.monotonic() + ENQUEUE_CHECK_TIMEOUT
+        try:
+            with self.jobs.watch(pipeline, start_at_operation_time=since,
+                                 max_await_time_ms=500) as stream:
+                self.jobs.insert_one({"_id": marker, "state": "enqueue-check"})
+                self.jobs.delete_one({"_id": marker})
+                while time.monotonic() < deadline:
+                    event = stream.try_next()
+                    if event is None:
+                        continue
+                    if event["documentKey"]["_id"] == marker:
+                        return found
+                    found.add(event["documentKey"]["_id"])
+        except OperationFailure as exc:
+            if not is_change_stream_unsupported(exc):
+                raise
+            log.warning("enqueue on %s: a try failed and, without change streams, a job it wrote "
+                        "and a consumer already finished cannot be told from one never written; "
+                        "writing it again", self.jobs.full_name)
+            return found
+        raise QueueUnavailable(f"enqueue on {self.jobs.full_name}: could not confirm within "
+                               f"{ENQUEUE_CHECK_TIMEOUT:.0f}s whether a failed try wrote its jobs")
+
+    def _tries(self, documents: int = 1) -> BoundedTries:
+        return BoundedTries(time_limit(self._socket_timeout, documents),
+                            lambda: self._client.primary)
 
     # -- claiming ---------------------------------------------------------------
 
     def claim(self, consumer_id: str, lease: float) -> Document | None:
-        """Lock the first due job for ``consumer_id``; ``None`` when nothing is due."""
+        """Lock the first due job for ``consumer_id``; ``None`` when nothing is due.
+
+        Every try carries the same token, and each is bounded on the server
+        (``BoundedTries``): a retry first looks for what an earlier try
+        locked, and no earlier try can commit after the retry runs.
+        """
         token = new_token()
         update = _claim_pipeline(consumer_id, token, lease)
-        tried = False
+        tries = self._tries()
 
         def held() -> Document | None:
             return self.jobs.find_one({"state": LOCKED, "lease_token": token})
 
         def attempt() -> Document | None:
-            nonlocal tried
-            if tried and (job := held()) is not None:
+            if tries.retrying() and (job := held()) is not None:
                 return job  # the failed try committed after all
-            tried = True
-            try:
-                return self.jobs.find_one_and_update(
-                    READY_AND_DUE, update, sort=CLAIM_SORT, return_document=ReturnDocument.AFTER
-                )
-            except DuplicateKeyError:
-                # An earlier try of this claim committed meanwhile (the token is unique).
-                return held()
+            with tries.bounded():
+                try:
+                    return self.jobs.find_one_and_update(
+                        READY_AND_DUE, update, sort=CLAIM_SORT,
+                        return_document=ReturnDocument.AFTER,
+                    )
+                except DuplicateKeyError:
+                    # An earlier try of this claim committed meanwhile (the token is unique).
+                    return held()
 
-        result: Document | None = self._call("claim", attempt)
+        result: Document | None = self._call("claim", attempt, transient=is_transient_claim)
         return result
 
     def claim_many(self, consumer_id: str, lease: float, limit: int) -> list[Document]:
@@ -274,49 +359,59 @@ class JobStore:
         per_job = {"$concat": [f"{token}:", {"$toString": "$_id"}]}
         update = _claim_pipeline(consumer_id, per_job, lease)
         mine = {"state": LOCKED, "lease_token": {"$regex": f"^{token}:"}}
-        tried = False
+        tries = self._tries(limit)
 
         def attempt() -> list[Document]:
-            nonlocal tried
-            if tried:
-                # Only a retry can find jobs under this fresh token: an earlier try committed.
-                held = list(self.jobs.find(mine, sort=CLAIM_SORT))
-                if held:
-                    return held
-            tried = True
-            locked = 0
-            for _ in range(CLAIM_MANY_ROUNDS):
-                candidates = [
-                    doc["_id"]
-                    for doc in self.jobs.find(READY_AND_DUE, {"_id": 1}, sort=CLAIM_SORT,
-                                              limit=limit - locked)
-                ]
-                if not candidates:
-                    break
-                # Another consumer may take some candidates first; the filter
-                # re-checks each, so a job is locked by exactly one claim.
-                won = self.jobs.update_many(
-                    {"_id": {"$in": candidates}, **READY_AND_DUE}, update).modified_count
-                locked += won
-                if won == len(candidates):
-                    break  # the claim is full, or every due job was a candidate
-                # Lost some to a concurrent claim (they all read the same head of
-                # the queue): a short claim would tell the caller the queue is
-                # drained, and a worker would then wait for a wake-up a backlog
-                # never sends. Take the next ones instead.
+            # Only a retry can find jobs under this fresh token: an earlier try
+            # committed (partly, perhaps: update_many is not atomic). Once
+            # retrying() returns, no earlier try can lock more.
+            if tries.retrying() and (held := list(self.jobs.find(mine, sort=CLAIM_SORT))):
+                return held
+            with tries.bounded():
+                locked = self._lock_due(update, limit)
             if not locked:
                 return []
             return list(self.jobs.find(mine, sort=CLAIM_SORT))
 
-        result: list[Document] = self._call("claim many", attempt)
+        result: list[Document] = self._call("claim many", attempt, transient=is_transient_claim)
         return result
+
+    def _lock_due(self, update: list[Document], limit: int) -> int:
+        """Lock up to ``limit`` due jobs with ``update``; return how many."""
+        locked = 0
+        for _ in range(CLAIM_MANY_ROUNDS):
+            candidates = [
+                doc["_id"]
+                for doc in self.jobs.find(READY_AND_DUE, {"_id": 1}, sort=CLAIM_SORT,
+                                          limit=limit - locked)
+            ]
+            if not candidates:
+                break
+            # Another consumer may take some candidates first; the filter
+            # re-checks each, so a job is locked by exactly one claim.
+            won = self.jobs.update_many(
+                {"_id": {"$in": candidates}, **READY_AND_DUE}, update).modified_count
+            locked += won
+            if won == len(candidates):
+                break  # the claim is full, or every due job was a candidate
+            # Lost some to a concurrent claim (they all read the same head of
+            # the queue): a short claim would tell the caller the queue is
+            # drained, and a worker would then wait for a wake-up a backlog
+            # never sends. Take the next ones instead.
+        return locked
 
     # -- settling a claim ---------------------------------------------------------
 
     def complete(self, job_id: ObjectId, token: str) -> bool:
-        return self._write_with_lease(
+        def gone() -> bool:
+            # Still there means another claim holds it now. Gone means a lost
+            # try deleted it, or its next holder completed it: done either way.
+            return self.jobs.find_one({"_id": job_id}, {"_id": 1}) is None
+
+        return self._settle(
             "complete",
             lambda: self.jobs.delete_one(_held(job_id, token)).deleted_count,
+            gone,
         )
 
     def complete_many(self, held: Sequence[tuple[ObjectId, str]]) -> int:
@@ -336,10 +431,12 @@ class JobStore:
             changes["last_error"] = {"$literal": error}
         if not count_attempt:
             changes["attempts"] = {"$max": [0, {"$subtract": ["$attempts", 1]}]}
+        changes[SETTLED_BY] = {"$literal": token}
         pipeline: list[Document] = [{"$set": changes}, {"$unset": LOCK_FIELDS}]
-        return self._write_with_lease(
+        return self._settle(
             "requeue",
             lambda: self.jobs.update_one(_held(job_id, token), pipeline).modified_count,
+            lambda: self.jobs.find_one({"_id": job_id, SETTLED_BY: token}, {"_id": 1}) is not None,
         )
 
     def extend(self, job_id: ObjectId, token: str, lease: float, progress: int | None) -> datetime | None:
@@ -369,23 +466,31 @@ class JobStore:
 
     def bury(self, job_id: ObjectId, token: str, error: str | None) -> bool:
         """Move a held job to the error queue."""
-        changes: Document = {"state": FAILED, "failed_at": NOW}
+        changes: Document = {"state": FAILED, "failed_at": NOW, SETTLED_BY: {"$literal": token}}
         if error is not None:
             changes["last_error"] = {"$literal": error}
-        return self._move(self.jobs, self.failed, _held(job_id, token), changes, "bury") is not None
+        marker = new_token()
+        return self._settle(
+            "bury",
+            lambda: self._move(self.jobs, self.failed, _held(job_id, token), changes,
+                               marker=marker) is not None,
+            lambda: self.failed.find_one({"_id": job_id, SETTLED_BY: token}, {"_id": 1}) is not None,
+        )
 
-    def _write_with_lease(self, action: str, write: Callable[[], int]) -> bool:
-        """Run a write filtered by a lease token; True if it took effect.
+    def _settle(self, action: str, write: Callable[[], int | bool],
+                applied: Callable[[], bool]) -> bool:
+        """Run a write filtered by a lease token; True if it (or a lost earlier try) took effect.
 
-        A miss on the first try means the lease is gone. A miss on a retry
-        means the lost try already took effect: the token is single-use.
+        A miss on the first try means the lease is gone. A miss on a retry is
+        ambiguous (the lost try applied, or the lease ran out meanwhile and
+        the job moved on): ``applied`` reads what happened.
         """
-        tried = False
+        tries = 0
 
         def attempt() -> bool:
-            nonlocal tried
-            retrying, tried = tried, True
-            return bool(write()) or retrying
+            nonlocal tries
+            tries += 1
+            return bool(write()) or (tries > 1 and applied())
 
         result: bool = self._call(action, attempt)
         return result
@@ -410,27 +515,33 @@ class JobStore:
         candidates = self._call("reap", lambda: list(
             self.jobs.find(exhausted, {"_id": 1, "lease_token": 1}, limit=limit)))
         dead = []
+        changes = {"state": FAILED, "failed_at": NOW, "last_error": expired_note}
         for doc in candidates:
             still_expired = {**_held(doc["_id"], doc["lease_token"]), "$expr": LEASE_EXPIRED}
-            changes = {"state": FAILED, "failed_at": NOW, "last_error": expired_note}
-            moved = self._move(self.jobs, self.failed, still_expired, changes, "reap")
+            moved = self._move_retried("reap", self.jobs, self.failed, still_expired, changes)
             if moved:
                 dead.append(moved)
+        dead += self._finish_stale_moves(self.jobs, self.failed, overwrite=True)
         return ReapResult(requeued=requeued, dead=dead)
 
     # -- the error queue ------------------------------------------------------------
 
     def retry_failed(self, job_id: ObjectId | None = None) -> int:
-        """Move one dead job (or all) back to the queue with a fresh set of attempts."""
+        """Move one dead job (or all) back to the queue with a fresh set of attempts.
+
+        Never overwrites: a job whose ``_id`` is in the queue already stays as it is.
+        """
+        moved = len(self._finish_stale_moves(self.failed, self.jobs, overwrite=False))
         if job_id is not None:
             ids = [job_id]
         else:
             ids = self._call("list failed", lambda: self.failed.distinct("_id"))
         changes = {"state": READY, "attempts": 0, "available_at": NOW}
-        moved = 0
+        drop = ["failed_at", *LOCK_FIELDS]
         for oid in ids:
-            if self._move(self.failed, self.jobs, {"_id": oid}, changes, "retry failed",
-                          drop=["failed_at", *LOCK_FIELDS]):
+            query = {"_id": oid, "_move": {"$exists": False}}
+            if self._move_retried("retry failed", self.failed, self.jobs, query, changes,
+                                  drop=drop, overwrite=False):
                 moved += 1
         return moved
 
@@ -450,56 +561,83 @@ class JobStore:
         target: Collection[Document],
         query: Document,
         changes: Document,
-        action: str,
+        *,
+        marker: str,
         drop: Sequence[str] = LOCK_FIELDS,
+        overwrite: bool = True,
     ) -> Document | None:
-        """Move the document matching ``query`` to ``target``, same ``_id``; None if none matched."""
-        def copy_pipeline(doc: Document) -> list[Document]:
-            return [{"$replaceWith": {"$literal": doc}}, {"$set": changes}, {"$unset": list(drop)}]
+        """Move the document matching ``query`` to ``target`` (same ``_id``), changed; None if none matched.
 
+        ``overwrite=False`` never replaces a document already in ``target``:
+        the move then only removes the source. Runs once: callers retry with
+        the same ``marker`` (it names the move when there are no transactions).
+        """
         if not self.supports_transactions():
-            return self._move_without_transaction(source, target, query, copy_pipeline, action)
+            return self._move_in_steps(source, target, query, changes, drop, overwrite, marker)
 
         def in_transaction(session: ClientSession) -> Document | None:
-            doc = source.find_one_and_delete(query, session=session)
+            doc = source.find_one_and_update(query, _changed(changes, drop), session=session,
+                                             return_document=ReturnDocument.AFTER)
             if doc is not None:
-                target.update_one({"_id": doc["_id"]}, copy_pipeline(doc), upsert=True,
-                                  session=session)
+                _copy(target, doc, overwrite, session)
+                source.delete_one({"_id": doc["_id"]}, session=session)
             return doc
 
-        def run() -> Document | None:
-            with source.database.client.start_session() as session:
-                moved: Document | None = session.with_transaction(in_transaction)
-                return moved
-
-        result: Document | None = self._call(action, run)
-        return result
-
-    def _move_without_transaction(
-        self,
-        source: Collection[Document],
-        target: Collection[Document],
-        query: Document,
-        copy_pipeline: Callable[[Document], list[Document]],
-        action: str,
-    ) -> Document | None:
-        # Standalone servers have no transactions: copy first, then delete; if
-        # the source changed meanwhile, take the copy back.
-        def run() -> Document | None:
-            doc = source.find_one(query)
-            if doc is None:
+        with self._client.start_session() as session:
+            try:
+                moved: Document | None = session.with_transaction(
+                    in_transaction, read_concern=ReadConcern("majority"),
+                    write_concern=WriteConcern("majority"),
+                    read_preference=ReadPreference.PRIMARY)
+            except DuplicateKeyError:
+                # Only with overwrite=False: the job is in the target already.
+                log.warning("not moving a job from %s: its _id is in %s already",
+                            source.full_name, target.full_name)
                 return None
-            marker = new_token()
-            pipeline = [*copy_pipeline(doc), {"$set": {"_move": marker}}]
-            target.update_one({"_id": doc["_id"]}, pipeline, upsert=True)
-            if source.delete_one(query).deleted_count == 0:
-                target.delete_one({"_id": doc["_id"], "_move": marker})
-                return None
-            target.update_one({"_id": doc["_id"]}, {"$unset": {"_move": ""}})
-            return doc
+        return moved
 
-        result: Document | None = self._call(action, run)
-        return result
+    def _move_retried(self, action: str, source: Collection[Document],
+                      target: Collection[Document], query: Document, changes: Document,
+                      **options: Any) -> Document | None:
+        marker = new_token()
+        moved: Document | None = self._call(action, lambda: self._move(
+            source, target, query, changes, marker=marker, **options))
+        return moved
+
+    def _move_in_steps(self, source: Collection[Document], target: Collection[Document],
+                       query: Document, changes: Document, drop: Sequence[str],
+                       overwrite: bool, marker: str) -> Document | None:
+        """A move without transactions: mark and change the source, copy it, delete it.
+
+        The mark is one atomic write, so exactly one mover wins the source,
+        and a holder settling meanwhile no longer matches it. Only the winner
+        copies and deletes; a mover that dies half-way leaves a marked source
+        that ``_finish_stale_moves`` completes. No step deletes a copy, so no
+        interleaving of movers can lose the job.
+        """
+        mark = {**changes, "_move": marker, "_move_at": NOW}
+        doc = source.find_one_and_update(query, _changed(mark, drop),
+                                         return_document=ReturnDocument.AFTER)
+        if doc is None:
+            # An earlier try of this move may have marked it before its reply was lost.
+            doc = source.find_one({"_move": marker})
+        return None if doc is None else _copy_and_delete(source, target, doc, overwrite)
+
+    def _finish_stale_moves(self, source: Collection[Document], target: Collection[Document],
+                            *, overwrite: bool) -> list[Document]:
+        """Complete two-step moves whose movers went quiet; return the documents moved."""
+        stale = {"_move": {"$exists": True}, "$expr": {
+            "$lt": ["$_move_at", {"$subtract": [NOW, STALE_MOVE_MS]}]}}
+        found = self._call("find stale moves", lambda: list(source.find(stale, {"_move": 1})))
+        finished = []
+        for doc in found:
+            # Taken over with a fresh mark, so a mover that was only slow stops.
+            again = {"_id": doc["_id"], "_move": doc["_move"]}
+            moved = self._move_retried("finish a move", source, target, again, {}, drop=(),
+                                       overwrite=overwrite)
+            if moved is not None:
+                finished.append(moved)
+        return finished
 
     # -- looking -------------------------------------------------------------------
 
@@ -597,6 +735,30 @@ def is_change_stream_unsupported(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and exc.code in {40573, 40324}
 
 
+def _changed(changes: Document, drop: Sequence[str]) -> list[Document]:
+    pipeline: list[Document] = [{"$set": changes}]
+    return [*pipeline, {"$unset": list(drop)}] if drop else pipeline
+
+
+def _copy(target: Collection[Document], doc: Document, overwrite: bool,
+          session: ClientSession | None = None) -> None:
+    copy = {key: value for key, value in doc.items() if key not in MOVE_FIELDS}
+    if overwrite:
+        target.replace_one({"_id": doc["_id"]}, copy, upsert=True, session=session)
+    else:
+        target.insert_one(copy, session=session)
+
+
+def _copy_and_delete(source: Collection[Document], target: Collection[Document], doc: Document,
+                     overwrite: bool) -> Document:
+    # With overwrite=False, a copy already there was made by an earlier try of this move.
+    with contextlib.suppress(DuplicateKeyError):
+        _copy(target, doc, overwrite)
+    # Guarded by this mover's mark: if another mover took the move over, it deletes.
+    source.delete_one({"_id": doc["_id"], "_move": doc["_move"]})
+    return doc
+
+
 def _held(job_id: ObjectId, token: str) -> Document:
     return {"_id": job_id, "lease_token": token, "state": LOCKED}
 
@@ -623,6 +785,26 @@ def new_document(job: NewJob, now: datetime) -> Document:
         "enqueued_at": now,
         "available_at": available_at,
     }
+
+
+def _insert_ignoring_duplicate_ids(collection: Collection[Document],
+                                   documents: Sequence[Document]) -> None:
+    """Insert; a document whose ``_id`` is taken counts as written (a retry met its own write)."""
+    try:
+        if len(documents) == 1:
+            collection.insert_one(documents[0])
+        else:
+            collection.insert_many(documents, ordered=False)
+    except DuplicateKeyError as exc:
+        if not _is_duplicate_id(exc.details or {}):
+            raise
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        # Duplicates alone mean "already written"; with a write concern
+        # error the batch is not known to be majority-committed yet.
+        if (not errors or exc.details.get("writeConcernErrors")
+                or not all(_is_duplicate_id(error) for error in errors)):
+            raise
 
 
 def _is_duplicate_id(error: Mapping[str, Any]) -> bool:
