@@ -66,6 +66,7 @@ class ChangeStreamWatcher:
         self._last_event = time.monotonic()
         self._in_outage = False
         self.streams_opened = 0
+        self._claim_on_open = False
         self.streams_paused = 0
 
     def last_event_age(self) -> float:
@@ -169,7 +170,9 @@ class ChangeStreamWatcher:
                 # A dropped collection took its indexes along; without them a
                 # claim scans the collection and the lease-token guard is gone.
                 self._store.forget_indexes()
-                self._board.notify_all()
+                # Waiters claim again once the fresh stream is open: a claim
+                # before that could miss a job inserted before the reopen.
+                self._claim_on_open = True
         return False
 
     def _pause_if_unneeded(self) -> bool:
@@ -195,6 +198,9 @@ class ChangeStreamWatcher:
         self._ready.set()
 
     def _stream_opened(self) -> None:
+        if self._claim_on_open:
+            self._claim_on_open = False
+            self._board.notify_all()
         if self._in_outage:
             log.info("change stream on %s is back; push wake-ups resumed", self._store.name)
             self._in_outage = False
