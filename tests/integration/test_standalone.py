@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from streamqueue.storage import Document
 from streamqueue.testing import MongodProcess, find_mongod, free_port
 from tests.helpers import Background, wait_until
 from tests.integration.conftest import QueueFactory
+from tests.integration.failpoints import CommandHook, fail_point, hooked_client
 
 POLL = 0.2
 
@@ -32,7 +34,8 @@ def standalone_uri() -> Iterator[str]:
         dbpath=root / "data",
         logpath=root / "mongod.log",
         args=[find_mongod(), "--dbpath", str(root / "data"), "--port", str(port),
-              "--bind_ip", "127.0.0.1", "--wiredTigerCacheSizeGB", "0.25"],
+              "--bind_ip", "127.0.0.1", "--wiredTigerCacheSizeGB", "0.25",
+              "--setParameter", "enableTestCommands=1"],
     )
     member.start()
     uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
@@ -170,3 +173,71 @@ def test_queue_works_on_a_standalone(make_queue: QueueFactory,
     for job in jobs:
         job.complete()
     assert queue.size() == 0
+
+
+def test_two_reapers_interleaved_never_lose_a_dead_job(
+    make_queue: QueueFactory, standalone: Collection[Document], standalone_uri: str,
+) -> None:
+    # Reaper B runs its whole move while reaper A is about to delete the
+    # original (A's copy is made), and A then goes on only after B is done.
+    # Before moves marked their source, B overwrote A's copy, A deleted the
+    # original, and B, missing it, deleted "its" copy: the job was nowhere.
+    hook_a, hook_b = CommandHook(), CommandHook()
+    with hooked_client(standalone_uri, hook_a) as client_a, \
+            hooked_client(standalone_uri, hook_b) as client_b:
+        name = standalone.name
+        reaper_a = make_queue(client_a["streamqueue_test"][name], max_attempts=1, lease=0.2)
+        reaper_b = make_queue(client_b["streamqueue_test"][name], max_attempts=1, lease=0.2)
+        job_id = reaper_a.put({"n": 1})
+        assert reaper_a.next() is not None
+        assert wait_until(lambda: standalone.count_documents(
+            {"_id": job_id, "$expr": {"$lt": ["$locked_until", "$$NOW"]}}) == 1, 10)
+        b_at_delete, a_deleted = threading.Event(), threading.Event()
+        reaping_b = Background(reaper_b.reap)
+
+        def run_b(_: object) -> None:
+            reaping_b.start()
+            wait_until(lambda: b_at_delete.is_set() or reaping_b.finished_at is not None, 10)
+
+        def b_waits_for_a(_: object) -> None:
+            b_at_delete.set()
+            a_deleted.wait(10)
+
+        def a_waits_for_b(_: object) -> None:
+            a_deleted.set()
+            reaping_b.join(10)
+
+        hook_a.on("started", "delete", run_b)
+        hook_a.on("succeeded", "delete", a_waits_for_b)
+        hook_b.on("started", "delete", b_waits_for_a)
+        reaper_a.reap()
+        reaping_b.join(10)
+        assert not hook_a.errors and not hook_b.errors
+        assert standalone.count_documents({"_id": job_id}) == 0
+        dead = reaper_a.failed.find_one({"_id": job_id})
+        assert dead is not None, "the job is in neither collection"
+        assert dead["state"] == "failed"
+        assert "_move" not in dead
+
+
+def test_a_bury_retried_after_its_steps_applied_reports_success(
+    make_queue: QueueFactory, standalone: Collection[Document], standalone_uri: str,
+) -> None:
+    # The last step (deleting the original) is cut twice (the driver's retry
+    # too): the library's retry finds its own marked move and finishes it.
+    hook = CommandHook()
+    with hooked_client(standalone_uri, hook) as client:
+        queue = make_queue(client["streamqueue_test"][standalone.name], max_attempts=1)
+        job_id = queue.put({"n": 1})
+        job = queue.next()
+        assert job is not None
+        data = {"failCommands": ["delete"], "closeConnection": True,
+                "appName": client.options.pool_options.metadata["application"]["name"]}
+        with fail_point(client, {"times": 2}, data):
+            job.error("boom")
+        assert hook.count("failed", "delete") == 2
+        assert standalone.count_documents({"_id": job_id}) == 0
+        dead = queue.failed.find_one({"_id": job_id})
+        assert dead is not None
+        assert dead["last_error"] == "boom"
+        assert "_move" not in dead
