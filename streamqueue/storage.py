@@ -11,6 +11,7 @@ A job is one document in the queue's collection::
     enqueued_at, available_at, locked_at, locked_until   server-clock dates
     consumer_id, lease_token   who holds the lease; the token names one claim
     last_error, progress
+    settled_lease the token of the claim that last requeued or buried it
 
 Every time comparison uses the server's ``$$NOW`` inside the operation, so no
 client clock is ever trusted. The one date not written by ``$$NOW`` is the
