@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,6 +267,34 @@ def test_bad_payloads_are_refused_before_connecting(
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
     assert "JSON" in err
+
+
+@pytest.mark.parametrize(("payload", "fragment"), [
+    ('{"n": NaN}', "NaN is not a JSON number"),
+    ('{"n": Infinity}', "Infinity is not a JSON number"),
+    ('{"n": [-Infinity]}', "-Infinity is not a JSON number"),
+    ('{"n": 1e400}', "1e400 is out of range"),
+    ('{"deep": {"n": -1E+999}}', "-1E+999 is out of range"),
+])
+def test_non_finite_numbers_are_refused_before_connecting(
+    payload: str, fragment: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    where = ["--uri", "mongodb://127.0.0.1:1/", "--db", "d", "--queue", "q",
+             "--server-timeout", "0.2"]
+    for argv, stdin in ((["put", payload, *where], ""), (["put", "-", *where], payload)):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        assert cli.main(argv, environ={}) == ExitCode.USAGE
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1, err
+        assert "not valid JSON" in err and fragment in err, err
+
+
+def test_finite_floats_in_payloads_are_kept() -> None:
+    from streamqueue.cli.admin import _read_payload
+
+    assert _read_payload('{"a": 1.5e300, "b": -0.0, "c": 1e-400}') == {
+        "a": 1.5e300, "b": -0.0, "c": 0.0}
 
 
 def test_unknown_handler_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> None:
