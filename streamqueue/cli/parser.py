@@ -242,6 +242,7 @@ def _subparser(commands: Any, name: str, summary: str, epilog: str) -> ArgumentP
         name, help=summary, description=summary[:1].upper() + summary[1:] + ".",
         epilog=epilog, formatter_class=_formatter,
     )
+    parser.rejects_unknown = True
     return parser
 
 

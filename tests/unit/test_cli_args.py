@@ -185,6 +185,29 @@ def test_main_reports_usage_errors_in_one_line(capsys: pytest.CaptureFixture[str
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.parametrize(("argv", "command"), [
+    (["put", "{}", *BASE, "--bogus"], "put"),
+    (["worker", "m:f", *BASE, "--bogus", "x"], "worker"),
+    (["stats", *BASE, "--bogus"], "stats"),
+    (["failed", "retry", *BASE, "--bogus"], "failed retry"),
+    (["put", "{}", *BASE, "--priority", "x"], "put"),
+])
+def test_usage_errors_point_at_the_subcommands_help(
+    argv: list[str], command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv, environ={}) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"streamqueue {command}: error: "), err
+    assert err.rstrip().endswith(f"(see 'streamqueue {command} --help')"), err
+
+
+def test_unknown_top_level_options_point_at_the_top_help(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--bogus", "stats", *BASE], environ={}) == ExitCode.USAGE
+    assert "(see 'streamqueue --help')" in capsys.readouterr().err
+
+
 def test_main_names_the_failed_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["failed", "purge", *BASE], environ={}) == ExitCode.USAGE
     assert capsys.readouterr().err.startswith("streamqueue failed purge: error: ")
