@@ -39,7 +39,7 @@ SECONDS_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, math.inf,
 )
-QUEUE_STATES = ("available", "locked", "delayed", "failed")
+QUEUE_STATES = ("available", "locked", "expired", "delayed", "failed")
 RUN_OUTCOMES = ("completed", "failed", "released", "lease_lost")
 
 #: Every metric family this module exports (histograms by base name).

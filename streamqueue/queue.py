@@ -390,6 +390,7 @@ class Queue:
         return {
             "available": counts.available,
             "locked": counts.locked,
+            "expired": counts.expired,
             "delayed": counts.delayed,
             "failed": counts.failed,
             "total": counts.total,

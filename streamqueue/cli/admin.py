@@ -115,13 +115,15 @@ def _existing_collections(session: Session) -> set[str]:
 
 
 def _stats_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
-    header = ["QUEUE", "AVAILABLE", "LOCKED", "DELAYED", "FAILED", "TOTAL", "OLDEST AVAILABLE"]
+    header = ["QUEUE", "AVAILABLE", "LOCKED", "EXPIRED", "DELAYED", "FAILED", "TOTAL",
+              "OLDEST AVAILABLE"]
     body = [
-        [name, str(s["available"]), str(s["locked"]), str(s["delayed"]), str(s["failed"]),
-         str(s["total"]), _duration(s["oldest_available_age_seconds"]) if s["available"] else "-"]
+        [name, str(s["available"]), str(s["locked"]), str(s["expired"]), str(s["delayed"]),
+         str(s["failed"]), str(s["total"]),
+         _duration(s["oldest_available_age_seconds"]) if s["available"] else "-"]
         for name, s in rows.items()
     ]
-    return _table(header, body, right_aligned=range(1, 7))
+    return _table(header, body, right_aligned=range(1, 8))
 
 
 def _duration(value: float) -> str:
