@@ -392,7 +392,8 @@ class Queue:
             "locked": counts.locked,
             "expired": counts.expired,
             "delayed": counts.delayed,
-            "failed": counts.failed,
+            "dead": counts.failed,
+            "failed": counts.failed,  # deprecated name of "dead": the error queue
             "total": counts.total,
         }
 

@@ -115,11 +115,12 @@ def _existing_collections(session: Session) -> set[str]:
 
 
 def _stats_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
-    header = ["QUEUE", "AVAILABLE", "LOCKED", "EXPIRED", "DELAYED", "FAILED", "TOTAL",
+    # DEAD, not FAILED: these are jobs in the error queue, not failed attempts.
+    header = ["QUEUE", "AVAILABLE", "LOCKED", "EXPIRED", "DELAYED", "DEAD", "TOTAL",
               "OLDEST AVAILABLE"]
     body = [
         [name, str(s["available"]), str(s["locked"]), str(s["expired"]), str(s["delayed"]),
-         str(s["failed"]), str(s["total"]),
+         str(s["dead"]), str(s["total"]),
          _duration(s["oldest_available_age_seconds"]) if s["available"] else "-"]
         for name, s in rows.items()
     ]

@@ -203,6 +203,7 @@ def test_prometheus_sees_the_worker_and_reaper_process_jobs(
 
         # Counters from the worker, as Prometheus scraped them.
         wait_for_value(prom, f"streamqueue_jobs_completed_total{{{q}}}", ok_jobs)
+        wait_for_value(prom, f"streamqueue_attempts_failed_total{{{q}}}", poison_jobs)
         wait_for_value(prom, f"streamqueue_jobs_failed_total{{{q}}}", poison_jobs)
         wait_for_value(prom, f'streamqueue_jobs_dead_total{{job="{WORKER_JOB}",{q}}}',
                        poison_jobs)
@@ -215,7 +216,8 @@ def test_prometheus_sees_the_worker_and_reaper_process_jobs(
         # Queue gauges from the reaper.
         gauge = f'streamqueue_queue_jobs{{job="{REAPER_JOB}",{q},state="%s"}}'
         wait_for_value(prom, gauge % "delayed", delayed_jobs)
-        wait_for_value(prom, gauge % "failed", poison_jobs)
+        wait_for_value(prom, gauge % "dead", poison_jobs)
+        wait_for_value(prom, gauge % "failed", poison_jobs)  # deprecated name, one release
         wait_for_value(prom, gauge % "available", 0)
         wait_for_value(prom, gauge % "locked", 0)
 

@@ -197,7 +197,8 @@ def test_reaper_serves_queue_gauges_over_http(collection: Collection[Document],
             return sample(scrape(port), "streamqueue_queue_jobs", queue=name, state=state)
 
         # Reaped before it is counted: no expired lease is left to show.
-        expected = {"available": 1, "locked": 1, "expired": 0, "delayed": 1, "failed": 1}
+        expected = {"available": 1, "locked": 1, "expired": 0, "delayed": 1, "dead": 1,
+                    "failed": 1}
         assert wait_until(lambda: all(gauge(s) == n for s, n in expected.items()),
                           timeout=30, interval=0.1), reaper.describe()
         samples = scrape(port)
@@ -212,7 +213,7 @@ def test_reaper_serves_queue_gauges_over_http(collection: Collection[Document],
         # The gauges move as jobs flow.
         held.complete()
         normal.put({"n": "c"})
-        expected = {"available": 2, "locked": 0, "delayed": 1, "failed": 1}
+        expected = {"available": 2, "locked": 0, "delayed": 1, "dead": 1, "failed": 1}
         assert wait_until(lambda: all(gauge(s) == n for s, n in expected.items()),
                           timeout=30, interval=0.1), reaper.describe()
 
@@ -259,15 +260,15 @@ def test_put_and_stats(collection: Collection[Document], target: list[str]) -> N
     stats = run_cli("streamqueue", "stats", *target, "--json")
     assert stats.returncode == ExitCode.OK, stats.stderr
     numbers = json.loads(stats.stdout)[collection.name]
-    assert {k: numbers[k] for k in ("available", "locked", "delayed", "failed", "total")} == {
-        "available": 2, "locked": 0, "delayed": 1, "failed": 0, "total": 3}
+    assert {k: numbers[k] for k in ("available", "locked", "delayed", "dead", "total")} == {
+        "available": 2, "locked": 0, "delayed": 1, "dead": 0, "total": 3}
     assert numbers["exists"] is True
     assert 0 <= numbers["oldest_available_age_seconds"] < 60
 
     table = run_cli("streamqueue", "stats", *target)
     assert table.returncode == ExitCode.OK, table.stderr
     header, row = table.stdout.strip().splitlines()
-    assert header.split()[:7] == ["QUEUE", "AVAILABLE", "LOCKED", "EXPIRED", "DELAYED", "FAILED",
+    assert header.split()[:7] == ["QUEUE", "AVAILABLE", "LOCKED", "EXPIRED", "DELAYED", "DEAD",
                                   "TOTAL"]
     assert row.split()[:7] == [collection.name, "2", "0", "0", "1", "0", "3"]
 
