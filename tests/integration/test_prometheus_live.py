@@ -28,6 +28,7 @@ import yaml
 from pymongo.collection import Collection
 
 from streamqueue import Queue
+from streamqueue.children import spawn
 from streamqueue.storage import Document
 from streamqueue.testing import free_port
 from tests.helpers import wait_until
@@ -76,7 +77,7 @@ class PrometheusServer:
         config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "prometheus.log"
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
+            self.process = spawn(
                 [binary, f"--config.file={config_path}",
                  f"--storage.tsdb.path={workdir / 'tsdb'}",
                  f"--web.listen-address=127.0.0.1:{self.port}"],
