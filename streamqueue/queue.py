@@ -386,6 +386,13 @@ class Queue:
         return self.store.size()
 
     def stats(self) -> dict[str, int]:
+        """Jobs by state, counted at one instant of the server's clock.
+
+        ``available`` (due, unclaimed), ``locked`` (lease running), ``expired``
+        (lease run out, not yet handed on by the reaper), ``delayed`` (not yet
+        due), ``dead`` (in the error queue; also under its deprecated name
+        ``failed``) and ``total`` (all of them, the error queue included).
+        """
         counts = self.store.counts()
         return {
             "available": counts.available,
