@@ -6,7 +6,7 @@ delays are judged by the database server's clock.
 
 from streamqueue.errors import LeaseLost, StreamQueueError
 from streamqueue.hooks import Hooks
-from streamqueue.queue import Job, MongoQueue, Queue
+from streamqueue.queue import Job, MongoJob, MongoQueue, Queue
 
-__all__ = ["Hooks", "Job", "LeaseLost", "MongoQueue", "Queue", "StreamQueueError"]
+__all__ = ["Hooks", "Job", "LeaseLost", "MongoJob", "MongoQueue", "Queue", "StreamQueueError"]
 __version__ = "0.1.0"

@@ -28,7 +28,10 @@ class Hooks:
         """A job finished successfully on attempt number ``attempts``."""
 
     def failed(self, queue: str, attempts: int, run_seconds: float) -> None:
-        """A handler reported an error (``Job.error``); the job may come back."""
+        """An attempt failed: a handler reported an error (``Job.error``).
+
+        The job comes back unless it was its last attempt (then ``dead`` follows).
+        """
 
     def dead(self, queue: str, attempts: int) -> None:
         """A job was moved to the error queue after ``attempts`` deliveries."""

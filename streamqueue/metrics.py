@@ -32,22 +32,33 @@ log = logging.getLogger(__name__)
 
 PREFIX = "streamqueue"
 
-#: Attempt numbers: every early attempt has its own bucket, then coarser.
+#: Attempt numbers (a count, not seconds): 1 to 10 each in its own bucket, then 12, 15, 20, +Inf.
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, math.inf)
-#: Queue time scales, from a millisecond (a push wake-up) to an hour (a backlog).
+#: Queue and run time, from a millisecond (a push wake-up) to an hour (a backlog), then +Inf.
 SECONDS_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, math.inf,
 )
-QUEUE_STATES = ("available", "locked", "delayed", "failed")
+#: ``stats`` keys published as ``streamqueue_queue_jobs{state=...}``. "dead" is the
+#: error queue; "failed" is the same number under its deprecated name.
+QUEUE_STATES = ("available", "locked", "expired", "delayed", "dead", "failed")
 RUN_OUTCOMES = ("completed", "failed", "released", "lease_lost")
+
+#: Names kept for one release after a rename, and what replaces each. "failed"
+#: meant two things (attempts that raised, jobs dead-lettered); the new names
+#: say which. Both are exported meanwhile, with the same values.
+DEPRECATED: Mapping[str, str] = {
+    "streamqueue_jobs_failed_total": "streamqueue_attempts_failed_total",
+    'streamqueue_queue_jobs{state="failed"}': 'streamqueue_queue_jobs{state="dead"}',
+}
 
 #: Every metric family this module exports (histograms by base name).
 METRIC_NAMES: frozenset[str] = frozenset({
     "streamqueue_jobs_enqueued_total",
     "streamqueue_jobs_claimed_total",
     "streamqueue_jobs_completed_total",
-    "streamqueue_jobs_failed_total",
+    "streamqueue_attempts_failed_total",
+    "streamqueue_jobs_failed_total",  # deprecated: streamqueue_attempts_failed_total
     "streamqueue_jobs_dead_total",
     "streamqueue_jobs_released_total",
     "streamqueue_leases_expired_total",
@@ -145,7 +156,8 @@ class _Metrics:
     enqueued: Counter
     claimed: Counter
     completed: Counter
-    failed: Counter
+    attempts_failed: Counter
+    jobs_failed: Counter  # deprecated name of attempts_failed
     dead: Counter
     released: Counter
     leases_expired: Counter
@@ -169,8 +181,15 @@ class _Metrics:
             enqueued=counter("jobs_enqueued", "Jobs written to the queue."),
             claimed=counter("jobs_claimed", "Jobs claimed by a consumer."),
             completed=counter("jobs_completed", "Jobs completed successfully."),
-            failed=counter("jobs_failed", "Attempts that ended in an error (each error())."),
-            dead=counter("jobs_dead", "Jobs moved to the error queue."),
+            attempts_failed=counter(
+                "attempts_failed",
+                "Attempts that ended in an error (each Job.error()), retried or not; jobs "
+                "moved to the error queue are streamqueue_jobs_dead_total."),
+            jobs_failed=counter(
+                "jobs_failed",
+                "DEPRECATED, removed in the next release: the same count as "
+                "streamqueue_attempts_failed_total (failed attempts, not failed jobs)."),
+            dead=counter("jobs_dead", "Jobs moved to the error queue (dead-lettered)."),
             released=counter("jobs_released", "Jobs handed back without counting the attempt."),
             leases_expired=counter("leases_expired",
                                    "Expired leases found by the reaper (requeued or dead)."),
@@ -179,17 +198,22 @@ class _Metrics:
             changestream_restarts=counter("changestream_restarts",
                                           "Times the change stream failed and was reopened."),
             attempts=Histogram(
-                f"{PREFIX}_job_attempts", "Attempt number at completion or death.",
+                f"{PREFIX}_job_attempts",
+                "Attempt number at completion or death (a count; buckets 1 to 10, 12, 15, 20).",
                 ["queue"], buckets=ATTEMPT_BUCKETS, registry=registry),
             wait_seconds=Histogram(
-                f"{PREFIX}_job_wait_seconds", "Seconds from a job falling due to its claim.",
+                f"{PREFIX}_job_wait_seconds",
+                "Seconds from a job falling due to its claim (buckets 1 ms to 1 h).",
                 ["queue"], buckets=SECONDS_BUCKETS, registry=registry),
             run_seconds=Histogram(
                 f"{PREFIX}_job_run_seconds",
-                "Seconds from claim to settlement, by outcome.",
+                "Seconds from claim to settlement, by outcome (buckets 1 ms to 1 h).",
                 ["queue", "outcome"], buckets=SECONDS_BUCKETS, registry=registry),
             queue_jobs=Gauge(
-                f"{PREFIX}_queue_jobs", "Jobs in the queue by state (set by the reaper).",
+                f"{PREFIX}_queue_jobs",
+                "Jobs by state (set by the reaper): available, locked (lease running), "
+                "expired (lease run out, not yet reaped), delayed, dead (the error queue); "
+                "state failed is dead's deprecated name.",
                 ["queue", "state"], registry=registry),
             oldest_available_age=Gauge(
                 f"{PREFIX}_queue_oldest_available_age_seconds",
@@ -244,7 +268,8 @@ class PrometheusHooks(Hooks):
         self._observe_run(queue, "completed", run_seconds)
 
     def failed(self, queue: str, attempts: int, run_seconds: float) -> None:
-        self._m.failed.labels(queue=queue).inc()
+        self._m.attempts_failed.labels(queue=queue).inc()
+        self._m.jobs_failed.labels(queue=queue).inc()
         self._observe_run(queue, "failed", run_seconds)
 
     def dead(self, queue: str, attempts: int) -> None:
@@ -275,11 +300,17 @@ class PrometheusHooks(Hooks):
     def observe_queue(self, queue: str, stats: Mapping[str, int], oldest_age: float) -> None:
         """Set the queue's gauges from ``Queue.stats()`` and ``Queue.oldest_available_age()``.
 
-        A state missing from ``stats`` is left as it was (not zeroed).
+        A state missing from ``stats`` is left as it was (not zeroed). The
+        error queue is published as state "dead" and, for one more release,
+        as "failed", from either key.
         """
+        counts = dict(stats)
+        for new, old in (("dead", "failed"), ("failed", "dead")):
+            if new not in counts and old in counts:
+                counts[new] = counts[old]
         for state in QUEUE_STATES:
-            if state in stats:
-                self._m.queue_jobs.labels(queue=queue, state=state).set(stats[state])
+            if state in counts:
+                self._m.queue_jobs.labels(queue=queue, state=state).set(counts[state])
         self._m.oldest_available_age.labels(queue=queue).set(max(0.0, oldest_age))
 
     def touch_queue(self, queue: str, role: str = "worker") -> None:
@@ -296,7 +327,8 @@ class PrometheusHooks(Hooks):
         m = self._m
         counters = [m.leases_expired, m.dead]
         if role == "worker":
-            counters += [m.enqueued, m.claimed, m.completed, m.failed, m.released,
+            counters += [m.enqueued, m.claimed, m.completed, m.attempts_failed, m.jobs_failed,
+                         m.released,
                          m.claims_empty, m.changestream_restarts]
         for counter in counters:
             counter.labels(queue=queue)

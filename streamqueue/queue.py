@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from bson import ObjectId
 from pymongo.collection import Collection
@@ -213,6 +213,9 @@ class Job:
 class Queue:
     """A job queue in one MongoDB collection; thread-safe, one change stream per object."""
 
+    #: What ``claim`` wraps each claimed document in (``MongoQueue`` uses ``MongoJob``).
+    job_type: ClassVar[type[Job]] = Job
+
     def __init__(
         self,
         collection: Collection[Document],
@@ -353,7 +356,7 @@ class Queue:
             docs = [doc] if doc is not None else []
         else:
             docs = self.store.claim_many(self.consumer_id, self.lease, limit)
-        jobs = [Job(self, doc) for doc in docs]
+        jobs = [self.job_type(self, doc) for doc in docs]
         for job in jobs:
             self.hooks.claimed(self.name, job.wait_seconds)
         return jobs
@@ -383,12 +386,21 @@ class Queue:
         return self.store.size()
 
     def stats(self) -> dict[str, int]:
+        """Jobs by state, counted at one instant of the server's clock.
+
+        ``available`` (due, unclaimed), ``locked`` (lease running), ``expired``
+        (lease run out, not yet handed on by the reaper), ``delayed`` (not yet
+        due), ``dead`` (in the error queue; also under its deprecated name
+        ``failed``) and ``total`` (all of them, the error queue included).
+        """
         counts = self.store.counts()
         return {
             "available": counts.available,
             "locked": counts.locked,
+            "expired": counts.expired,
             "delayed": counts.delayed,
-            "failed": counts.failed,
+            "dead": counts.failed,
+            "failed": counts.failed,  # deprecated name of "dead": the error queue
             "total": counts.total,
         }
 
@@ -434,6 +446,52 @@ class Queue:
         self.close()
 
 
+#: The fields the 2012 mongoqueue kept in every job document, as ``MongoJob.data`` names them.
+MONGOQUEUE_FIELDS = ("_id", "priority", "attempts", "locked_by", "locked_at", "last_error")
+
+
+class MongoJob(Job):
+    """A claimed job as mongoqueue's ``Job`` showed it: ``job_id``, ``data``, ``locked_by``.
+
+    mongoqueue (2012) stored the dict given to ``put`` at the top level of the
+    job document, so its users read their fields as ``job.data["key"]`` and
+    ``with job as data: data["key"]``; later versions (0.6+) stored it under
+    ``"payload"``. ``data`` answers both: the payload's keys at the top level,
+    then the job's own fields over them (``_id``, ``priority``, ``attempts``,
+    ``locked_by``, ``locked_at``, ``last_error``, ``payload`` and streamqueue's
+    fields), which win a name clash as mongoqueue's did when it claimed a job.
+    """
+
+    @property
+    def job_id(self) -> ObjectId:
+        return self.id
+
+    @property
+    def locked_by(self) -> str:
+        return self.consumer_id
+
+    @property
+    def locked_at(self) -> datetime | None:
+        return self._doc.get("locked_at")
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The put dict's keys at the top level, then the job's fields (a copy).
+
+        ``data["attempts"]`` counts as mongoqueue did, the attempts that ended
+        in an error or an expired lock before this one; ``Job.attempts`` keeps
+        streamqueue's count, deliveries with this one included.
+        """
+        doc = dict(self._doc)
+        doc["attempts"] = max(0, self.attempts - 1)
+        doc["locked_by"] = doc.get("consumer_id")
+        doc.setdefault("last_error", None)
+        return {**self.payload, **doc}
+
+    def __enter__(self) -> dict[str, Any]:
+        return self.data
+
+
 class MongoQueue(Queue):
     """The 2012 ``mongoqueue`` signature: ``timeout`` is the lease in seconds."""
 
@@ -448,9 +506,42 @@ class MongoQueue(Queue):
         super().__init__(collection, consumer_id, lease=timeout, max_attempts=max_attempts,
                          **options)
 
+    job_type = MongoJob
+
+    @property
+    def timeout(self) -> float:
+        """mongoqueue's name for the lease, in seconds."""
+        return self.lease
+
+    def put(self, payload: Mapping[str, Any], priority: int | None = None, *,
+            delay: float = 0.0) -> ObjectId:
+        """Enqueue ``payload``; ``priority`` may be given by position, as mongoqueue 0.6+ took it.
+
+        Left out, the payload's own ``"priority"`` key sets it (mongoqueue 2012), else 0.
+        """
+        return super().put(payload, priority=priority, delay=delay)
+
+    def next(self, timeout: float | None = 0) -> MongoJob | None:
+        """Claim the next due job, or None at once if there is none (mongoqueue's ``next()``)."""
+        return cast("MongoJob | None", super().next(timeout))  # job_type makes every job one
+
+    def stats(self) -> dict[str, int]:
+        """Queue's counts plus mongoqueue's ``errors``: jobs out of attempts (the error queue).
+
+        mongoqueue left such jobs in the queue; here they are in ``NAME.failed``,
+        and ``total`` counts them as mongoqueue's did.
+        """
+        stats = super().stats()
+        stats["errors"] = stats["failed"]
+        return stats
+
     def repair(self) -> int:
         """mongoqueue's name for handling expired locks."""
         return self.reap()
+
+    def drop_max_attempts(self) -> int:
+        """mongoqueue 0.6+: delete the jobs that ran out of attempts (the error queue here)."""
+        return self.purge_failed()
 
     def drop(self) -> None:
         self.clear()

@@ -26,6 +26,7 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
+from streamqueue.children import spawn
 from streamqueue.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,9 @@ class MongodProcess:
         self.dbpath.mkdir(parents=True, exist_ok=True)
         with self.logpath.open("ab") as logfile:
             # A new session keeps a Ctrl-C meant for the caller from killing
-            # mongod before the launcher can stop it in order.
-            self.process = subprocess.Popen(
+            # mongod before the launcher can stop it in order; spawn makes it die
+            # with the launcher all the same if that is killed outright.
+            self.process = spawn(
                 self.args,
                 stdout=logfile,
                 stderr=subprocess.STDOUT,

@@ -24,6 +24,7 @@ from pymongo.write_concern import WriteConcern
 
 from streamqueue.bench.common import CountingHooks
 from streamqueue.bench.consumers import ConsumerGroup, Kind, RawFloor, Sink
+from streamqueue.children import spawn
 from streamqueue.queue import Queue
 from streamqueue.storage import Document
 
@@ -39,7 +40,7 @@ class Child:
 
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
-        self.proc = subprocess.Popen(
+        self.proc: subprocess.Popen[str] = spawn(
             [sys.executable, "-m", "streamqueue.bench.procs", json.dumps(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -48,8 +49,8 @@ def _read_payload(text: str) -> dict[str, Any]:
     if text == "-":
         text = sys.stdin.read()
     try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
+        payload = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (json.JSONDecodeError, _NonFinite) as exc:
         raise UsageError(f"{source} is not valid JSON: {exc}") from None
     except RecursionError:
         raise UsageError(f"{source} is nested too deeply") from None
@@ -57,6 +58,23 @@ def _read_payload(text: str) -> dict[str, Any]:
         raise UsageError(f"the payload must be a JSON object ({{...}}), not a "
                          f"{type(payload).__name__}")
     return payload
+
+
+class _NonFinite(ValueError):
+    """A number JSON itself has no spelling for (NaN, Infinity) or that overflows a float."""
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity, which JSON does not: a handler
+    # would get nan/inf (the Python API refuses them for times for the same reason).
+    raise _NonFinite(f"{name} is not a JSON number; only finite numbers are allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(f"{text} is out of range for a float; only finite numbers are allowed")
+    return value
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -97,13 +115,16 @@ def _existing_collections(session: Session) -> set[str]:
 
 
 def _stats_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
-    header = ["QUEUE", "AVAILABLE", "LOCKED", "DELAYED", "FAILED", "TOTAL", "OLDEST AVAILABLE"]
+    # DEAD, not FAILED: these are jobs in the error queue, not failed attempts.
+    header = ["QUEUE", "AVAILABLE", "LOCKED", "EXPIRED", "DELAYED", "DEAD", "TOTAL",
+              "OLDEST AVAILABLE"]
     body = [
-        [name, str(s["available"]), str(s["locked"]), str(s["delayed"]), str(s["failed"]),
-         str(s["total"]), _duration(s["oldest_available_age_seconds"]) if s["available"] else "-"]
+        [name, str(s["available"]), str(s["locked"]), str(s["expired"]), str(s["delayed"]),
+         str(s["dead"]), str(s["total"]),
+         _duration(s["oldest_available_age_seconds"]) if s["available"] else "-"]
         for name, s in rows.items()
     ]
-    return _table(header, body, right_aligned=range(1, 7))
+    return _table(header, body, right_aligned=range(1, 8))
 
 
 def _duration(value: float) -> str:

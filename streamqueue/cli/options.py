@@ -12,7 +12,7 @@ exit status. Nothing here talks to MongoDB.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -43,6 +43,19 @@ class CliError(Exception):
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that raises ``UsageError`` instead of printing usage and exiting."""
+
+    #: Set on subcommand parsers: argparse hands a subcommand's unknown
+    #: arguments up to the top parser, whose error would point at
+    #: 'streamqueue --help' instead of the subcommand's help.
+    rejects_unknown = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self.rejects_unknown:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see '{self.prog} --help')")

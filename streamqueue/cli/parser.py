@@ -184,7 +184,8 @@ def build_parser() -> ArgumentParser:
     put = _subparser(commands, "put", "enqueue one job", PUT_EPILOG)
     opts = Options(put)
     put.add_argument("payload", metavar="JSON",
-                     help="the payload, a JSON object; '-' reads it from stdin")
+                     help="the payload, a JSON object with finite numbers (no NaN, Infinity "
+                          "or 1e400); '-' reads it from stdin")
     _connection_options(opts, several_queues=False)
     opts.add("--priority", env="PRIORITY", convert=any_int, metavar="N",
              help="higher is claimed first; default: the payload's \"priority\" key, else 0")
@@ -242,6 +243,7 @@ def _subparser(commands: Any, name: str, summary: str, epilog: str) -> ArgumentP
         name, help=summary, description=summary[:1].upper() + summary[1:] + ".",
         epilog=epilog, formatter_class=_formatter,
     )
+    parser.rejects_unknown = True
     return parser
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamqueue.children import spawn
+
 #: Set to the demo's run directory in the environment of every process the demo starts.
 MARKER_ENV = "STREAMQUEUE_DEMO_RUN"
 
@@ -50,7 +52,7 @@ class Child:
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = spawn(  # dies with the demo, even a SIGKILLed one
                 self.args,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

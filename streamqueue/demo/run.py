@@ -537,7 +537,7 @@ class Demo:
         assert self.queue is not None and self.producer is not None
         enqueued = self.producer.enqueued
         stats = self.queue.stats()
-        in_queue = stats["available"] + stats["locked"] + stats["delayed"]
+        in_queue = stats["available"] + stats["locked"] + stats["expired"] + stats["delayed"]
         done = max(0, enqueued - in_queue - stats["failed"])
         if self.tracker is not None:
             self.waits.extend(d.wait for d in self.tracker.take())

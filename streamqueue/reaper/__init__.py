@@ -91,9 +91,9 @@ class Reaper:
             if self.hooks is not None:
                 self.hooks.observe_queue(name, stats, oldest)
             log.debug(
-                "%s: reaped %d; available=%d locked=%d delayed=%d failed=%d oldest=%.1fs",
-                queue.collection.full_name, reaped, stats["available"], stats["locked"],
-                stats["delayed"], stats["failed"], oldest,
+                "%s: reaped %d; available=%d locked=%d expired=%d delayed=%d dead=%d "
+                "oldest=%.1fs", queue.collection.full_name, reaped, stats["available"],
+                stats["locked"], stats["expired"], stats["delayed"], stats["dead"], oldest,
             )
         self.passes += 1
         return result

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamqueue.children import spawn
 from tests.faults import handlers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +109,7 @@ class Fleet:
         log_path = self.logdir / f"{self._count:03d}-{role}.log"
         command = [*prefix, *args]
         with log_path.open("wb") as logfile:
-            popen = subprocess.Popen(
+            popen = spawn(
                 command, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=REPO_ROOT, env={**self.env, **(env or {})}, start_new_session=True,
             )

@@ -19,6 +19,7 @@ from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamqueue.children import spawn
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,7 @@ class CliProcess:
 
     def __init__(self, module: str, args: Sequence[str], env: dict[str, str]) -> None:
         self.args = [sys.executable, "-m", module, *args]
-        self.proc = subprocess.Popen(
+        self.proc: subprocess.Popen[str] = spawn(
             self.args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )

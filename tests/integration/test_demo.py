@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from streamqueue.children import spawn
 from streamqueue.demo.processes import MARKER_ENV, marker_processes, sweep
 from streamqueue.errors import ConfigurationError
 from streamqueue.exitcodes import ExitCode
@@ -56,7 +57,7 @@ class DemoProcess:
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.summary_path = tmp_path / "summary.json"
-        self.process = subprocess.Popen(
+        self.process: subprocess.Popen[str] = spawn(
             [sys.executable, "-m", "streamqueue.demo", "--plain",
              "--summary-json", str(self.summary_path), *args],
             cwd=ROOT,

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streamqueue.metrics import METRIC_NAMES
+from streamqueue.metrics import DEPRECATED, METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -276,7 +276,8 @@ def test_required_alerts_present() -> None:
     exprs = {a["alert"]: " ".join(a["expr"].split()) for a in alert_rules()}
     joined = "\n".join(exprs.values())
     assert "increase(streamqueue_jobs_dead_total[15m])" in joined
-    assert 'streamqueue_queue_jobs{state="failed"}' in joined
+    assert 'streamqueue_queue_jobs{state=~"dead|failed"}' in joined
+    assert "rate(streamqueue_attempts_failed_total[10m])" in joined
     assert "rate(streamqueue_leases_expired_total[10m])" in joined
     assert "streamqueue_queue_oldest_available_age_seconds) > 300" in joined
     assert f'absent(up{{job="{REAPER_JOB}"}} == 1)' in joined
@@ -326,6 +327,23 @@ def test_rules_only_query_contract_metrics() -> None:
     assert not used - EXPECTED_METRICS, (
         f"unknown metrics in rules: {sorted(used - EXPECTED_METRICS)}"
     )
+
+
+def test_deprecated_names_are_only_read_beside_their_replacements() -> None:
+    """Rules and panels read a renamed metric's old name only as a fallback for the
+    previous release's processes (``new or old``), never alone."""
+    old_counter, new_counter = "streamqueue_jobs_failed_total", "streamqueue_attempts_failed_total"
+    assert DEPRECATED[old_counter] == new_counter
+    exprs = [" ".join(r["expr"].split()) for r in all_rules()]
+    exprs += [" ".join(e.split()) for e in dashboard_exprs()]
+    readers = [e for e in exprs if old_counter in e]
+    assert readers, "the rules no longer read the deprecated name: drop it from METRIC_NAMES"
+    for expr in readers:
+        assert expr.count(old_counter) == expr.count(new_counter), expr
+        assert " or rate(" + old_counter in expr, expr
+    for expr in exprs:
+        if "streamqueue_queue_jobs" in expr and "failed" in expr:
+            assert 'state=~"dead|failed"' in expr, expr
 
 
 def test_prometheusrule_matches_rules_file() -> None:
@@ -391,10 +409,11 @@ def test_dashboard_has_required_panels() -> None:
             assert f"histogram_quantile({quantile}, sum by (queue, le) (rate({metric}_bucket" in (
                 joined
             ), (metric, quantile)
-    for counter in ("enqueued", "claimed", "completed", "failed", "dead"):
-        assert f"rate(streamqueue_jobs_{counter}_total" in joined, counter
+    for counter in ("jobs_enqueued", "jobs_claimed", "jobs_completed", "attempts_failed",
+                    "jobs_dead"):
+        assert f"rate(streamqueue_{counter}_total" in joined, counter
     assert "max by (queue, state) (streamqueue_queue_jobs" in joined
-    assert 'streamqueue_queue_jobs{queue=~"$queue", state="failed"}' in joined
+    assert 'streamqueue_queue_jobs{queue=~"$queue", state=~"dead|failed"}' in joined
     assert "streamqueue_job_attempts_bucket" in joined
     titles = {p["title"] for p in dashboard_panels()}
     assert "Busy worker slots" in titles

@@ -11,6 +11,7 @@ from pathlib import Path
 from bson import ObjectId
 from pymongo.collection import Collection
 
+from streamqueue.children import spawn
 from streamqueue.storage import Document
 from tests.integration.conftest import QueueFactory
 
@@ -27,7 +28,7 @@ def test_two_processes_of_eight_threads_complete_every_job_exactly_once(
     consumers: list[subprocess.Popen[str]] = []
     try:
         consumers += [
-            subprocess.Popen(
+            spawn(
                 [sys.executable, "-m", "tests.integration.drain_worker", mongo_uri,
                  collection.database.name, collection.name, str(THREADS)],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

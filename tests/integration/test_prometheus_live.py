@@ -28,6 +28,7 @@ import yaml
 from pymongo.collection import Collection
 
 from streamqueue import Queue
+from streamqueue.children import spawn
 from streamqueue.storage import Document
 from streamqueue.testing import free_port
 from tests.helpers import wait_until
@@ -76,7 +77,7 @@ class PrometheusServer:
         config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "prometheus.log"
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
+            self.process = spawn(
                 [binary, f"--config.file={config_path}",
                  f"--storage.tsdb.path={workdir / 'tsdb'}",
                  f"--web.listen-address=127.0.0.1:{self.port}"],
@@ -203,6 +204,7 @@ def test_prometheus_sees_the_worker_and_reaper_process_jobs(
 
         # Counters from the worker, as Prometheus scraped them.
         wait_for_value(prom, f"streamqueue_jobs_completed_total{{{q}}}", ok_jobs)
+        wait_for_value(prom, f"streamqueue_attempts_failed_total{{{q}}}", poison_jobs)
         wait_for_value(prom, f"streamqueue_jobs_failed_total{{{q}}}", poison_jobs)
         wait_for_value(prom, f'streamqueue_jobs_dead_total{{job="{WORKER_JOB}",{q}}}',
                        poison_jobs)
@@ -215,7 +217,8 @@ def test_prometheus_sees_the_worker_and_reaper_process_jobs(
         # Queue gauges from the reaper.
         gauge = f'streamqueue_queue_jobs{{job="{REAPER_JOB}",{q},state="%s"}}'
         wait_for_value(prom, gauge % "delayed", delayed_jobs)
-        wait_for_value(prom, gauge % "failed", poison_jobs)
+        wait_for_value(prom, gauge % "dead", poison_jobs)
+        wait_for_value(prom, gauge % "failed", poison_jobs)  # deprecated name, one release
         wait_for_value(prom, gauge % "available", 0)
         wait_for_value(prom, gauge % "locked", 0)
 

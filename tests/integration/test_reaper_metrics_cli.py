@@ -196,7 +196,9 @@ def test_reaper_serves_queue_gauges_over_http(collection: Collection[Document],
         def gauge(state: str) -> float | None:
             return sample(scrape(port), "streamqueue_queue_jobs", queue=name, state=state)
 
-        expected = {"available": 1, "locked": 1, "delayed": 1, "failed": 1}
+        # Reaped before it is counted: no expired lease is left to show.
+        expected = {"available": 1, "locked": 1, "expired": 0, "delayed": 1, "dead": 1,
+                    "failed": 1}
         assert wait_until(lambda: all(gauge(s) == n for s, n in expected.items()),
                           timeout=30, interval=0.1), reaper.describe()
         samples = scrape(port)
@@ -211,7 +213,7 @@ def test_reaper_serves_queue_gauges_over_http(collection: Collection[Document],
         # The gauges move as jobs flow.
         held.complete()
         normal.put({"n": "c"})
-        expected = {"available": 2, "locked": 0, "delayed": 1, "failed": 1}
+        expected = {"available": 2, "locked": 0, "delayed": 1, "dead": 1, "failed": 1}
         assert wait_until(lambda: all(gauge(s) == n for s, n in expected.items()),
                           timeout=30, interval=0.1), reaper.describe()
 
@@ -258,16 +260,56 @@ def test_put_and_stats(collection: Collection[Document], target: list[str]) -> N
     stats = run_cli("streamqueue", "stats", *target, "--json")
     assert stats.returncode == ExitCode.OK, stats.stderr
     numbers = json.loads(stats.stdout)[collection.name]
-    assert {k: numbers[k] for k in ("available", "locked", "delayed", "failed", "total")} == {
-        "available": 2, "locked": 0, "delayed": 1, "failed": 0, "total": 3}
+    assert {k: numbers[k] for k in ("available", "locked", "delayed", "dead", "total")} == {
+        "available": 2, "locked": 0, "delayed": 1, "dead": 0, "total": 3}
     assert numbers["exists"] is True
     assert 0 <= numbers["oldest_available_age_seconds"] < 60
 
     table = run_cli("streamqueue", "stats", *target)
     assert table.returncode == ExitCode.OK, table.stderr
     header, row = table.stdout.strip().splitlines()
-    assert header.split()[:6] == ["QUEUE", "AVAILABLE", "LOCKED", "DELAYED", "FAILED", "TOTAL"]
-    assert row.split()[:6] == [collection.name, "2", "0", "1", "0", "3"]
+    assert header.split()[:7] == ["QUEUE", "AVAILABLE", "LOCKED", "EXPIRED", "DELAYED", "DEAD",
+                                  "TOTAL"]
+    assert row.split()[:7] == [collection.name, "2", "0", "0", "1", "0", "3"]
+
+
+def test_stats_show_expired_leases_apart_from_live_ones(collection: Collection[Document],
+                                                        target: list[str]) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from streamqueue.metrics import PrometheusHooks
+
+    name = collection.name
+    with make_queue(collection, lease=0.3) as short, make_queue(collection) as normal:
+        stuck = short.put({"n": "stuck"}, priority=1)
+        assert short.next(timeout=0) is not None  # its consumer "died": never settled
+        normal.put({"n": "held"})
+        assert normal.next(timeout=0) is not None
+        assert wait_until(lambda: lease_expired(collection, stuck), timeout=10)
+
+        stats = normal.stats()
+        assert {k: stats[k] for k in ("available", "locked", "expired", "delayed", "total")} == {
+            "available": 0, "locked": 1, "expired": 1, "delayed": 0, "total": 2}
+
+        as_json = run_cli("streamqueue", "stats", *target, "--json")
+        assert as_json.returncode == ExitCode.OK, as_json.stderr
+        numbers = json.loads(as_json.stdout)[name]
+        assert (numbers["locked"], numbers["expired"], numbers["total"]) == (1, 1, 2)
+        table = run_cli("streamqueue", "stats", *target)
+        assert table.returncode == ExitCode.OK, table.stderr
+        header, row = table.stdout.strip().splitlines()
+        cells = dict(zip(header.split()[:7], row.split()[:7], strict=True))
+        assert (cells["LOCKED"], cells["EXPIRED"], cells["TOTAL"]) == ("1", "1", "2")
+
+        registry = CollectorRegistry()
+        PrometheusHooks(registry).observe_queue(name, stats, 0.0)
+        for state, value in (("locked", 1), ("expired", 1), ("available", 0)):
+            assert registry.get_sample_value(
+                "streamqueue_queue_jobs", {"queue": name, "state": state}) == value, state
+
+        assert normal.reap() == 1
+        stats = normal.stats()
+        assert (stats["available"], stats["locked"], stats["expired"]) == (1, 1, 0)
 
 
 def test_commands_read_their_settings_from_the_environment(

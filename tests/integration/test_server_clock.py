@@ -69,6 +69,8 @@ def test_a_lease_expired_by_the_server_clock_is_reaped(
     job_id = craft(collection, state="locked", lease_token="gone", consumer_id="crashed",
                    locked_at={"$$NOW": -61}, locked_until={"$$NOW": -1},
                    available_at={"$$NOW": -120})
+    # Expired by the server's clock: shown apart from live leases until reaped.
+    assert (queue.stats()["locked"], queue.stats()["expired"]) == (0, 1)
     assert queue.reap() == 1
     job = queue.next()
     assert job is not None
@@ -87,7 +89,8 @@ def test_a_job_delayed_by_the_server_clock_is_not_claimable_early(
     assert job is not None
     assert job.id == due
     assert queue.next() is None
-    assert queue.stats() == {"available": 0, "locked": 1, "delayed": 1, "failed": 0, "total": 2}
+    assert queue.stats() == {"available": 0, "locked": 1, "expired": 0, "delayed": 1, "dead": 0,
+                             "failed": 0, "total": 2}
 
 
 def test_stored_dates_are_the_servers(

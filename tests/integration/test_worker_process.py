@@ -190,7 +190,8 @@ def test_metrics_counters_match_the_jobs_run(
     expected = {
         "streamqueue_jobs_claimed_total": 14,  # 8 + 2 * 2 + 2
         "streamqueue_jobs_completed_total": 10,
-        "streamqueue_jobs_failed_total": 4,  # 2 retried + 2 by the dead job
+        "streamqueue_attempts_failed_total": 4,  # 2 retried + 2 by the dead job
+        "streamqueue_jobs_failed_total": 4,  # its deprecated name, kept for one release
         "streamqueue_jobs_dead_total": 1,
         "streamqueue_jobs_released_total": 0,
         "streamqueue_jobs_enqueued_total": 0,  # enqueued by this test, not the worker

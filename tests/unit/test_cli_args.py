@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,6 +185,29 @@ def test_main_reports_usage_errors_in_one_line(capsys: pytest.CaptureFixture[str
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.parametrize(("argv", "command"), [
+    (["put", "{}", *BASE, "--bogus"], "put"),
+    (["worker", "m:f", *BASE, "--bogus", "x"], "worker"),
+    (["stats", *BASE, "--bogus"], "stats"),
+    (["failed", "retry", *BASE, "--bogus"], "failed retry"),
+    (["put", "{}", *BASE, "--priority", "x"], "put"),
+])
+def test_usage_errors_point_at_the_subcommands_help(
+    argv: list[str], command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv, environ={}) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"streamqueue {command}: error: "), err
+    assert err.rstrip().endswith(f"(see 'streamqueue {command} --help')"), err
+
+
+def test_unknown_top_level_options_point_at_the_top_help(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--bogus", "stats", *BASE], environ={}) == ExitCode.USAGE
+    assert "(see 'streamqueue --help')" in capsys.readouterr().err
+
+
 def test_main_names_the_failed_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["failed", "purge", *BASE], environ={}) == ExitCode.USAGE
     assert capsys.readouterr().err.startswith("streamqueue failed purge: error: ")
@@ -266,6 +290,34 @@ def test_bad_payloads_are_refused_before_connecting(
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
     assert "JSON" in err
+
+
+@pytest.mark.parametrize(("payload", "fragment"), [
+    ('{"n": NaN}', "NaN is not a JSON number"),
+    ('{"n": Infinity}', "Infinity is not a JSON number"),
+    ('{"n": [-Infinity]}', "-Infinity is not a JSON number"),
+    ('{"n": 1e400}', "1e400 is out of range"),
+    ('{"deep": {"n": -1E+999}}', "-1E+999 is out of range"),
+])
+def test_non_finite_numbers_are_refused_before_connecting(
+    payload: str, fragment: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    where = ["--uri", "mongodb://127.0.0.1:1/", "--db", "d", "--queue", "q",
+             "--server-timeout", "0.2"]
+    for argv, stdin in ((["put", payload, *where], ""), (["put", "-", *where], payload)):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        assert cli.main(argv, environ={}) == ExitCode.USAGE
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1, err
+        assert "not valid JSON" in err and fragment in err, err
+
+
+def test_finite_floats_in_payloads_are_kept() -> None:
+    from streamqueue.cli.admin import _read_payload
+
+    assert _read_payload('{"a": 1.5e300, "b": -0.0, "c": 1e-400}') == {
+        "a": 1.5e300, "b": -0.0, "c": 0.0}
 
 
 def test_unknown_handler_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> None:

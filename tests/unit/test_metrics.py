@@ -9,7 +9,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamqueue.hooks import Hooks
-from streamqueue.metrics import METRIC_NAMES, PrometheusHooks, serve_metrics
+from streamqueue.metrics import (
+    ATTEMPT_BUCKETS,
+    DEPRECATED,
+    METRIC_NAMES,
+    SECONDS_BUCKETS,
+    PrometheusHooks,
+    serve_metrics,
+)
 
 
 @pytest.fixture
@@ -64,7 +71,8 @@ def test_counters_and_histograms_follow_the_hooks(registry: CollectorRegistry) -
     assert value(registry, "streamqueue_jobs_claimed_total", queue="q") == 2
     assert value(registry, "streamqueue_claims_empty_total", queue="q") == 1
     assert value(registry, "streamqueue_jobs_completed_total", queue="q") == 1
-    assert value(registry, "streamqueue_jobs_failed_total", queue="q") == 1
+    assert value(registry, "streamqueue_attempts_failed_total", queue="q") == 1
+    assert value(registry, "streamqueue_jobs_failed_total", queue="q") == 1  # deprecated name
     assert value(registry, "streamqueue_jobs_dead_total", queue="q") == 1
     assert value(registry, "streamqueue_jobs_released_total", queue="q") == 1
     assert value(registry, "streamqueue_leases_expired_total", queue="q") == 2
@@ -119,15 +127,47 @@ def test_touch_queue_creates_zero_series(registry: CollectorRegistry) -> None:
 
 def test_observe_queue_sets_the_gauges(registry: CollectorRegistry) -> None:
     hooks = PrometheusHooks(registry)
-    hooks.observe_queue("q", {"available": 5, "locked": 2, "delayed": 1, "failed": 3,
-                              "total": 11}, 42.5)
-    for state, count in (("available", 5), ("locked", 2), ("delayed", 1), ("failed", 3)):
+    hooks.observe_queue("q", {"available": 5, "locked": 2, "expired": 4, "delayed": 1,
+                              "dead": 3, "failed": 3, "total": 15}, 42.5)
+    for state, count in (("available", 5), ("locked", 2), ("expired", 4), ("delayed", 1),
+                         ("dead", 3), ("failed", 3)):
         assert value(registry, "streamqueue_queue_jobs", queue="q", state=state) == count
     assert value(registry, "streamqueue_queue_jobs", queue="q", state="total") is None
     assert value(registry, "streamqueue_queue_oldest_available_age_seconds", queue="q") == 42.5
     hooks.observe_queue("q", {"available": 0, "locked": 0, "delayed": 0, "failed": 0}, 0.0)
     assert value(registry, "streamqueue_queue_jobs", queue="q", state="available") == 0
     assert value(registry, "streamqueue_queue_oldest_available_age_seconds", queue="q") == 0
+
+
+def test_failed_names_say_which_failure(registry: CollectorRegistry) -> None:
+    """Attempts that raised and dead-lettered jobs have names that cannot be mixed up."""
+    hooks = PrometheusHooks(registry)
+    hooks.touch_queue("q")
+    helps = {m.name: m.documentation for m in registry.collect()}
+    assert "Attempts that ended in an error" in helps["streamqueue_attempts_failed"]
+    assert "error queue" in helps["streamqueue_jobs_dead"]
+    assert helps["streamqueue_jobs_failed"].startswith("DEPRECATED")
+    assert "streamqueue_attempts_failed_total" in helps["streamqueue_jobs_failed"]
+    assert DEPRECATED["streamqueue_jobs_failed_total"] in METRIC_NAMES
+    # The error queue under its new state name and, for one release, the old one,
+    # whichever key the caller (an older Queue.stats(), say) passed.
+    for key in ("failed", "dead"):
+        hooks.observe_queue(key, {key: 7}, 0.0)
+        assert value(registry, "streamqueue_queue_jobs", queue=key, state="dead") == 7
+        assert value(registry, "streamqueue_queue_jobs", queue=key, state="failed") == 7
+    assert "dead (the error queue)" in helps["streamqueue_queue_jobs"]
+    assert "expired (lease run out" in helps["streamqueue_queue_jobs"]
+
+
+def test_histogram_help_states_the_real_buckets(registry: CollectorRegistry) -> None:
+    PrometheusHooks(registry)
+    helps = {m.name: m.documentation for m in registry.collect()}
+    # Attempt numbers are counts, not times: their buckets run 1..20, not 1 ms..1 h.
+    assert list(ATTEMPT_BUCKETS[:-1]) == [*range(1, 11), 12, 15, 20]
+    assert "buckets 1 to 10, 12, 15, 20" in helps["streamqueue_job_attempts"]
+    assert SECONDS_BUCKETS[0] == 0.001 and SECONDS_BUCKETS[-2] == 3600.0
+    for name in ("streamqueue_job_wait_seconds", "streamqueue_job_run_seconds"):
+        assert "buckets 1 ms to 1 h" in helps[name], name
 
 
 def test_worker_gauges_are_read_at_scrape_time(registry: CollectorRegistry) -> None:
