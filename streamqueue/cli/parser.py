@@ -35,6 +35,7 @@ from streamqueue.cli.options import (
     seconds,
 )
 from streamqueue.cli.services import cmd_devserver, cmd_reaper, cmd_worker
+from streamqueue.validation import check_heartbeat
 
 DEFAULT_SERVER_TIMEOUT = 5.0
 
@@ -139,7 +140,7 @@ def build_parser() -> ArgumentParser:
              help="deliveries before a failing job moves to the error queue "
                   "(for jobs this process enqueues; each job keeps its own)")
     opts.add("--heartbeat", env="HEARTBEAT", convert=positive_seconds, metavar="SECONDS",
-             help="extend leases of running jobs this often; default lease/3")
+             help="extend leases of running jobs this often; at most lease/2; default lease/3")
     opts.add("--shutdown-grace", env="SHUTDOWN_GRACE", convert=seconds, default=30.0,
              metavar="SECONDS", help="on SIGTERM, how long running jobs may take to finish")
     opts.add("--batch", env="BATCH", convert=positive_int, metavar="N",
@@ -305,6 +306,12 @@ def _check_combinations(args: argparse.Namespace) -> None:
     single = command in ("worker", "put", "failed list", "failed retry", "failed purge")
     if single and queues is not None and len(queues) > 1:
         raise UsageError(f"{command} takes one queue, not {len(queues)} ({', '.join(queues)})")
+    if command == "worker" and args.heartbeat is not None:
+        try:
+            check_heartbeat(args.heartbeat, args.lease)
+        except ValueError as exc:
+            raise UsageError(f"--heartbeat {args.heartbeat:g} with --lease {args.lease:g}: "
+                             f"{exc}") from None
     if command == "failed purge" and args.job_id is None and not args.all:
         raise UsageError("failed purge deletes for good: name a JOB_ID, or pass --all")
     if command == "failed purge" and args.job_id is not None and args.all:

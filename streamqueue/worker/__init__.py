@@ -23,7 +23,7 @@ from types import FrameType
 from streamqueue.backoff import ExponentialBackoff
 from streamqueue.errors import LeaseLost, PermissionDenied, StreamQueueError
 from streamqueue.queue import Job, Queue
-from streamqueue.validation import Backoff, check_backoff, check_seconds
+from streamqueue.validation import Backoff, check_backoff, check_heartbeat, check_seconds
 from streamqueue.wakeups import Wake
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class Worker:
     The handler gets the payload (and the ``Job`` when it asks for it, see
     ``wants_job``). Returning completes the job; raising calls ``error()``
     with the traceback, retried after ``backoff`` (exponential with jitter by
-    default). Leases of running jobs are extended every ``heartbeat`` seconds.
+    default). Leases of running jobs are extended every ``heartbeat`` seconds
+    (default: a third of the queue's lease; more than half of it is refused).
 
     ``batch`` is the most jobs one round trip claims (default: ``concurrency``).
     A ``batch`` above ``concurrency`` prefetches: the worker holds up to
@@ -92,8 +93,8 @@ class Worker:
         self._refill = 1 if batch <= concurrency else max(1, batch // 2)
         self._running = 0
         self.burst = burst
-        self.heartbeat = check_seconds(
-            "heartbeat", queue.lease / 3 if heartbeat is None else heartbeat, allow_zero=False)
+        self.heartbeat = check_heartbeat(
+            queue.lease / 3 if heartbeat is None else heartbeat, queue.lease)
         self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
         self.backoff = ExponentialBackoff() if backoff is None else check_backoff(backoff)
         self._pass_job = wants_job(handler)

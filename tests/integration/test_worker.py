@@ -82,6 +82,16 @@ def test_burst_drains_every_job_exactly_once(queue: Queue, hooks: Counting, batc
     assert hooks.get("completed") == 300
 
 
+@pytest.mark.parametrize(("heartbeat", "fragment"), [(10.0, "shorter than the lease"),
+                                                     (2.0, "at most half the lease")])
+def test_worker_refuses_a_heartbeat_that_would_let_the_lease_run_out(
+        collection: Collection[Document], heartbeat: float, fragment: str) -> None:
+    with Queue(collection, lease=3.0) as queue:
+        with pytest.raises(ValueError, match=fragment):
+            Worker(queue, lambda payload: None, heartbeat=heartbeat)
+        assert Worker(queue, lambda payload: None).heartbeat == 1.0  # the default: lease / 3
+
+
 def test_handler_gets_the_job_when_it_asks(queue: Queue) -> None:
     attempts: list[int] = []
     queue.put({"x": 1})

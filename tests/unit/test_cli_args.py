@@ -163,6 +163,15 @@ def test_queues_repeat_comma_separate_and_deduplicate() -> None:
         (["launch"], {}, "invalid choice: 'launch'"),
         ([], {}, "required"),
         (["worker", "m:f", *BASE, "--bogus"], {}, "unrecognized arguments: --bogus"),
+        (["worker", "m:f", *BASE, "--lease", "3", "--heartbeat", "10"], {},
+         "--heartbeat 10 with --lease 3: heartbeat (10s) must be shorter than the lease"),
+        (["worker", "m:f", *BASE, "--lease", "3", "--heartbeat", "2"], {},
+         "at most half the lease"),
+        (["worker", "m:f", *BASE, "--heartbeat", "200"], {}, "at most half the lease (300s)"),
+        (["worker", "m:f", *BASE], {"STREAMQUEUE_LEASE": "3", "STREAMQUEUE_HEARTBEAT": "10"},
+         "shorter than the lease"),
+        (["worker", "m:f", *BASE, "--heartbeat", "10"], {"STREAMQUEUE_LEASE": "12"},
+         "at most half the lease (12s)"),
     ],
 )
 def test_bad_arguments_raise_usage_errors(argv: list[str], env: dict[str, str],
@@ -182,6 +191,14 @@ def test_main_reports_usage_errors_in_one_line(capsys: pytest.CaptureFixture[str
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("streamqueue worker: error: argument --concurrency")
     assert "Traceback" not in captured.err
+
+
+def test_main_refuses_a_heartbeat_longer_than_the_lease(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["worker", "m:f", *BASE, "--lease", "3", "--heartbeat", "10"], environ={})
+    assert code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("streamqueue worker: error: --heartbeat 10 with --lease 3")
+    assert len(err.splitlines()) == 1
 
 
 def test_main_names_the_failed_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
