@@ -63,7 +63,8 @@ examples:
 
 The handler is called with the job's payload (and the Job, if it takes a second
 argument or one named "job"); returning completes the job, raising retries it
-with exponential backoff until --max-attempts, then moves it to the error queue.
+with exponential backoff until the job's own max_attempts (set when it was
+enqueued, e.g. put --max-attempts), then moves it to the error queue.
 SIGTERM/SIGINT: stop claiming, let running jobs finish within --shutdown-grace,
 release the rest, exit 0; a second signal exits at once.
 """
@@ -136,9 +137,6 @@ def build_parser() -> ArgumentParser:
              help="handler threads")
     opts.add("--lease", env="LEASE", convert=positive_seconds, default=300.0, metavar="SECONDS",
              help="how long a claim holds a job before the reaper may hand it on")
-    opts.add("--max-attempts", env="MAX_ATTEMPTS", convert=positive_int, default=3, metavar="N",
-             help="deliveries before a failing job moves to the error queue "
-                  "(for jobs this process enqueues; each job keeps its own)")
     opts.add("--heartbeat", env="HEARTBEAT", convert=positive_seconds, metavar="SECONDS",
              help="extend leases of running jobs this often; at most lease/2; default lease/3")
     opts.add("--shutdown-grace", env="SHUTDOWN_GRACE", convert=seconds, default=30.0,

@@ -40,7 +40,7 @@ def test_worker_defaults() -> None:
     assert (args.uri, args.db, args.queue) == (URI, "app", ["jobs"])
     assert args.concurrency == 4
     assert args.lease == 300.0
-    assert args.max_attempts == 3
+    assert not hasattr(args, "max_attempts")  # each job keeps the one it was enqueued with
     assert args.heartbeat is None
     assert args.shutdown_grace == 30.0
     assert args.batch is None
@@ -55,11 +55,11 @@ def test_worker_defaults() -> None:
 
 def test_worker_every_option() -> None:
     args = parse("worker", "pkg.mod:fn", *BASE, "--concurrency", "8", "--lease", "60",
-                 "--max-attempts", "5", "--heartbeat", "10", "--shutdown-grace", "0",
+                 "--heartbeat", "10", "--shutdown-grace", "0",
                  "--batch", "2", "--backoff", "0", "--backoff-cap", "30",
                  "--metrics-port", "9100", "--metrics-addr", "127.0.0.1", "--burst",
                  "--consumer-id", "pod-1", "--log-level", "debug", "--server-timeout", "0.5")
-    assert args.concurrency == 8 and args.lease == 60.0 and args.max_attempts == 5
+    assert args.concurrency == 8 and args.lease == 60.0
     assert args.heartbeat == 10.0 and args.shutdown_grace == 0.0 and args.batch == 2
     assert args.backoff == 0.0 and args.backoff_cap == 30.0
     assert args.metrics_port == 9100 and args.metrics_addr == "127.0.0.1"
@@ -91,7 +91,9 @@ def test_every_option_reads_its_environment_variable() -> None:
     args = parse("worker", env=env)
     assert args.handler == "pkg.mod:fn"
     assert (args.uri, args.db, args.queue) == (URI, "app", ["jobs"])
-    assert (args.concurrency, args.lease, args.max_attempts) == (16, 45.5, 7)
+    assert (args.concurrency, args.lease) == (16, 45.5)
+    # Shared with put, where it means something; a worker does not read it.
+    assert not hasattr(args, "max_attempts")
     assert (args.heartbeat, args.shutdown_grace, args.batch) == (5.0, 12.0, 3)
     assert (args.backoff, args.backoff_cap, args.consumer_id) == (2.0, 60.0, "pod-7")
     assert (args.metrics_port, args.metrics_addr, args.burst) == (9200, "::", True)
@@ -163,6 +165,9 @@ def test_queues_repeat_comma_separate_and_deduplicate() -> None:
         (["launch"], {}, "invalid choice: 'launch'"),
         ([], {}, "required"),
         (["worker", "m:f", *BASE, "--bogus"], {}, "unrecognized arguments: --bogus"),
+        # A consumer cannot change a job's attempts: they were set when it was enqueued.
+        (["worker", "m:f", *BASE, "--max-attempts", "5"], {},
+         "unrecognized arguments: --max-attempts 5"),
         (["worker", "m:f", *BASE, "--lease", "3", "--heartbeat", "10"], {},
          "--heartbeat 10 with --lease 3: heartbeat (10s) must be shorter than the lease"),
         (["worker", "m:f", *BASE, "--lease", "3", "--heartbeat", "2"], {},
