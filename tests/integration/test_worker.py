@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -114,6 +115,33 @@ def test_raising_handler_is_retried_then_dead_lettered(queue: Queue, hooks: Coun
     assert "RuntimeError: handler exploded" in dead["last_error"]
     assert queue.size() == 0
     assert (hooks.get("failed"), hooks.get("dead")) == (3, 1)
+
+
+def test_every_failed_attempt_is_logged_with_a_one_line_summary(
+        collection: Collection[Document], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="streamqueue.queue")
+    queue = Queue(collection, lease=30, max_attempts=3)
+    job_id = queue.put({"x": 1})
+
+    def always_fails(payload: dict[str, Any], job: Job) -> None:
+        raise RuntimeError(f"boom {job.attempts}")
+
+    try:
+        Worker(queue, always_fails, concurrency=1, backoff=0.0, burst=True).run()
+    finally:
+        queue.close()
+    ours = [r for r in caplog.records if r.name == "streamqueue.queue" and str(job_id) in
+            r.getMessage()]
+    warnings = [r.getMessage() for r in ours if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"job {job_id} attempt 1/3 failed: RuntimeError: boom 1; retrying in 0.0s",
+        f"job {job_id} attempt 2/3 failed: RuntimeError: boom 2; retrying in 0.0s",
+        f"job {job_id} failed for good after 3 attempts: RuntimeError: boom 3",
+    ]
+    # The tracebacks go to DEBUG, one per attempt, never into the WARNING lines.
+    debug = [r.getMessage() for r in ours if r.levelno == logging.DEBUG]
+    assert len(debug) == 3 and all("Traceback (most recent call last)" in m for m in debug)
+    assert all("boom" in m for m in debug)
 
 
 def test_default_backoff_delays_the_retry(queue: Queue) -> None:
