@@ -65,8 +65,10 @@ The handler is called with the job's payload (and the Job, if it takes a second
 argument or one named "job"); returning completes the job, raising retries it
 with exponential backoff until the job's own max_attempts (set when it was
 enqueued, e.g. put --max-attempts), then moves it to the error queue.
-SIGTERM/SIGINT: stop claiming, let running jobs finish within --shutdown-grace,
-release the rest, exit 0; a second signal exits at once.
+SIGTERM/SIGINT: stop claiming, release jobs not yet started, let running jobs
+finish within --shutdown-grace and leave any still running to their leases
+(the reaper hands them on, counting the attempt), exit 0; a second signal
+exits at once.
 """
 
 REAPER_EPILOG = """\

@@ -110,6 +110,8 @@ class Worker:
         self._completions: list[Job] = []
         self._completions_cond = threading.Condition()
         self._completer: threading.Thread | None = None
+        # Set (under _completions_cond) once the completer has flushed for the last time.
+        self._completer_gone = False
 
     @property
     def busy_slots(self) -> int:
@@ -137,7 +139,11 @@ class Worker:
             self._shut_down()
 
     def stop(self) -> None:
-        """Stop claiming; running handlers get ``shutdown_grace`` seconds to finish."""
+        """Stop claiming; running handlers get ``shutdown_grace`` seconds to finish.
+
+        Jobs still running after that are left to their leases (heartbeats
+        stop), never released: the reaper hands them on and counts the attempt.
+        """
         self._stopping.set()
         # Wake the claim loop wherever it waits.
         self.queue.board.notify_all()
@@ -166,7 +172,7 @@ class Worker:
 
     def _start_threads(self) -> None:
         # Daemon threads: a handler stuck past the grace period must not keep
-        # the process alive; its job is released before the worker returns.
+        # the process alive; its job is left to its lease (see _shut_down).
         for index in range(self.slots):
             threading.Thread(target=self._slot, name=f"streamqueue-slot-{index}",
                              daemon=True).start()
@@ -275,34 +281,47 @@ class Worker:
                 self.handler(job.payload)
         except Exception as exc:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            self._settle(job, lambda: job.error(text, retry_in=self._retry_delay(job)))
+            self._settle(job, lambda: job.error(text, retry_in=self._retry_delay(job)), "failed")
         else:
-            if self.batch > 1 and not job.settled:
-                self._complete_later(job)
-            else:
-                self._settle(job, job.complete)
+            if job.settled or not (self.batch > 1 and self._complete_later(job)):
+                self._settle(job, job.complete, "finished")
 
     def _retry_delay(self, job: Job) -> float:
         return self.backoff(job.attempts) if callable(self.backoff) else self.backoff
 
-    def _settle(self, job: Job, settle: Callable[[], None]) -> None:
+    def _settle(self, job: Job, settle: Callable[[], None], outcome: str = "") -> None:
         if job.settled:
             return  # the handler settled it itself (complete/error/release)
+        # Past the grace the job was left to its lease: say what became of it.
+        late = bool(outcome) and self._drained.is_set()
         try:
             settle()
         except LeaseLost:
-            log.warning("job %s: lease lost before it could be settled; another consumer "
-                        "has it now", job.id)
+            if late:
+                log.warning("job %s %s after the shutdown grace, but its lease had run out: "
+                            "this outcome is dropped; the job was requeued and counts the "
+                            "attempt", job.id, outcome)
+            else:
+                log.warning("job %s: lease lost before it could be settled; another consumer "
+                            "has it now", job.id)
         except StreamQueueError:
             # The lease will expire and the reaper will hand the job on.
             log.exception("job %s could not be settled", job.id)
+        else:
+            if late:
+                log.warning("job %s %s after the shutdown grace; settled, as its lease was "
+                            "still ours", job.id, outcome)
 
     # -- bulk completion ---------------------------------------------------------------------
 
-    def _complete_later(self, job: Job) -> None:
+    def _complete_later(self, job: Job) -> bool:
+        """Queue ``job`` for the next bulk completion; False once the completer is gone."""
         with self._completions_cond:
+            if self._completer_gone:
+                return False
             self._completions.append(job)
             self._completions_cond.notify()
+            return True
 
     def _completion_loop(self) -> None:
         while True:
@@ -310,6 +329,8 @@ class Worker:
                 while not self._completions and not self._drained.is_set():
                     self._completions_cond.wait()
                 if not self._completions:
+                    # Under the lock: a handler finishing later completes on its own.
+                    self._completer_gone = True
                     return
                 done, self._completions = self._completions, []
             self._flush(done)
@@ -389,9 +410,13 @@ class Worker:
             # It flushes what is left, then exits; run() returns after that.
             self._completer.join()
         for job in leftovers:
-            log.warning("job %s still running after %.0fs grace; releasing it", job.id,
-                        self.shutdown_grace)
-            self._settle(job, job.release)
+            # Not released: another consumer would run it while this handler
+            # still does, and a handler that always hangs would get its attempt
+            # back every time and never dead-letter. Heartbeats stop here, so
+            # the lease runs out and the reaper requeues or dead-letters it.
+            log.warning("job %s still running after the %gs shutdown grace: left to its "
+                        "lease (not released, so nobody else runs it meanwhile); the attempt "
+                        "counts", job.id, self.shutdown_grace)
         for _ in range(self.slots):
             self._work.put(None)
         log.info("worker %s stopped", self.queue.consumer_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -198,24 +198,104 @@ def test_stop_lets_running_handlers_finish(queue: Queue, hooks: Counting) -> Non
     assert queue.size() == 0
 
 
-def test_jobs_still_running_after_the_grace_are_released(queue: Queue, hooks: Counting) -> None:
-    job_id = queue.put({"x": 1})
-    started = threading.Event()
-    never = threading.Event()
-
-    def stuck(payload: dict[str, Any]) -> None:
-        started.set()
-        never.wait(30)
-
-    worker = Worker(queue, stuck, concurrency=1, shutdown_grace=0.3)
+def hold_until_stopped(queue: Queue, worker: Worker, started: threading.Event) -> None:
+    """Run ``worker`` until its handler has started, then stop it and wait for ``run()``."""
     runner = Background(worker.run).start()
     assert started.wait(10)
     worker.stop()
     runner.join()
-    doc = queue.collection.find_one({"_id": job_id})
-    assert doc is not None and doc["state"] == "ready" and doc["attempts"] == 0
-    assert hooks.get("released") == 1
-    never.set()
+
+
+def test_a_job_still_running_after_the_grace_is_left_to_its_lease(
+        collection: Collection[Document], hooks: Counting, make_queue: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    queue = Queue(collection, lease=2.0, max_attempts=3, hooks=hooks)
+    other = make_queue(lease=30.0)
+    job_id = queue.put({"x": 1})
+    started, finish = threading.Event(), threading.Event()
+
+    def blocks(payload: dict[str, Any]) -> None:
+        started.set()
+        finish.wait(30)
+
+    try:
+        hold_until_stopped(queue, Worker(queue, blocks, concurrency=1, heartbeat=0.2,
+                                         shutdown_grace=0.5), started)
+        # The handler still runs: nobody else may take its job until the lease runs out.
+        assert other.next() is None
+        assert other.reap() == 0
+        assert hooks.get("released") == 0
+        # Heartbeats stopped with the grace: the lease runs out and the reaper
+        # hands the job on with the attempt counted.
+        assert wait_until(lambda: other.reap() == 1, timeout=10)
+        second = other.next()
+        assert second is not None and second.id == job_id and second.attempts == 2
+        # The first handler finishes late; its outcome must not touch the new holder's claim.
+        finish.set()
+        assert wait_until(lambda: "after the shutdown grace, but its lease had run out"
+                          in caplog.text, timeout=10)
+        doc = queue.collection.find_one({"_id": job_id})
+        assert doc is not None and doc["lease_token"] == second.lease_token
+        second.complete()
+    finally:
+        finish.set()
+        queue.close()
+
+
+@pytest.mark.parametrize("batch", [1, 4], ids=["one-by-one", "bulk-completion"])
+def test_a_late_handler_still_settles_while_its_lease_is_ours(
+        queue: Queue, hooks: Counting, caplog: pytest.LogCaptureFixture, batch: int) -> None:
+    queue.put({"x": 1})
+    started, finish = threading.Event(), threading.Event()
+
+    def blocks(payload: dict[str, Any]) -> None:
+        started.set()
+        finish.wait(30)
+
+    try:
+        hold_until_stopped(queue, Worker(queue, blocks, concurrency=1, batch=batch,
+                                         shutdown_grace=0.3), started)
+        assert queue.stats()["locked"] == 1  # neither released nor completed yet
+        finish.set()
+        # run() has returned (and, in bulk mode, the completer with it): the
+        # late completion is still written, not queued for a flush that never comes.
+        assert wait_until(lambda: queue.size() == 0, timeout=10)
+        assert wait_until(lambda: "after the shutdown grace; settled" in caplog.text)
+    finally:
+        finish.set()
+    assert (hooks.get("completed"), hooks.get("released")) == (1, 0)
+
+
+def hangs_after_setting(started: threading.Event,
+                        never: threading.Event) -> Callable[[dict[str, Any]], None]:
+    def hangs(payload: dict[str, Any]) -> None:
+        started.set()
+        never.wait(30)
+
+    return hangs
+
+
+def test_a_handler_that_always_hangs_dead_letters_through_the_reaper(
+        collection: Collection[Document], make_queue: Any) -> None:
+    queue = Queue(collection, lease=1.0, max_attempts=2)
+    reaper = make_queue()
+    job_id = queue.put({"x": 1})
+    never = threading.Event()
+    try:
+        for attempt in (1, 2):
+            started = threading.Event()
+            hangs = hangs_after_setting(started, never)
+            hold_until_stopped(queue, Worker(queue, hangs, concurrency=1, heartbeat=0.2,
+                                             shutdown_grace=0.2), started)
+            doc = queue.collection.find_one({"_id": job_id})
+            assert doc is not None and doc["state"] == "locked" and doc["attempts"] == attempt
+            assert wait_until(lambda: reaper.reap() == 1, timeout=10)
+        dead = queue.failed.find_one({"_id": job_id})
+        assert dead is not None and dead["attempts"] == 2
+        assert queue.size() == 0
+    finally:
+        never.set()
+        queue.close()
 
 
 def test_an_idle_worker_wakes_once_per_job(queue: Queue, hooks: Counting) -> None:
