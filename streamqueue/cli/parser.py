@@ -154,7 +154,8 @@ def build_parser() -> ArgumentParser:
              help="name of this consumer in claimed jobs; default host:pid:random")
     _metrics_options(opts)
     opts.flag("--burst", env="BURST",
-              help="exit once nothing is due and every slot is idle")
+              help="exit once nothing is due and every slot is idle; retries this worker "
+                   "caused that fall due within 10 s are waited for and run first")
     _log_option(opts, "INFO")
     worker.set_defaults(run=cmd_worker)
 

@@ -20,6 +20,8 @@ import traceback
 from collections.abc import Callable
 from types import FrameType
 
+from bson import ObjectId
+
 from streamqueue.backoff import ExponentialBackoff
 from streamqueue.errors import LeaseLost, PermissionDenied, StreamQueueError
 from streamqueue.queue import Job, Queue
@@ -32,6 +34,10 @@ Handler = Callable[..., object]
 
 # Pause between claims once the storage layer's own retries have given up.
 OUTAGE_PAUSE = 5.0
+# Burst mode waits this long at most for a retry of its own to fall due before
+# it exits: short backoffs (the default's first ones are 0.5-4 s) drain in one run,
+# a retry due later is left delayed for the next run or another worker.
+BURST_RETRY_WAIT = 10.0
 
 
 def wants_job(handler: Handler) -> bool:
@@ -112,6 +118,9 @@ class Worker:
         self._completer: threading.Thread | None = None
         # Set (under _completions_cond) once the completer has flushed for the last time.
         self._completer_gone = False
+        # Burst mode: retries this worker requeued, by job id, and when each falls
+        # due (monotonic, taken after the requeue returned, so never early by the server).
+        self._retries: dict[ObjectId, float] = {}
 
     @property
     def busy_slots(self) -> int:
@@ -188,12 +197,14 @@ class Worker:
     def _claim_loop(self) -> None:
         maybe_more = True  # nothing is known about the queue yet: claim once
         woken = False
+        retry_due = math.inf  # in burst mode, when a retry of ours falls due
         while not self._stopping.is_set():
             free = self._wait_for_room()
             if free == 0:
                 break
             if not maybe_more:
-                wake = self.queue.wait_for_wakeup(math.inf)
+                wake = self.queue.wait_for_wakeup(retry_due)
+                retry_due = math.inf
                 if self._stopping.is_set():
                     break
                 woken = wake not in (Wake.TIMEOUT, Wake.RESUME)
@@ -202,6 +213,7 @@ class Worker:
             # of ours was running while it ran: a handler failing meanwhile
             # requeues its job after the claim looked.
             idle_before = not self._held
+            claim_started = time.monotonic()
             jobs = self._claim(want)
             if jobs is None:
                 maybe_more = True  # the outage may have hidden new jobs
@@ -213,8 +225,30 @@ class Worker:
             for job in jobs:
                 self._dispatch(job)
             if self.burst and not jobs and idle_before:
-                log.info("burst mode: nothing due and all slots idle; stopping")
-                break
+                due = self._own_retry_due(claim_started)
+                if due is None:
+                    break
+                retry_due = due
+
+    def _own_retry_due(self, claim_started: float) -> float | None:
+        """When to claim again for a retry this worker caused; None: burst mode may stop."""
+        with self._slots_cond:
+            # Due before the empty claim began, yet not found: another consumer took it.
+            for job_id, due in list(self._retries.items()):
+                if due <= claim_started:
+                    del self._retries[job_id]
+            soonest = min(self._retries.values(), default=None)
+            later = len(self._retries)
+        if soonest is None:
+            log.info("burst mode: nothing due and all slots idle; stopping")
+            return None
+        if soonest - time.monotonic() > BURST_RETRY_WAIT:
+            log.info("burst mode: nothing due and all slots idle; stopping with %d retr%s "
+                     "due in more than %gs left delayed", later, "y" if later == 1 else "ies",
+                     BURST_RETRY_WAIT)
+            return None
+        log.debug("burst mode: waiting for a retry due in %.1fs", soonest - time.monotonic())
+        return soonest
 
     def _claim(self, want: int) -> list[Job] | None:
         """Claim up to ``want`` jobs; None after an outage outlasted the storage retries.
@@ -248,6 +282,7 @@ class Worker:
     def _dispatch(self, job: Job) -> None:
         with self._slots_cond:
             self._held[job.lease_token] = job
+            self._retries.pop(job.id, None)
         self._work.put(job)
 
     # -- handling ------------------------------------------------------------------------
@@ -281,17 +316,30 @@ class Worker:
                 self.handler(job.payload)
         except Exception as exc:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            self._settle(job, lambda: job.error(text, retry_in=self._retry_delay(job)), "failed")
+            delays: list[float] = []
+
+            def fail() -> None:
+                delays.append(self._retry_delay(job))
+                job.error(text, retry_in=delays[0])
+
+            if self._settle(job, fail, "failed") and job.attempts < job.max_attempts:
+                self._note_retry(job, delays[0])
         else:
             if job.settled or not (self.batch > 1 and self._complete_later(job)):
                 self._settle(job, job.complete, "finished")
 
+    def _note_retry(self, job: Job, delay: float) -> None:
+        if self.burst:
+            with self._slots_cond:
+                self._retries[job.id] = time.monotonic() + delay
+
     def _retry_delay(self, job: Job) -> float:
         return self.backoff(job.attempts) if callable(self.backoff) else self.backoff
 
-    def _settle(self, job: Job, settle: Callable[[], None], outcome: str = "") -> None:
+    def _settle(self, job: Job, settle: Callable[[], None], outcome: str = "") -> bool:
+        """Run ``settle``; True if it was written (False: settled already, lost, or failed)."""
         if job.settled:
-            return  # the handler settled it itself (complete/error/release)
+            return False  # the handler settled it itself (complete/error/release)
         # Past the grace the job was left to its lease: say what became of it.
         late = bool(outcome) and self._drained.is_set()
         try:
@@ -311,6 +359,8 @@ class Worker:
             if late:
                 log.warning("job %s %s after the shutdown grace; settled, as its lease was "
                             "still ours", job.id, outcome)
+            return True
+        return False
 
     # -- bulk completion ---------------------------------------------------------------------
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,7 +14,7 @@ from pymongo.collection import Collection
 
 from streamqueue import Hooks, Job, Queue
 from streamqueue.storage import Document
-from streamqueue.worker import Worker, wants_job
+from streamqueue.worker import BURST_RETRY_WAIT, Worker, wants_job
 from tests.helpers import Background, wait_until
 
 
@@ -144,15 +146,51 @@ def test_every_failed_attempt_is_logged_with_a_one_line_summary(
     assert all("boom" in m for m in debug)
 
 
-def test_default_backoff_delays_the_retry(queue: Queue) -> None:
+def test_burst_waits_out_the_default_backoff_of_its_own_retries(queue: Queue) -> None:
+    job_id = queue.put({"x": 1})
+    starts: list[float] = []
+
+    def fails(payload: dict[str, Any]) -> None:
+        starts.append(time.monotonic())
+        raise ValueError("try later")
+
+    # One run drains the job: two retries after backoffs of 0.5-1 s and 1-2 s,
+    # then the error queue. Without the wait it stopped after the first failure.
+    Worker(queue, fails, burst=True).run()
+    assert len(starts) == 3
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[0] >= 0.5 and gaps[1] >= 1.0  # the backoff was applied, not skipped
+    assert queue.size() == 0 and queue.failed.count_documents({"_id": job_id}) == 1
+
+
+def test_burst_drains_retries_that_fall_due_shortly(queue: Queue, hooks: Counting) -> None:
+    queue.put_many([{"n": n} for n in range(3)])
+
+    def fails_twice(payload: dict[str, Any], job: Job) -> None:
+        if job.attempts < 3:
+            raise RuntimeError("not yet")
+
+    runner = Background(Worker(queue, fails_twice, concurrency=2, backoff=0.3,
+                               burst=True).run).start()
+    runner.join(30)
+    assert (hooks.get("failed"), hooks.get("completed")) == (6, 3)
+    assert queue.size() == 0
+
+
+def test_burst_leaves_a_retry_due_later_than_its_bound_delayed(
+        queue: Queue, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="streamqueue.worker")
     queue.put({"x": 1})
 
     def fails(payload: dict[str, Any]) -> None:
-        raise ValueError("try later")
+        raise ValueError("try much later")
 
-    Worker(queue, fails, burst=True).run()  # one failure; the retry is delayed
+    runner = Background(Worker(queue, fails, backoff=BURST_RETRY_WAIT + 60,
+                               burst=True).run).start()
+    runner.join(BURST_RETRY_WAIT)  # it does not wait for a retry it will not see
     stats = queue.stats()
     assert stats["delayed"] == 1 and stats["available"] == 0
+    assert "stopping with 1 retry due in more than" in caplog.text
 
 
 def test_heartbeat_keeps_a_slow_job_past_its_lease(collection: Collection[Document]) -> None:
