@@ -68,7 +68,9 @@ enqueued, e.g. put --max-attempts), then moves it to the error queue.
 SIGTERM/SIGINT: stop claiming, release jobs not yet started, let running jobs
 finish within --shutdown-grace and leave any still running to their leases
 (the reaper hands them on, counting the attempt), exit 0; a second signal
-exits at once.
+exits at once. Whatever MongoDB does, the process exits at most 5 s after the
+grace: if it is unreachable, what could not be settled is left to its lease
+and the exit status is 4.
 """
 
 REAPER_EPILOG = """\

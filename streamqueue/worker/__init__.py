@@ -8,6 +8,7 @@ on the queue's change stream when the queue has nothing due.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -24,6 +25,7 @@ from bson import ObjectId
 
 from streamqueue.backoff import ExponentialBackoff
 from streamqueue.errors import LeaseLost, PermissionDenied, StreamQueueError
+from streamqueue.exitcodes import ExitCode
 from streamqueue.queue import Job, Queue
 from streamqueue.validation import Backoff, check_backoff, check_heartbeat, check_seconds
 from streamqueue.wakeups import Wake
@@ -38,6 +40,10 @@ OUTAGE_PAUSE = 5.0
 # it exits: short backoffs (the default's first ones are 0.5-4 s) drain in one run,
 # a retry due later is left delayed for the next run or another worker.
 BURST_RETRY_WAIT = 10.0
+# After SIGTERM/SIGINT the process exits at most this long after the grace,
+# whatever MongoDB does: each storage call may retry for a minute, and an
+# orchestrator's kill would come first. What is unsettled is left to its lease.
+EXIT_MARGIN = 5.0
 
 
 def wants_job(handler: Handler) -> bool:
@@ -116,6 +122,8 @@ class Worker:
         self._completions: list[Job] = []
         self._completions_cond = threading.Condition()
         self._completer: threading.Thread | None = None
+        self._flushing: list[Job] = []  # the completer's batch being written now
+        self._returned = threading.Event()  # run() has finished its shutdown
         # Set (under _completions_cond) once the completer has flushed for the last time.
         self._completer_gone = False
         # Burst mode: retries this worker requeued, by job id, and when each falls
@@ -146,6 +154,7 @@ class Worker:
                 self._claim_loop()
         finally:
             self._shut_down()
+            self._returned.set()
 
     def stop(self) -> None:
         """Stop claiming; running handlers get ``shutdown_grace`` seconds to finish.
@@ -160,7 +169,12 @@ class Worker:
             self._slots_cond.notify_all()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: drain and exit; a second signal exits at once."""
+        """SIGTERM/SIGINT: drain and exit; a second signal exits at once.
+
+        For a process that exists to run this worker: after the first signal
+        it exits ``shutdown_grace + EXIT_MARGIN`` seconds later at the latest,
+        even if ``run()`` is still stuck on an unreachable MongoDB.
+        """
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
@@ -177,7 +191,41 @@ class Worker:
 
     def _stop_on_signal(self, signum: int) -> None:
         log.info("signal %d: draining (send it again to exit at once)", signum)
+        deadline = time.monotonic() + self.shutdown_grace + EXIT_MARGIN
+        threading.Thread(target=self._exit_when_overdue, args=(deadline,),
+                         name="streamqueue-exit-deadline", daemon=True).start()
         self.stop()
+
+    def _exit_when_overdue(self, deadline: float) -> None:
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(left)
+        if self._returned.is_set():
+            # Only closing connections is left; every job was settled or left to its lease.
+            log.info("closing connections outlasted the shutdown deadline; exiting")
+            self._exit_now(ExitCode.OK)
+        unsettled = self._unsettled()
+        shown = ", ".join(str(job_id) for job_id in unsettled[:10])
+        log.error("still shutting down %gs after the signal (MongoDB unreachable?): exiting "
+                  "now. %d job(s) could not be settled and are left to their leases (at most "
+                  "%gs): the reaper then hands them on, so nothing is lost%s",
+                  self.shutdown_grace + EXIT_MARGIN, len(unsettled), self.queue.lease,
+                  f" ({shown}{', ...' if len(unsettled) > 10 else ''})" if unsettled else "")
+        self._exit_now(ExitCode.UNAVAILABLE)
+
+    def _unsettled(self) -> list[ObjectId]:
+        with self._slots_cond:
+            held = [job.id for job in self._held.values()]
+        with self._completions_cond:
+            pending = [job.id for job in self._completions + self._flushing]
+        return list(dict.fromkeys(held + pending))
+
+    @staticmethod
+    def _exit_now(code: int) -> None:
+        for handler in logging.getLogger().handlers:
+            # A broken handler must not keep the process alive.
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(code)
 
     def _start_threads(self) -> None:
         # Daemon threads: a handler stuck past the grace period must not keep
@@ -383,7 +431,10 @@ class Worker:
                     self._completer_gone = True
                     return
                 done, self._completions = self._completions, []
+                self._flushing = done
             self._flush(done)
+            with self._completions_cond:
+                self._flushing = []
 
     def _flush(self, done: list[Job]) -> None:
         # A crash before this write only means redelivery once the leases expire.

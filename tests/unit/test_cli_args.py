@@ -455,10 +455,11 @@ def test_exit_code_for_errors(error: BaseException, code: ExitCode) -> None:
     assert exitcodes.for_error(error) is code
 
 
-def test_burst_help_states_the_retry_wait_the_worker_uses(
+def test_worker_help_states_the_waits_the_worker_uses(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from streamqueue.worker import BURST_RETRY_WAIT
+    from streamqueue.worker import BURST_RETRY_WAIT, EXIT_MARGIN
 
     assert cli.main(["worker", "--help"], environ={}) == ExitCode.OK
     text = " ".join(capsys.readouterr().out.split())
     assert f"within {BURST_RETRY_WAIT:g} s are waited for" in text
+    assert f"exits at most {EXIT_MARGIN:g} s after the grace" in text
