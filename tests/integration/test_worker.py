@@ -247,7 +247,8 @@ def hold_until_stopped(queue: Queue, worker: Worker, started: threading.Event) -
 def test_a_job_still_running_after_the_grace_is_left_to_its_lease(
         collection: Collection[Document], hooks: Counting, make_queue: Any,
         caplog: pytest.LogCaptureFixture) -> None:
-    queue = Queue(collection, lease=2.0, max_attempts=3, hooks=hooks)
+    # A lease several times the grace: it cannot run out before the checks below.
+    queue = Queue(collection, lease=4.0, max_attempts=3, hooks=hooks)
     other = make_queue(lease=30.0)
     job_id = queue.put({"x": 1})
     started, finish = threading.Event(), threading.Event()
@@ -257,7 +258,7 @@ def test_a_job_still_running_after_the_grace_is_left_to_its_lease(
         finish.wait(30)
 
     try:
-        hold_until_stopped(queue, Worker(queue, blocks, concurrency=1, heartbeat=0.2,
+        hold_until_stopped(queue, Worker(queue, blocks, concurrency=1, heartbeat=0.5,
                                          shutdown_grace=0.5), started)
         # The handler still runs: nobody else may take its job until the lease runs out.
         assert other.next() is None
