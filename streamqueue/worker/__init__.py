@@ -395,8 +395,8 @@ class Worker:
         except LeaseLost:
             if late:
                 log.warning("job %s %s after the shutdown grace, but its lease had run out: "
-                            "this outcome is dropped; the job was requeued and counts the "
-                            "attempt", job.id, outcome)
+                            "this outcome is dropped; the reaper hands the job on (requeued "
+                            "or dead-lettered, this attempt counted)", job.id, outcome)
             else:
                 log.warning("job %s: lease lost before it could be settled; another consumer "
                             "has it now", job.id)
