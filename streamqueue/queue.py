@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 _QueueT = TypeVar("_QueueT", bound="Queue")
 
 
+def error_summary(text: str) -> str:
+    """One line for the log: a traceback's last line (``Type: message``), else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no message)"
+
+
 def default_consumer_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -146,7 +152,8 @@ class Job:
             queue.hooks.failed(queue.name, self.attempts, self.run_seconds)
             queue.hooks.dead(queue.name, self.attempts)
             log.warning("job %s failed for good after %d attempts: %s",
-                        self.id, self.attempts, text.splitlines()[-1:] or text)
+                        self.id, self.attempts, error_summary(text))
+            log.debug("job %s: its last error in full:\n%s", self.id, text)
             return
         if retry_in is None:
             delay = backoff_seconds(queue.backoff, self.attempts)
@@ -155,6 +162,11 @@ class Job:
         self._settle(lambda: queue.store.requeue(
             self.id, self._token, delay=delay, error=text, count_attempt=True))
         queue.hooks.failed(queue.name, self.attempts, self.run_seconds)
+        # Retries must leave a trace: without this line a job failing twice
+        # and then succeeding would be invisible in the log.
+        log.warning("job %s attempt %d/%d failed: %s; retrying in %.1fs", self.id,
+                    self.attempts, self.max_attempts, error_summary(text), delay)
+        log.debug("job %s attempt %d failed with:\n%s", self.id, self.attempts, text)
 
     def release(self) -> None:
         """Hand the job back at once, without counting this attempt."""

@@ -82,6 +82,26 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = True) -> float
     return seconds
 
 
+# The longest heartbeat allowed, as a share of the lease. At half the lease one
+# beat can fail (a cut connection, a short election) and the next still lands
+# before the lease runs out; the default, a third, leaves a third to spare.
+MAX_HEARTBEAT_SHARE = 0.5
+
+
+def check_heartbeat(heartbeat: object, lease: float) -> float:
+    """A heartbeat well inside the lease: more than zero and at most half of it."""
+    seconds = check_seconds("heartbeat", heartbeat, allow_zero=False)
+    if seconds >= lease:
+        raise ValueError(
+            f"heartbeat ({seconds:g}s) must be shorter than the lease ({lease:g}s): otherwise "
+            "leases run out between beats and another consumer runs the same job at once")
+    if seconds > lease * MAX_HEARTBEAT_SHARE:
+        raise ValueError(
+            f"heartbeat ({seconds:g}s) must be at most half the lease ({lease:g}s), so a "
+            "lease survives one failed beat; the default is a third of the lease")
+    return seconds
+
+
 def check_max_attempts(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"max_attempts must be an int, not {type(value).__name__}")

@@ -35,6 +35,7 @@ from streamqueue.cli.options import (
     seconds,
 )
 from streamqueue.cli.services import cmd_devserver, cmd_reaper, cmd_worker
+from streamqueue.validation import check_heartbeat
 
 DEFAULT_SERVER_TIMEOUT = 5.0
 
@@ -62,9 +63,14 @@ examples:
 
 The handler is called with the job's payload (and the Job, if it takes a second
 argument or one named "job"); returning completes the job, raising retries it
-with exponential backoff until --max-attempts, then moves it to the error queue.
-SIGTERM/SIGINT: stop claiming, let running jobs finish within --shutdown-grace,
-release the rest, exit 0; a second signal exits at once.
+with exponential backoff until the job's own max_attempts (set when it was
+enqueued, e.g. put --max-attempts), then moves it to the error queue.
+SIGTERM/SIGINT: stop claiming, release jobs not yet started, let running jobs
+finish within --shutdown-grace and leave any still running to their leases
+(the reaper hands them on, counting the attempt), exit 0; a second signal
+exits at once. Whatever MongoDB does, the process exits at most 5 s after the
+grace: if it is unreachable, what could not be settled is left to its lease
+and the exit status is 4.
 """
 
 REAPER_EPILOG = """\
@@ -135,11 +141,8 @@ def build_parser() -> ArgumentParser:
              help="handler threads")
     opts.add("--lease", env="LEASE", convert=positive_seconds, default=300.0, metavar="SECONDS",
              help="how long a claim holds a job before the reaper may hand it on")
-    opts.add("--max-attempts", env="MAX_ATTEMPTS", convert=positive_int, default=3, metavar="N",
-             help="deliveries before a failing job moves to the error queue "
-                  "(for jobs this process enqueues; each job keeps its own)")
     opts.add("--heartbeat", env="HEARTBEAT", convert=positive_seconds, metavar="SECONDS",
-             help="extend leases of running jobs this often; default lease/3")
+             help="extend leases of running jobs this often; at most lease/2; default lease/3")
     opts.add("--shutdown-grace", env="SHUTDOWN_GRACE", convert=seconds, default=30.0,
              metavar="SECONDS", help="on SIGTERM, how long running jobs may take to finish")
     opts.add("--batch", env="BATCH", convert=positive_int, metavar="N",
@@ -153,7 +156,8 @@ def build_parser() -> ArgumentParser:
              help="name of this consumer in claimed jobs; default host:pid:random")
     _metrics_options(opts)
     opts.flag("--burst", env="BURST",
-              help="exit once nothing is due and every slot is idle")
+              help="exit once nothing is due and every slot is idle; retries this worker "
+                   "caused that fall due within 10 s are waited for and run first")
     _log_option(opts, "INFO")
     worker.set_defaults(run=cmd_worker)
 
@@ -307,6 +311,12 @@ def _check_combinations(args: argparse.Namespace) -> None:
     single = command in ("worker", "put", "failed list", "failed retry", "failed purge")
     if single and queues is not None and len(queues) > 1:
         raise UsageError(f"{command} takes one queue, not {len(queues)} ({', '.join(queues)})")
+    if command == "worker" and args.heartbeat is not None:
+        try:
+            check_heartbeat(args.heartbeat, args.lease)
+        except ValueError as exc:
+            raise UsageError(f"--heartbeat {args.heartbeat:g} with --lease {args.lease:g}: "
+                             f"{exc}") from None
     if command == "failed purge" and args.job_id is None and not args.all:
         raise UsageError("failed purge deletes for good: name a JOB_ID, or pass --all")
     if command == "failed purge" and args.job_id is not None and args.all:

@@ -45,8 +45,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     name = session.queues[0]
     hooks.touch_queue(name)
     try:
-        queue = Queue(session.collection(name), args.consumer_id, lease=args.lease,
-                      max_attempts=args.max_attempts, hooks=hooks)
+        # No max_attempts: each job carries the one it was enqueued with, and
+        # the reaper (another process) judges by that same number.
+        queue = Queue(session.collection(name), args.consumer_id, lease=args.lease, hooks=hooks)
         worker = Worker(queue, handler, concurrency=args.concurrency, heartbeat=args.heartbeat,
                         shutdown_grace=args.shutdown_grace, batch=args.batch, burst=args.burst,
                         backoff=ExponentialBackoff(base=args.backoff, cap=args.backoff_cap))

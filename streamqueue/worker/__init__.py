@@ -8,6 +8,7 @@ on the queue's change stream when the queue has nothing due.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -20,10 +21,13 @@ import traceback
 from collections.abc import Callable
 from types import FrameType
 
+from bson import ObjectId
+
 from streamqueue.backoff import ExponentialBackoff
 from streamqueue.errors import LeaseLost, PermissionDenied, StreamQueueError
+from streamqueue.exitcodes import ExitCode
 from streamqueue.queue import Job, Queue
-from streamqueue.validation import Backoff, check_backoff, check_seconds
+from streamqueue.validation import Backoff, check_backoff, check_heartbeat, check_seconds
 from streamqueue.wakeups import Wake
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,14 @@ Handler = Callable[..., object]
 
 # Pause between claims once the storage layer's own retries have given up.
 OUTAGE_PAUSE = 5.0
+# Burst mode waits this long at most for a retry of its own to fall due before
+# it exits: short backoffs (the default's first ones are 0.5-4 s) drain in one run,
+# a retry due later is left delayed for the next run or another worker.
+BURST_RETRY_WAIT = 10.0
+# After SIGTERM/SIGINT the process exits at most this long after the grace,
+# whatever MongoDB does: each storage call may retry for a minute, and an
+# orchestrator's kill would come first. What is unsettled is left to its lease.
+EXIT_MARGIN = 5.0
 
 
 def wants_job(handler: Handler) -> bool:
@@ -52,7 +64,8 @@ class Worker:
     The handler gets the payload (and the ``Job`` when it asks for it, see
     ``wants_job``). Returning completes the job; raising calls ``error()``
     with the traceback, retried after ``backoff`` (exponential with jitter by
-    default). Leases of running jobs are extended every ``heartbeat`` seconds.
+    default). Leases of running jobs are extended every ``heartbeat`` seconds
+    (default: a third of the queue's lease; more than half of it is refused).
 
     ``batch`` is the most jobs one round trip claims (default: ``concurrency``).
     A ``batch`` above ``concurrency`` prefetches: the worker holds up to
@@ -92,8 +105,8 @@ class Worker:
         self._refill = 1 if batch <= concurrency else max(1, batch // 2)
         self._running = 0
         self.burst = burst
-        self.heartbeat = check_seconds(
-            "heartbeat", queue.lease / 3 if heartbeat is None else heartbeat, allow_zero=False)
+        self.heartbeat = check_heartbeat(
+            queue.lease / 3 if heartbeat is None else heartbeat, queue.lease)
         self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
         self.backoff = ExponentialBackoff() if backoff is None else check_backoff(backoff)
         self._pass_job = wants_job(handler)
@@ -109,6 +122,13 @@ class Worker:
         self._completions: list[Job] = []
         self._completions_cond = threading.Condition()
         self._completer: threading.Thread | None = None
+        self._flushing: list[Job] = []  # the completer's batch being written now
+        self._returned = threading.Event()  # run() has finished its shutdown
+        # Set (under _completions_cond) once the completer has flushed for the last time.
+        self._completer_gone = False
+        # Burst mode: retries this worker requeued, by job id, and when each falls
+        # due (monotonic, taken after the requeue returned, so never early by the server).
+        self._retries: dict[ObjectId, float] = {}
 
     @property
     def busy_slots(self) -> int:
@@ -134,9 +154,14 @@ class Worker:
                 self._claim_loop()
         finally:
             self._shut_down()
+            self._returned.set()
 
     def stop(self) -> None:
-        """Stop claiming; running handlers get ``shutdown_grace`` seconds to finish."""
+        """Stop claiming; running handlers get ``shutdown_grace`` seconds to finish.
+
+        Jobs still running after that are left to their leases (heartbeats
+        stop), never released: the reaper hands them on and counts the attempt.
+        """
         self._stopping.set()
         # Wake the claim loop wherever it waits.
         self.queue.board.notify_all()
@@ -144,7 +169,12 @@ class Worker:
             self._slots_cond.notify_all()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: drain and exit; a second signal exits at once."""
+        """SIGTERM/SIGINT: drain and exit; a second signal exits at once.
+
+        For a process that exists to run this worker: after the first signal
+        it exits ``shutdown_grace + EXIT_MARGIN`` seconds later at the latest,
+        even if ``run()`` is still stuck on an unreachable MongoDB.
+        """
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
@@ -161,11 +191,45 @@ class Worker:
 
     def _stop_on_signal(self, signum: int) -> None:
         log.info("signal %d: draining (send it again to exit at once)", signum)
+        deadline = time.monotonic() + self.shutdown_grace + EXIT_MARGIN
+        threading.Thread(target=self._exit_when_overdue, args=(deadline,),
+                         name="streamqueue-exit-deadline", daemon=True).start()
         self.stop()
+
+    def _exit_when_overdue(self, deadline: float) -> None:
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(left)
+        if self._returned.is_set():
+            # Only closing connections is left; every job was settled or left to its lease.
+            log.info("closing connections outlasted the shutdown deadline; exiting")
+            self._exit_now(ExitCode.OK)
+        unsettled = self._unsettled()
+        shown = ", ".join(str(job_id) for job_id in unsettled[:10])
+        log.error("still shutting down %gs after the signal (MongoDB unreachable?): exiting "
+                  "now. %d job(s) could not be settled and are left to their leases (at most "
+                  "%gs): the reaper then hands them on, so nothing is lost%s",
+                  self.shutdown_grace + EXIT_MARGIN, len(unsettled), self.queue.lease,
+                  f" ({shown}{', ...' if len(unsettled) > 10 else ''})" if unsettled else "")
+        self._exit_now(ExitCode.UNAVAILABLE)
+
+    def _unsettled(self) -> list[ObjectId]:
+        with self._slots_cond:
+            held = [job.id for job in self._held.values()]
+        with self._completions_cond:
+            pending = [job.id for job in self._completions + self._flushing]
+        return list(dict.fromkeys(held + pending))
+
+    @staticmethod
+    def _exit_now(code: int) -> None:
+        for handler in logging.getLogger().handlers:
+            # A broken handler must not keep the process alive.
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(code)
 
     def _start_threads(self) -> None:
         # Daemon threads: a handler stuck past the grace period must not keep
-        # the process alive; its job is released before the worker returns.
+        # the process alive; its job is left to its lease (see _shut_down).
         for index in range(self.slots):
             threading.Thread(target=self._slot, name=f"streamqueue-slot-{index}",
                              daemon=True).start()
@@ -181,12 +245,14 @@ class Worker:
     def _claim_loop(self) -> None:
         maybe_more = True  # nothing is known about the queue yet: claim once
         woken = False
+        retry_due = math.inf  # in burst mode, when a retry of ours falls due
         while not self._stopping.is_set():
             free = self._wait_for_room()
             if free == 0:
                 break
             if not maybe_more:
-                wake = self.queue.wait_for_wakeup(math.inf)
+                wake = self.queue.wait_for_wakeup(retry_due)
+                retry_due = math.inf
                 if self._stopping.is_set():
                     break
                 woken = wake not in (Wake.TIMEOUT, Wake.RESUME)
@@ -195,6 +261,7 @@ class Worker:
             # of ours was running while it ran: a handler failing meanwhile
             # requeues its job after the claim looked.
             idle_before = not self._held
+            claim_started = time.monotonic()
             jobs = self._claim(want)
             if jobs is None:
                 maybe_more = True  # the outage may have hidden new jobs
@@ -206,8 +273,30 @@ class Worker:
             for job in jobs:
                 self._dispatch(job)
             if self.burst and not jobs and idle_before:
-                log.info("burst mode: nothing due and all slots idle; stopping")
-                break
+                due = self._own_retry_due(claim_started)
+                if due is None:
+                    break
+                retry_due = due
+
+    def _own_retry_due(self, claim_started: float) -> float | None:
+        """When to claim again for a retry this worker caused; None: burst mode may stop."""
+        with self._slots_cond:
+            # Due before the empty claim began, yet not found: another consumer took it.
+            for job_id, due in list(self._retries.items()):
+                if due <= claim_started:
+                    del self._retries[job_id]
+            soonest = min(self._retries.values(), default=None)
+            later = len(self._retries)
+        if soonest is None:
+            log.info("burst mode: nothing due and all slots idle; stopping")
+            return None
+        if soonest - time.monotonic() > BURST_RETRY_WAIT:
+            log.info("burst mode: nothing due and all slots idle; stopping with %d retr%s "
+                     "due in more than %gs left delayed", later, "y" if later == 1 else "ies",
+                     BURST_RETRY_WAIT)
+            return None
+        log.debug("burst mode: waiting for a retry due in %.1fs", soonest - time.monotonic())
+        return soonest
 
     def _claim(self, want: int) -> list[Job] | None:
         """Claim up to ``want`` jobs; None after an outage outlasted the storage retries.
@@ -241,6 +330,7 @@ class Worker:
     def _dispatch(self, job: Job) -> None:
         with self._slots_cond:
             self._held[job.lease_token] = job
+            self._retries.pop(job.id, None)
         self._work.put(job)
 
     # -- handling ------------------------------------------------------------------------
@@ -274,34 +364,62 @@ class Worker:
                 self.handler(job.payload)
         except Exception as exc:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            self._settle(job, lambda: job.error(text, retry_in=self._retry_delay(job)))
+            delays: list[float] = []
+
+            def fail() -> None:
+                delays.append(self._retry_delay(job))
+                job.error(text, retry_in=delays[0])
+
+            if self._settle(job, fail, "failed") and job.attempts < job.max_attempts:
+                self._note_retry(job, delays[0])
         else:
-            if self.batch > 1 and not job.settled:
-                self._complete_later(job)
-            else:
-                self._settle(job, job.complete)
+            if job.settled or not (self.batch > 1 and self._complete_later(job)):
+                self._settle(job, job.complete, "finished")
+
+    def _note_retry(self, job: Job, delay: float) -> None:
+        if self.burst:
+            with self._slots_cond:
+                self._retries[job.id] = time.monotonic() + delay
 
     def _retry_delay(self, job: Job) -> float:
         return self.backoff(job.attempts) if callable(self.backoff) else self.backoff
 
-    def _settle(self, job: Job, settle: Callable[[], None]) -> None:
+    def _settle(self, job: Job, settle: Callable[[], None], outcome: str = "") -> bool:
+        """Run ``settle``; True if it was written (False: settled already, lost, or failed)."""
         if job.settled:
-            return  # the handler settled it itself (complete/error/release)
+            return False  # the handler settled it itself (complete/error/release)
+        # Past the grace the job was left to its lease: say what became of it.
+        late = bool(outcome) and self._drained.is_set()
         try:
             settle()
         except LeaseLost:
-            log.warning("job %s: lease lost before it could be settled; another consumer "
-                        "has it now", job.id)
+            if late:
+                log.warning("job %s %s after the shutdown grace, but its lease had run out: "
+                            "this outcome is dropped; the reaper hands the job on (requeued "
+                            "or dead-lettered, this attempt counted)", job.id, outcome)
+            else:
+                log.warning("job %s: lease lost before it could be settled; another consumer "
+                            "has it now", job.id)
         except StreamQueueError:
             # The lease will expire and the reaper will hand the job on.
             log.exception("job %s could not be settled", job.id)
+        else:
+            if late:
+                log.warning("job %s %s after the shutdown grace; settled, as its lease was "
+                            "still ours", job.id, outcome)
+            return True
+        return False
 
     # -- bulk completion ---------------------------------------------------------------------
 
-    def _complete_later(self, job: Job) -> None:
+    def _complete_later(self, job: Job) -> bool:
+        """Queue ``job`` for the next bulk completion; False once the completer is gone."""
         with self._completions_cond:
+            if self._completer_gone:
+                return False
             self._completions.append(job)
             self._completions_cond.notify()
+            return True
 
     def _completion_loop(self) -> None:
         while True:
@@ -309,9 +427,14 @@ class Worker:
                 while not self._completions and not self._drained.is_set():
                     self._completions_cond.wait()
                 if not self._completions:
+                    # Under the lock: a handler finishing later completes on its own.
+                    self._completer_gone = True
                     return
                 done, self._completions = self._completions, []
+                self._flushing = done
             self._flush(done)
+            with self._completions_cond:
+                self._flushing = []
 
     def _flush(self, done: list[Job]) -> None:
         # A crash before this write only means redelivery once the leases expire.
@@ -388,9 +511,13 @@ class Worker:
             # It flushes what is left, then exits; run() returns after that.
             self._completer.join()
         for job in leftovers:
-            log.warning("job %s still running after %.0fs grace; releasing it", job.id,
-                        self.shutdown_grace)
-            self._settle(job, job.release)
+            # Not released: another consumer would run it while this handler
+            # still does, and a handler that always hangs would get its attempt
+            # back every time and never dead-letter. Heartbeats stop here, so
+            # the lease runs out and the reaper requeues or dead-letters it.
+            log.warning("job %s still running after the %gs shutdown grace: left to its "
+                        "lease (not released, so nobody else runs it meanwhile); the attempt "
+                        "counts", job.id, self.shutdown_grace)
         for _ in range(self.slots):
             self._work.put(None)
         log.info("worker %s stopped", self.queue.consumer_id)

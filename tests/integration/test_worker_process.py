@@ -138,7 +138,7 @@ def test_sigterm_drains_running_jobs_and_claims_no_more(
     assert left is not None and left["state"] == "ready" and left["attempts"] == 0
 
 
-def test_sigterm_releases_jobs_still_running_after_the_grace_period(
+def test_sigterm_leaves_jobs_still_running_after_the_grace_period_to_their_leases(
     queue: Queue, collection: Collection[Document], records: Collection[Document],
     env: dict[str, str], target: list[str], processes: list[CliProcess],
 ) -> None:
@@ -150,12 +150,14 @@ def test_sigterm_releases_jobs_still_running_after_the_grace_period(
 
     worker.send(signal.SIGTERM)
     assert worker.wait(30) == ExitCode.OK, worker.describe()
+    assert "left to its lease" in worker.stderr, worker.describe()
 
     doc = collection.find_one({"_id": job_id})
     assert doc is not None
-    # Handed back at once, and the cut-short attempt is not counted.
-    assert doc["state"] == "ready" and doc["attempts"] == 0
-    assert "lease_token" not in doc
+    # Not handed back while its handler may still run: it stays locked until
+    # the lease runs out, and the cut-short attempt counts.
+    assert doc["state"] == "locked" and doc["attempts"] == 1
+    assert queue.next() is None
     assert count(records, n=1, event="done") == 0
 
 

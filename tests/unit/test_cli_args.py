@@ -41,7 +41,7 @@ def test_worker_defaults() -> None:
     assert (args.uri, args.db, args.queue) == (URI, "app", ["jobs"])
     assert args.concurrency == 4
     assert args.lease == 300.0
-    assert args.max_attempts == 3
+    assert not hasattr(args, "max_attempts")  # each job keeps the one it was enqueued with
     assert args.heartbeat is None
     assert args.shutdown_grace == 30.0
     assert args.batch is None
@@ -56,11 +56,11 @@ def test_worker_defaults() -> None:
 
 def test_worker_every_option() -> None:
     args = parse("worker", "pkg.mod:fn", *BASE, "--concurrency", "8", "--lease", "60",
-                 "--max-attempts", "5", "--heartbeat", "10", "--shutdown-grace", "0",
+                 "--heartbeat", "10", "--shutdown-grace", "0",
                  "--batch", "2", "--backoff", "0", "--backoff-cap", "30",
                  "--metrics-port", "9100", "--metrics-addr", "127.0.0.1", "--burst",
                  "--consumer-id", "pod-1", "--log-level", "debug", "--server-timeout", "0.5")
-    assert args.concurrency == 8 and args.lease == 60.0 and args.max_attempts == 5
+    assert args.concurrency == 8 and args.lease == 60.0
     assert args.heartbeat == 10.0 and args.shutdown_grace == 0.0 and args.batch == 2
     assert args.backoff == 0.0 and args.backoff_cap == 30.0
     assert args.metrics_port == 9100 and args.metrics_addr == "127.0.0.1"
@@ -92,7 +92,9 @@ def test_every_option_reads_its_environment_variable() -> None:
     args = parse("worker", env=env)
     assert args.handler == "pkg.mod:fn"
     assert (args.uri, args.db, args.queue) == (URI, "app", ["jobs"])
-    assert (args.concurrency, args.lease, args.max_attempts) == (16, 45.5, 7)
+    assert (args.concurrency, args.lease) == (16, 45.5)
+    # Shared with put, where it means something; a worker does not read it.
+    assert not hasattr(args, "max_attempts")
     assert (args.heartbeat, args.shutdown_grace, args.batch) == (5.0, 12.0, 3)
     assert (args.backoff, args.backoff_cap, args.consumer_id) == (2.0, 60.0, "pod-7")
     assert (args.metrics_port, args.metrics_addr, args.burst) == (9200, "::", True)
@@ -164,6 +166,18 @@ def test_queues_repeat_comma_separate_and_deduplicate() -> None:
         (["launch"], {}, "invalid choice: 'launch'"),
         ([], {}, "required"),
         (["worker", "m:f", *BASE, "--bogus"], {}, "unrecognized arguments: --bogus"),
+        # A consumer cannot change a job's attempts: they were set when it was enqueued.
+        (["worker", "m:f", *BASE, "--max-attempts", "5"], {},
+         "unrecognized arguments: --max-attempts 5"),
+        (["worker", "m:f", *BASE, "--lease", "3", "--heartbeat", "10"], {},
+         "--heartbeat 10 with --lease 3: heartbeat (10s) must be shorter than the lease"),
+        (["worker", "m:f", *BASE, "--lease", "3", "--heartbeat", "2"], {},
+         "at most half the lease"),
+        (["worker", "m:f", *BASE, "--heartbeat", "200"], {}, "at most half the lease (300s)"),
+        (["worker", "m:f", *BASE], {"STREAMQUEUE_LEASE": "3", "STREAMQUEUE_HEARTBEAT": "10"},
+         "shorter than the lease"),
+        (["worker", "m:f", *BASE, "--heartbeat", "10"], {"STREAMQUEUE_LEASE": "12"},
+         "at most half the lease (12s)"),
     ],
 )
 def test_bad_arguments_raise_usage_errors(argv: list[str], env: dict[str, str],
@@ -206,6 +220,14 @@ def test_unknown_top_level_options_point_at_the_top_help(
 ) -> None:
     assert cli.main(["--bogus", "stats", *BASE], environ={}) == ExitCode.USAGE
     assert "(see 'streamqueue --help')" in capsys.readouterr().err
+
+
+def test_main_refuses_a_heartbeat_longer_than_the_lease(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["worker", "m:f", *BASE, "--lease", "3", "--heartbeat", "10"], environ={})
+    assert code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("streamqueue worker: error: --heartbeat 10 with --lease 3")
+    assert len(err.splitlines()) == 1
 
 
 def test_main_names_the_failed_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
@@ -483,3 +505,13 @@ def test_exit_codes_are_named_and_distinct() -> None:
 )
 def test_exit_code_for_errors(error: BaseException, code: ExitCode) -> None:
     assert exitcodes.for_error(error) is code
+
+
+def test_worker_help_states_the_waits_the_worker_uses(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from streamqueue.worker import BURST_RETRY_WAIT, EXIT_MARGIN
+
+    assert cli.main(["worker", "--help"], environ={}) == ExitCode.OK
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"within {BURST_RETRY_WAIT:g} s are waited for" in text
+    assert f"exits at most {EXIT_MARGIN:g} s after the grace" in text

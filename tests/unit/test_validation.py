@@ -20,6 +20,7 @@ from streamqueue.validation import (
     MAX_PAYLOAD_BYTES,
     backoff_seconds,
     check_backoff,
+    check_heartbeat,
     check_max_attempts,
     check_payload,
     check_priority,
@@ -203,6 +204,33 @@ def test_seconds_are_normalised_to_float() -> None:
     value = check_seconds("delay", 3)
     assert value == 3.0
     assert isinstance(value, float)
+
+
+# -- heartbeat -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("heartbeat", "lease"), [(10, 3), (3, 3), (3.0001, 3)])
+def test_a_heartbeat_not_shorter_than_the_lease_is_refused(heartbeat: float, lease: float) -> None:
+    with pytest.raises(ValueError, match="shorter than the lease"):
+        check_heartbeat(heartbeat, lease)
+
+
+@pytest.mark.parametrize(("heartbeat", "lease"), [(2, 3), (1.51, 3), (200, 300)])
+def test_a_heartbeat_above_half_the_lease_is_refused(heartbeat: float, lease: float) -> None:
+    with pytest.raises(ValueError, match="at most half the lease"):
+        check_heartbeat(heartbeat, lease)
+
+
+@pytest.mark.parametrize(("heartbeat", "lease"), [(1.5, 3), (1, 3), (0.2, 1), (100, 300)])
+def test_a_heartbeat_within_half_the_lease_is_accepted(heartbeat: float, lease: float) -> None:
+    assert check_heartbeat(heartbeat, lease) == float(heartbeat)
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-1, ValueError),
+                                              (math.nan, ValueError), ("1", TypeError)])
+def test_a_heartbeat_that_is_no_duration_is_refused(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="heartbeat"):
+        check_heartbeat(value, 30.0)
 
 
 # -- max_attempts ----------------------------------------------------------------------
