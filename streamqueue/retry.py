@@ -81,14 +81,24 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def is_transient_claim(exc: BaseException) -> bool:
-    """For a claim, a server-side time limit that ran out is transient too.
+# MaxTimeMSExpired, and a majority wait cut short (wtimeout): what a try bounded
+# by a time limit (storage.BoundedTries) meets when the server is slow or electing.
+TIME_LIMIT_CODES = frozenset({50, 64})
 
-    A claim runs under a time limit (see ``storage.BoundedTries``); an
-    interrupted single claim locked nothing, and a batch claim finds what it
-    did lock again by its token, so another try is safe.
+
+def is_transient_bounded(exc: BaseException) -> bool:
+    """For a claim or an enqueue, a time limit that ran out is transient too.
+
+    Each try of those runs under a server-side time limit, and each retry
+    first finds what an earlier try did (a claim by its token, an enqueue by
+    its ids), so another try is safe: an interrupted try changed nothing, or
+    its effect (applied, majority wait cut short) is found again.
     """
-    return is_transient(exc) or isinstance(exc, ExecutionTimeout)
+    if isinstance(exc, ExecutionTimeout):
+        return True
+    if isinstance(exc, WriteConcernError) and exc.code in TIME_LIMIT_CODES:
+        return True
+    return is_transient(exc)
 
 
 def translate(exc: PyMongoError | DocumentTooLarge, action: str) -> StreamQueueError:

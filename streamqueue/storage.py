@@ -44,7 +44,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from streamqueue.errors import InvalidJob, QueueUnavailable
-from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_transient_claim
+from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_transient_bounded
 from streamqueue.servertime import ServerClock
 from streamqueue.tries import BoundedTries, time_limit
 
@@ -166,15 +166,20 @@ class JobStore:
             # claimed job to a second consumer: majority is the safe default.
             collection = collection.with_options(write_concern=WriteConcern("majority"))
         # Every read here decides something (what a batch claim locked, whether
-        # a retried write applied): it goes to the primary and sees only what a
-        # failover cannot undo, whatever the caller's client prefers.
-        collection = collection.with_options(read_preference=ReadPreference.PRIMARY,
-                                             read_concern=ReadConcern("majority"))
+        # a retried write applied): it goes to the primary and sees the
+        # primary's own writes, also those whose acknowledgement was lost,
+        # whatever the caller's client prefers. (A majority read would hide a
+        # claim's lock that a new primary has not yet majority-committed, and
+        # the retry would orphan it.)
+        reads: dict[str, Any] = {"read_preference": ReadPreference.PRIMARY,
+                                 "read_concern": ReadConcern("local")}
+        collection = collection.with_options(**reads)
         self.jobs = collection
         self.failed = collection.database.get_collection(
-            f"{collection.name}.failed", write_concern=collection.write_concern,
-            read_preference=ReadPreference.PRIMARY, read_concern=ReadConcern("majority"),
-        )
+            f"{collection.name}.failed", write_concern=collection.write_concern, **reads)
+        # A change stream takes no explicit read concern (it reads majority-committed
+        # changes by itself) and refuses "local".
+        self._streams = collection.with_options(read_concern=ReadConcern())
         self.retry = retry or RetryPolicy()
         client = collection.database.client
         self._client = client
@@ -260,7 +265,7 @@ class JobStore:
             with tries.bounded():
                 _insert_ignoring_duplicate_ids(self.jobs, pending)
 
-        self._call("enqueue", write)
+        self._call("enqueue", write, transient=is_transient_bounded)
 
     def _history_start(self) -> Timestamp:
         """A cluster time safely before any try of a write starting now."""
@@ -272,8 +277,11 @@ class JobStore:
     def _unwritten(self, documents: Sequence[Document], since: Timestamp) -> list[Document]:
         """The documents no earlier try wrote: neither stored now nor inserted since ``since``."""
         ids = [doc["_id"] for doc in documents]
-        stored = {doc["_id"] for doc in self.jobs.find({"_id": {"$in": ids}}, {"_id": 1})}
-        stored |= {doc["_id"] for doc in self.failed.find({"_id": {"$in": ids}}, {"_id": 1})}
+        # Majority: a copy a failover may still roll back does not count as written.
+        majority = ReadConcern("majority")
+        stored = {doc["_id"] for collection in (self.jobs, self.failed) for doc in
+                  collection.with_options(read_concern=majority).find(
+                      {"_id": {"$in": ids}}, {"_id": 1})}
         missing = [oid for oid in ids if oid not in stored]
         if missing:
             # Gone is not the same as never written: a consumer may have
@@ -296,7 +304,7 @@ class JobStore:
         found: set[ObjectId] = set()
         deadline = time.monotonic() + ENQUEUE_CHECK_TIMEOUT
         try:
-            with self.jobs.watch(pipeline, start_at_operation_time=since,
+            with self._streams.watch(pipeline, start_at_operation_time=since,
                                  max_await_time_ms=500) as stream:
                 self.jobs.insert_one({"_id": marker, "state": "enqueue-check"})
                 self.jobs.delete_one({"_id": marker})
@@ -350,7 +358,7 @@ class JobStore:
                     # An earlier try of this claim committed meanwhile (the token is unique).
                     return held()
 
-        result: Document | None = self._call("claim", attempt, transient=is_transient_claim)
+        result: Document | None = self._call("claim", attempt, transient=is_transient_bounded)
         return result
 
     def claim_many(self, consumer_id: str, lease: float, limit: int) -> list[Document]:
@@ -375,7 +383,7 @@ class JobStore:
                 return []
             return list(self.jobs.find(mine, sort=CLAIM_SORT))
 
-        result: list[Document] = self._call("claim many", attempt, transient=is_transient_claim)
+        result: list[Document] = self._call("claim many", attempt, transient=is_transient_bounded)
         return result
 
     def _lock_due(self, update: list[Document], limit: int) -> int:
@@ -704,7 +712,7 @@ class JobStore:
 
     def watch(self, resume_after: Mapping[str, Any] | None, max_await: float) -> ChangeStream[Document]:
         """Open the wake-up stream; driver errors are left to the watcher, which resumes."""
-        return self.jobs.watch(
+        return self._streams.watch(
             WAKE_PIPELINE,
             resume_after=resume_after,
             max_await_time_ms=millis(max_await),

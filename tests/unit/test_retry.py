@@ -29,7 +29,7 @@ from streamqueue.errors import (
     StorageError,
     StreamQueueError,
 )
-from streamqueue.retry import RetryPolicy, is_transient, translate
+from streamqueue.retry import RetryPolicy, is_transient, is_transient_bounded, translate
 
 # A policy that retries quickly, so the unit tests take milliseconds.
 FAST = RetryPolicy(max_delay=5.0, initial=0.001, cap=0.002)
@@ -239,3 +239,20 @@ def test_a_bulk_write_whose_majority_wait_an_election_cut_short_is_transient() -
         {"code": 189, "errmsg": "Primary stepped down while waiting for replication"}]}))
     assert not is_transient(BulkWriteError({"writeErrors": [], "writeConcernErrors": [
         {"code": 64, "errmsg": "waiting for replication timed out"}]}))
+
+
+@pytest.mark.parametrize(("exc", "bounded", "plain"), [
+    (ExecutionTimeout("operation exceeded time limit", 50), True, False),
+    (WriteConcernError("operation exceeded time limit", 50), True, False),
+    (WriteConcernError("waiting for replication timed out", 64), True, False),
+    (WriteConcernError("unknown replica set tag", 79), False, False),
+    (DuplicateKeyError("E11000", 11000), False, False),
+    (AutoReconnect("connection reset"), True, True),
+])
+def test_a_time_limit_that_ran_out_is_transient_for_bounded_tries_only(
+    exc: BaseException, bounded: bool, plain: bool
+) -> None:
+    # Claims and enqueues run under a server-side limit and find an earlier
+    # try's work again; other writes do not, so for them it stays an error.
+    assert is_transient_bounded(exc) is bounded
+    assert is_transient(exc) is plain
