@@ -45,6 +45,8 @@ MIN_WORK = 0.005
 MAX_WORK = 0.050
 #: ``last_error`` the reaper writes when it takes a job back (see ``JobStore.reap``).
 LEASE_EXPIRED_PREFIX = "lease expired"
+#: ... followed by the consumer id that held the job.
+EXPIRED_HOLDER_PREFIX = "lease expired while held by "
 
 _lock = threading.Lock()
 _deliveries: Collection[Document] | None = None

@@ -49,6 +49,7 @@ from streamqueue.demo.handlers import (
     ENV_FAIL_RATE,
     ENV_RECORD_DB,
     ENV_RECORD_URI,
+    EXPIRED_HOLDER_PREFIX,
 )
 from streamqueue.demo.processes import MARKER_ENV, Child, answers, scrape, sweep
 from streamqueue.errors import ConfigurationError, StreamQueueError
@@ -222,11 +223,40 @@ class Delivery:
     consumer: str
     wait: float
     lease_expired: bool
+    #: The consumer whose lease expired before this delivery (None if none did).
+    expired_holder: str | None = None
 
 
 def _delivery(doc: Document) -> Delivery:
+    lease_expired = bool(doc["lease_expired"])
+    holder = expired_holder(str(doc.get("prev_error") or "")) if lease_expired else None
     return Delivery(doc["job_id"], int(doc["attempt"]), str(doc["consumer"]),
-                    float(doc["wait"]), bool(doc["lease_expired"]))
+                    float(doc["wait"]), lease_expired, holder)
+
+
+def expired_holder(last_error: str) -> str | None:
+    """The consumer named in the reaper's ``lease expired while held by <consumer>``."""
+    if not last_error.startswith(EXPIRED_HOLDER_PREFIX):
+        return None
+    return last_error[len(EXPIRED_HOLDER_PREFIX):].strip() or None
+
+
+def orphaned_jobs(seen_at_kill: set[ObjectId], victim: str, deliveries: list[Delivery],
+                  dead: list[Document]) -> set[ObjectId]:
+    """Every job the killed worker held when it died.
+
+    The look right after the kill misses a claim the worker sent before it
+    was stopped and the server committed after the look: that job is locked
+    under the dead worker's id all the same, and only the reaper's note
+    (``lease expired while held by <victim>``, on its next delivery or in the
+    error queue) shows it. The victim is dead, so no lease of its can have
+    expired for any other reason.
+    """
+    orphans = set(seen_at_kill)
+    orphans.update(d.job_id for d in deliveries if d.expired_holder == victim)
+    orphans.update(doc["_id"] for doc in dead
+                   if expired_holder(str(doc.get("last_error") or "")) == victim)
+    return orphans
 
 
 class DeliveryTracker(threading.Thread):
@@ -287,6 +317,8 @@ class Totals:
     retries_after_error: int
     killed_worker: str | None
     orphaned_at_kill: int
+    #: Deliveries after the lease of a worker that was NOT killed expired (a late heartbeat).
+    leases_lost_by_live_workers: int = 0
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
@@ -611,22 +643,26 @@ class Demo:
                 f"metrics {replacement.metrics_url}")
 
     def _report_redeliveries(self) -> None:
-        pending = self.orphans - self.orphans_seen
-        if not pending or self.queue is None:
+        if self.killed is None or self.client is None:
             return
-        assert self.client is not None and self.kill_time is not None
+        assert self.kill_time is not None
         records = self.client[DB_NAME][DELIVERIES]
         names = {c.consumer_id: c.name for c in self.children if c.consumer_id}
-        for doc in records.find({"job_id": {"$in": list(pending)}, "lease_expired": True}):
+        from_victim = {"lease_expired": True,
+                       "prev_error": f"{EXPIRED_HOLDER_PREFIX}{self.killed.consumer_id}"}
+        for doc in records.find(from_victim):
             job_id = doc["job_id"]
             if job_id in self.orphans_seen:
                 continue
             self.orphans_seen.add(job_id)
+            late = job_id not in self.orphans
+            self.orphans.add(job_id)
             after = doc["at"] - self.kill_time
             who = names.get(doc["consumer"], doc["consumer"])
             self.console.event(self.console.green(
                 f"job {job_id} redelivered to {who} (attempt {doc['attempt']}), "
-                f"{after:.1f}s after the kill: lease expired, reaper requeued it"))
+                f"{after:.1f}s after the kill: lease expired, reaper requeued it") +
+                (" (its claim reached the server after the kill)" if late else ""))
 
     # -- the end --------------------------------------------------------------------------
 
@@ -636,6 +672,10 @@ class Demo:
         docs = [_delivery(d) for d in db[DELIVERIES].find({}, {"_id": 0})]
         waits = [d.wait for d in docs]
         failed = self.queue.failed.count_documents({})
+        victim = self.killed.consumer_id if self.killed else None
+        if victim is not None:
+            dead = list(self.queue.failed.find({}, {"last_error": 1}))
+            self.orphans = orphaned_jobs(self.orphans, victim, docs, dead)
         metrics: dict[str, dict[str, float]] = {}
         for child in self.children:
             if child.alive() and child.metrics_url:
@@ -659,6 +699,8 @@ class Demo:
             retries_after_error=sum(1 for d in docs if d.attempt > 1 and not d.lease_expired),
             killed_worker=self.killed.name if self.killed else None,
             orphaned_at_kill=len(self.orphans),
+            leases_lost_by_live_workers=sum(
+                1 for d in docs if d.lease_expired and d.expired_holder != victim),
             metrics=metrics,
         )
 
@@ -672,6 +714,7 @@ class Demo:
             "redelivered_after_lease": t.redelivered_after_lease,
             "retries_after_error": t.retries_after_error,
             "killed_worker": t.killed_worker, "orphaned_at_kill": t.orphaned_at_kill,
+            "leases_lost_by_live_workers": t.leases_lost_by_live_workers,
             "metrics": t.metrics,
         })
         label_width = 17
@@ -693,6 +736,10 @@ class Demo:
         else:
             lease = f"{t.redelivered_after_lease} after an expired lease (no worker was killed)"
         row("redeliveries", lease)
+        if t.leases_lost_by_live_workers:
+            row("", c.red(f"{t.leases_lost_by_live_workers} of them after a running worker's "
+                          "lease expired: a heartbeat came late (machine overloaded, or "
+                          "--lease too short)"))
         row("", f"{t.retries_after_error} retries after the handler raised "
                 f"({self.args.fail_rate:.0%} of calls fail)")
         row("error queue", f"{t.failed} job{'s' if t.failed != 1 else ''} in "
