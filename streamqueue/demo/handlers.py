@@ -10,8 +10,9 @@ Knobs, all optional (environment of the worker process):
 - ``STREAMQUEUE_DEMO_FAIL_RATE``: the share of calls that raise (default 0.05).
 - ``STREAMQUEUE_DEMO_RECORD_URI`` and ``STREAMQUEUE_DEMO_RECORD_DB``: when both
   are set, every delivery first writes one document into
-  ``DB.demo_deliveries`` (job id, attempt number, consumer, wait, and the
-  job's previous error), through a client of its own. ``python -m
+  ``DB.demo_deliveries`` (job id, attempt number, consumer, wait, whether it
+  is the first delivery of a job put without a delay, and the job's previous
+  error), through a client of its own. ``python -m
   streamqueue.demo`` counts redeliveries and wait times from these records,
   because completed jobs leave the queue and a killed worker takes its
   in-memory metrics with it.
@@ -26,6 +27,7 @@ import os
 import random
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 from pymongo import MongoClient
@@ -45,6 +47,8 @@ MIN_WORK = 0.005
 MAX_WORK = 0.050
 #: ``last_error`` the reaper writes when it takes a job back (see ``JobStore.reap``).
 LEASE_EXPIRED_PREFIX = "lease expired"
+#: ... followed by the consumer id that held the job.
+EXPIRED_HOLDER_PREFIX = "lease expired while held by "
 
 _lock = threading.Lock()
 _deliveries: Collection[Document] | None = None
@@ -90,12 +94,17 @@ def record_delivery(job: Job) -> None:
     if records is None:
         return
     last_error = job.last_error or ""
+    available_at = job.data.get("available_at")
     records.insert_one({
         "job_id": job.id,
         "attempt": job.attempts,
         "consumer": job.consumer_id,
         "priority": job.priority,
         "wait": job.wait_seconds,
+        # First delivery of a job put without a delay: its wait runs from the
+        # put, as the bench's enqueue-to-claim latency does.
+        "first_of_ready_put": job.attempts == 1 and isinstance(available_at, datetime)
+        and available_at <= job.enqueued_at,
         "lease_expired": job.attempts > 1 and last_error.startswith(LEASE_EXPIRED_PREFIX),
         "prev_error": last_error[:200],
         "pid": os.getpid(),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -49,6 +50,7 @@ from streamqueue.demo.handlers import (
     ENV_FAIL_RATE,
     ENV_RECORD_DB,
     ENV_RECORD_URI,
+    EXPIRED_HOLDER_PREFIX,
 )
 from streamqueue.demo.processes import MARKER_ENV, Child, answers, scrape, sweep
 from streamqueue.errors import ConfigurationError, StreamQueueError
@@ -64,6 +66,7 @@ HANDLER = "streamqueue.demo.handlers:handle"
 #: Priorities the producer uses and how often: most jobs are ordinary.
 PRIORITIES = (0, 5, 10)
 PRIORITY_WEIGHTS = (70, 20, 10)
+#: Most jobs in one enqueue: a producer that fell behind (or ``--rate 0``) catches up in these.
 PRODUCER_BATCH = 50
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -159,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Producer(threading.Thread):
-    """Enqueues ``total`` jobs in batches at ``rate`` jobs/s, mixed priorities, some delayed."""
+    """Enqueues ``total`` jobs at ``rate`` jobs/s, each at its own time; mixed priorities, some delayed."""
 
     def __init__(self, queue: Queue, total: int, *, rate: float, delayed: float,
                  max_delay: float, seed: int | None, stop: threading.Event) -> None:
@@ -188,28 +191,47 @@ class Producer(threading.Thread):
 
     def _produce(self) -> None:
         self.started_at = time.monotonic()
-        interval = PRODUCER_BATCH / self.rate if self.rate > 0 else 0.0
-        next_batch = self.started_at
         number = 0
         while number < self.total and not self.stop_event.is_set():
-            size = min(PRODUCER_BATCH, self.total - number)
-            groups: dict[tuple[int, float], list[Document]] = {}
-            for offset in range(size):
-                priority = self.rng.choices(PRIORITIES, PRIORITY_WEIGHTS)[0]
-                delay = 0.0
-                if self.rng.random() < self.delayed:
-                    # Half-second steps keep the batches few.
-                    delay = max(0.5, round(self.rng.uniform(0.5, self.max_delay) * 2) / 2)
-                groups.setdefault((priority, delay), []).append({"n": number + offset})
-            for (priority, delay), payloads in groups.items():
-                self.queue.put_many(payloads, priority=priority, delay=delay)
-                self.enqueued += len(payloads)
-                self.by_priority[priority] += len(payloads)
-                if delay:
-                    self.delayed_count += len(payloads)
-            number += size
-            next_batch += interval
-            self.stop_event.wait(max(0.0, next_batch - time.monotonic()))
+            due = jobs_due(time.monotonic() - self.started_at, self.rate, self.total)
+            size = min(PRODUCER_BATCH, due - number)
+            if size > 0:
+                self._put(number, size)
+                number += size
+            else:
+                # Only with a rate: nothing is due until the next job's time.
+                self.stop_event.wait(max(0.0, self.started_at + number / self.rate
+                                         - time.monotonic()))
+
+    def _put(self, number: int, size: int) -> None:
+        groups: dict[tuple[int, float], list[Document]] = {}
+        for offset in range(size):
+            priority = self.rng.choices(PRIORITIES, PRIORITY_WEIGHTS)[0]
+            delay = 0.0
+            if self.rng.random() < self.delayed:
+                # Half-second steps keep the batches few.
+                delay = max(0.5, round(self.rng.uniform(0.5, self.max_delay) * 2) / 2)
+            groups.setdefault((priority, delay), []).append({"n": number + offset})
+        for (priority, delay), payloads in groups.items():
+            self.queue.put_many(payloads, priority=priority, delay=delay)
+            self.enqueued += len(payloads)
+            self.by_priority[priority] += len(payloads)
+            if delay:
+                self.delayed_count += len(payloads)
+
+
+def jobs_due(elapsed: float, rate: float, total: int) -> int:
+    """How many of ``total`` jobs are due ``elapsed`` seconds in: job k at ``k / rate``.
+
+    Jobs go in one by one at their own time, as the bench's producer sends
+    them; a batch forms only when the producer falls behind. (Batches of 50
+    every half second made every job wait behind up to 49 others: the demo
+    then showed the queueing of its own bursts, ten times the push latency.)
+    """
+    if rate <= 0:
+        return total
+    # The epsilon keeps float error from holding back the job due right now.
+    return min(total, math.floor(elapsed * rate + 1e-9) + 1)
 
 
 # -- delivery records --------------------------------------------------------------------
@@ -222,11 +244,43 @@ class Delivery:
     consumer: str
     wait: float
     lease_expired: bool
+    #: The consumer whose lease expired before this delivery (None if none did).
+    expired_holder: str | None = None
+    #: First delivery of a job put without a delay (the bench's enqueue-to-claim).
+    first_of_ready_put: bool = False
 
 
 def _delivery(doc: Document) -> Delivery:
+    lease_expired = bool(doc["lease_expired"])
+    holder = expired_holder(str(doc.get("prev_error") or "")) if lease_expired else None
     return Delivery(doc["job_id"], int(doc["attempt"]), str(doc["consumer"]),
-                    float(doc["wait"]), bool(doc["lease_expired"]))
+                    float(doc["wait"]), lease_expired, holder,
+                    bool(doc.get("first_of_ready_put", False)))
+
+
+def expired_holder(last_error: str) -> str | None:
+    """The consumer named in the reaper's ``lease expired while held by <consumer>``."""
+    if not last_error.startswith(EXPIRED_HOLDER_PREFIX):
+        return None
+    return last_error[len(EXPIRED_HOLDER_PREFIX):].strip() or None
+
+
+def orphaned_jobs(seen_at_kill: set[ObjectId], victim: str, deliveries: list[Delivery],
+                  dead: list[Document]) -> set[ObjectId]:
+    """Every job the killed worker held when it died.
+
+    The look right after the kill misses a claim the worker sent before it
+    was stopped and the server committed after the look: that job is locked
+    under the dead worker's id all the same, and only the reaper's note
+    (``lease expired while held by <victim>``, on its next delivery or in the
+    error queue) shows it. The victim is dead, so no lease of its can have
+    expired for any other reason.
+    """
+    orphans = set(seen_at_kill)
+    orphans.update(d.job_id for d in deliveries if d.expired_holder == victim)
+    orphans.update(doc["_id"] for doc in dead
+                   if expired_holder(str(doc.get("last_error") or "")) == victim)
+    return orphans
 
 
 class DeliveryTracker(threading.Thread):
@@ -283,10 +337,16 @@ class Totals:
     delivered_jobs: int
     wait_p50: float | None
     wait_p99: float | None
+    #: The same over first deliveries of jobs put without a delay: enqueue to claim.
+    ready_wait_p50: float | None
+    ready_wait_p99: float | None
+    ready_deliveries: int
     redelivered_after_lease: int
     retries_after_error: int
     killed_worker: str | None
     orphaned_at_kill: int
+    #: Deliveries after the lease of a worker that was NOT killed expired (a late heartbeat).
+    leases_lost_by_live_workers: int = 0
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
@@ -611,22 +671,26 @@ class Demo:
                 f"metrics {replacement.metrics_url}")
 
     def _report_redeliveries(self) -> None:
-        pending = self.orphans - self.orphans_seen
-        if not pending or self.queue is None:
+        if self.killed is None or self.client is None:
             return
-        assert self.client is not None and self.kill_time is not None
+        assert self.kill_time is not None
         records = self.client[DB_NAME][DELIVERIES]
         names = {c.consumer_id: c.name for c in self.children if c.consumer_id}
-        for doc in records.find({"job_id": {"$in": list(pending)}, "lease_expired": True}):
+        from_victim = {"lease_expired": True,
+                       "prev_error": f"{EXPIRED_HOLDER_PREFIX}{self.killed.consumer_id}"}
+        for doc in records.find(from_victim):
             job_id = doc["job_id"]
             if job_id in self.orphans_seen:
                 continue
             self.orphans_seen.add(job_id)
+            late = job_id not in self.orphans
+            self.orphans.add(job_id)
             after = doc["at"] - self.kill_time
             who = names.get(doc["consumer"], doc["consumer"])
             self.console.event(self.console.green(
                 f"job {job_id} redelivered to {who} (attempt {doc['attempt']}), "
-                f"{after:.1f}s after the kill: lease expired, reaper requeued it"))
+                f"{after:.1f}s after the kill: lease expired, reaper requeued it") +
+                (" (its claim reached the server after the kill)" if late else ""))
 
     # -- the end --------------------------------------------------------------------------
 
@@ -635,7 +699,12 @@ class Demo:
         db = self.client[DB_NAME]
         docs = [_delivery(d) for d in db[DELIVERIES].find({}, {"_id": 0})]
         waits = [d.wait for d in docs]
+        ready_waits = [d.wait for d in docs if d.first_of_ready_put]
         failed = self.queue.failed.count_documents({})
+        victim = self.killed.consumer_id if self.killed else None
+        if victim is not None:
+            dead = list(self.queue.failed.find({}, {"last_error": 1}))
+            self.orphans = orphaned_jobs(self.orphans, victim, docs, dead)
         metrics: dict[str, dict[str, float]] = {}
         for child in self.children:
             if child.alive() and child.metrics_url:
@@ -655,10 +724,15 @@ class Demo:
             delivered_jobs=len({d.job_id for d in docs}),
             wait_p50=percentile(waits, 0.5),
             wait_p99=percentile(waits, 0.99),
+            ready_wait_p50=percentile(ready_waits, 0.5),
+            ready_wait_p99=percentile(ready_waits, 0.99),
+            ready_deliveries=len(ready_waits),
             redelivered_after_lease=sum(1 for d in docs if d.lease_expired),
             retries_after_error=sum(1 for d in docs if d.attempt > 1 and not d.lease_expired),
             killed_worker=self.killed.name if self.killed else None,
             orphaned_at_kill=len(self.orphans),
+            leases_lost_by_live_workers=sum(
+                1 for d in docs if d.lease_expired and d.expired_holder != victim),
             metrics=metrics,
         )
 
@@ -669,9 +743,12 @@ class Demo:
             "seconds": round(t.seconds, 3), "throughput": round(t.throughput, 1),
             "deliveries": t.deliveries, "delivered_jobs": t.delivered_jobs,
             "wait_p50": t.wait_p50, "wait_p99": t.wait_p99,
+            "ready_wait_p50": t.ready_wait_p50, "ready_wait_p99": t.ready_wait_p99,
+            "ready_deliveries": t.ready_deliveries,
             "redelivered_after_lease": t.redelivered_after_lease,
             "retries_after_error": t.retries_after_error,
             "killed_worker": t.killed_worker, "orphaned_at_kill": t.orphaned_at_kill,
+            "leases_lost_by_live_workers": t.leases_lost_by_live_workers,
             "metrics": t.metrics,
         })
         label_width = 17
@@ -687,12 +764,21 @@ class Demo:
         row("throughput", f"{t.throughput:.1f} jobs/s")
         row("wait p50 / p99", f"{format_seconds(t.wait_p50)} / {format_seconds(t.wait_p99)}"
                               f"  (due to claimed, server clock, {t.deliveries} handler calls)")
+        # The headline also counts delayed jobs, retries after their backoff and
+        # redeliveries after a reap; this line is the bench's enqueue-to-claim.
+        row("", f"{format_seconds(t.ready_wait_p50)} / {format_seconds(t.ready_wait_p99)}"
+                f"  put to claimed, first deliveries of the {t.ready_deliveries} jobs put "
+                "without a delay (the bench's latency rows: 1 consumer, 1-node set)")
         if t.killed_worker:
             lease = (f"{t.redelivered_after_lease} after {t.killed_worker} was killed holding "
                      f"{t.orphaned_at_kill} (lease expired, reaper requeued)")
         else:
             lease = f"{t.redelivered_after_lease} after an expired lease (no worker was killed)"
         row("redeliveries", lease)
+        if t.leases_lost_by_live_workers:
+            row("", c.red(f"{t.leases_lost_by_live_workers} of them after a running worker's "
+                          "lease expired: a heartbeat came late (machine overloaded, or "
+                          "--lease too short)"))
         row("", f"{t.retries_after_error} retries after the handler raised "
                 f"({self.args.fail_rate:.0%} of calls fail)")
         row("error queue", f"{t.failed} job{'s' if t.failed != 1 else ''} in "

@@ -19,6 +19,7 @@ What a job does comes from its payload:
 - ``do: "raise_first"``: raises on its first delivery only.
 - ``do: "die"``: SIGKILLs its own worker process.
 - ``work: S``: works S seconds before finishing.
+- ``before: S``: waits S seconds before doing what ``do`` says.
 - ``mark: true``: also writes a ``kind: "start"`` record when a delivery begins,
   so deliveries that never finish are counted too.
 """
@@ -97,6 +98,9 @@ def _insert(doc: Document) -> None:
 def record(payload: dict[str, Any], job: Job) -> None:
     if payload.get("mark"):
         _insert(_base(job, "start"))
+    before = float(payload.get("before", 0))
+    if before > 0:
+        threading.Event().wait(before)
     behaviour = payload.get("do")
     if behaviour == "die":
         os.kill(os.getpid(), signal.SIGKILL)

@@ -209,8 +209,18 @@ def test_demo_runs_to_the_end_and_redelivers_the_killed_workers_jobs(
     assert jobs - summary["orphaned_at_kill"] <= first <= jobs
     assert summary["killed_worker"] == "worker-1"
     assert summary["orphaned_at_kill"] >= 1
-    assert 1 <= summary["redelivered_after_lease"] <= summary["orphaned_at_kill"]
+    # Orphans: what worker-1 held when it died, a claim that reached the server
+    # after the demo's look at the kill included (once "redelivered 2, orphaned 1").
+    # A running worker whose heartbeat came late loses its lease too: counted apart.
+    from_killed = summary["redelivered_after_lease"] - summary["leases_lost_by_live_workers"]
+    assert 1 <= from_killed <= summary["orphaned_at_kill"], summary
     assert summary["wait_p50"] is not None and summary["wait_p50"] <= summary["wait_p99"]
+    # About 90 % of the jobs are put without a delay; all but the orphans reach
+    # a handler first time.
+    assert jobs * 0.5 <= summary["ready_deliveries"] <= jobs
+    assert summary["ready_wait_p50"] <= summary["ready_wait_p99"]
+    assert re.search(r"put to claimed, first deliveries of the \d+ jobs put without a delay",
+                     output), output
     # The reaper's own counter agrees that leases ran out.
     reaper = summary["metrics"]["reaper"]
     assert reaper['streamqueue_leases_expired_total{queue="jobs"}'] >= 1
