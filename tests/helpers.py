@@ -132,3 +132,15 @@ def server_now(client: MongoClient[Document]) -> datetime:
     """The server's clock, as a naive UTC datetime (how pymongo decodes dates)."""
     now: datetime = client.admin.command("hello")["localTime"]
     return now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now
+
+
+def mongod_available() -> bool:
+    """True when ``streamqueue.testing`` can find a ``mongod`` to start."""
+    from streamqueue.errors import ConfigurationError
+    from streamqueue.testing import find_mongod
+
+    try:
+        find_mongod()
+    except ConfigurationError:
+        return False
+    return True

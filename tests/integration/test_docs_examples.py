@@ -41,9 +41,8 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from streamqueue.errors import ConfigurationError
 from streamqueue.storage import Document
-from streamqueue.testing import find_mongod
+from tests.helpers import mongod_available
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -242,14 +241,6 @@ def _group_gone(pgid: int, timeout: float) -> bool:
         time.sleep(0.05)
 
 
-def _mongod_available() -> bool:
-    try:
-        find_mongod()
-    except ConfigurationError:
-        return False
-    return True
-
-
 def block_env(uri: str) -> dict[str, str]:
     # The developer's own STREAMQUEUE_* settings would change what the examples do;
     # STREAMQUEUE_MONGOD only says where mongod is, for the devserver example.
@@ -358,7 +349,7 @@ def test_a_long_running_block_that_exits_without_its_line_fails(tmp_path: Path) 
 @pytest.mark.parametrize("block", TO_RUN, ids=[block.name for block in TO_RUN])
 def test_example_runs(block: Block, mongo_uri: str, mongo_client: MongoClient[Document],
                       tmp_path: Path) -> None:
-    if "devserver" in block.code and not _mongod_available():
+    if "devserver" in block.code and not mongod_available():
         pytest.skip("the example starts its own mongod and none was found")
     before = set(mongo_client.list_database_names())
     try:
