@@ -305,7 +305,7 @@ class JobStore:
         deadline = time.monotonic() + ENQUEUE_CHECK_TIMEOUT
         try:
             with self._streams.watch(pipeline, start_at_operation_time=since,
-                                 max_await_time_ms=500) as stream:
+                                     max_await_time_ms=500) as stream:
                 self.jobs.insert_one({"_id": marker, "state": "enqueue-check"})
                 self.jobs.delete_one({"_id": marker})
                 while time.monotonic() < deadline:
