@@ -635,7 +635,13 @@ class JobStore:
 
     def _finish_stale_moves(self, source: Collection[Document], target: Collection[Document],
                             *, overwrite: bool) -> list[Document]:
-        """Complete two-step moves whose movers went quiet; return the documents moved."""
+        """Complete two-step moves whose movers went quiet; return the documents moved.
+
+        Only servers without transactions make such moves; elsewhere this
+        sends nothing (the look is a scan: fine for the standalone dev server).
+        """
+        if self.supports_transactions():
+            return []
         stale = {"_move": {"$exists": True}, "$expr": {
             "$lt": ["$_move_at", {"$subtract": [NOW, STALE_MOVE_MS]}]}}
         found = self._call("find stale moves", lambda: list(source.find(stale, {"_move": 1})))
