@@ -22,6 +22,7 @@ from streamqueue.storage import (
     event_due_in,
 )
 from streamqueue.validation import MAX_RESULT_BYTES
+from streamqueue.worker import Worker
 from tests.helpers import server_now, wait_until
 from tests.integration.conftest import QueueFactory
 
@@ -247,3 +248,17 @@ def test_a_lost_complete_of_a_kept_job_that_another_claim_completed_is_lease_los
                                   "max_attempts": 3, "payload": {}})
     with pytest.raises(LeaseLost):
         held.complete()
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_a_worker_keeps_what_it_completes(make_queue: QueueFactory, batch: int) -> None:
+    # batch 8 completes through the bulk path (complete_many).
+    queue = make_queue(keep_completed=KEEP)
+    ids = queue.put_many([{"n": n} for n in range(40)])
+    Worker(queue, lambda payload: None, concurrency=4, batch=batch, burst=True).run()
+    assert queue.size() == 0
+    assert queue.stats()["completed"] == 40
+    kept = queue.jobs("completed", limit=100)
+    assert sorted(info.id for info in kept) == sorted(ids)
+    assert all(info.finished_at is not None and info.consumer_id == queue.consumer_id
+               for info in kept)
