@@ -27,6 +27,7 @@ from streamqueue.validation import (
     Backoff,
     backoff_seconds,
     check_backoff,
+    check_keep,
     check_limit,
     check_max_attempts,
     check_payload,
@@ -273,7 +274,7 @@ class Queue:
         self.sweep_interval = check_seconds("sweep_interval", sweep_interval, allow_zero=False)
         self.consumer_id = consumer_id or default_consumer_id()
         self.hooks = hooks or Hooks()
-        self.keep_completed = check_seconds("keep_completed", keep_completed)
+        self.keep_completed = check_keep(keep_completed)
         self.store = JobStore(collection, retry, keep_completed=self.keep_completed)
         self.board = WakeupBoard()
         self.watcher = ChangeStreamWatcher(
@@ -419,7 +420,8 @@ class Queue:
     # -- looking and upkeep -----------------------------------------------------------
 
     def size(self) -> int:
-        """Jobs in the queue: available, locked and delayed (not the error queue)."""
+        """Jobs in the queue: available, locked and delayed (not the error queue, nor kept
+        finished jobs)."""
         return self.store.size()
 
     def stats(self) -> dict[str, int]:
@@ -428,7 +430,9 @@ class Queue:
         ``available`` (due, unclaimed), ``locked`` (lease running), ``expired``
         (lease run out, not yet handed on by the reaper), ``delayed`` (not yet
         due), ``dead`` (in the error queue; also under its deprecated name
-        ``failed``) and ``total`` (all of them, the error queue included).
+        ``failed``), ``completed`` and ``cancelled`` (finished jobs kept by
+        ``keep_completed``) and ``total`` (all of them, the error queue and kept jobs
+        included).
         """
         counts = self.store.counts()
         return {

@@ -138,6 +138,18 @@ def truncate_error(message: str) -> str:
     return encoded[: MAX_ERROR_CHARS - 20].decode("utf-8", "ignore") + "\n...[truncated]"
 
 
+# A TTL index's expireAfterSeconds is a 32-bit int (about 68 years).
+MAX_KEEP_SECONDS = 2**31 - 1
+
+
+def check_keep(value: object) -> float:
+    seconds = check_seconds("keep_completed", value)
+    if seconds > MAX_KEEP_SECONDS:
+        raise ValueError(f"keep_completed must be at most {MAX_KEEP_SECONDS} seconds (a TTL "
+                         f"index's limit), not {value!r}")
+    return seconds
+
+
 def check_tags(tags: object) -> tuple[str, ...]:
     """A list (or tuple) of up to ``MAX_TAGS`` non-empty strings of up to ``MAX_TAG_CHARS``."""
     if isinstance(tags, str | bytes) or not isinstance(tags, list | tuple):

@@ -213,3 +213,12 @@ def test_a_negative_snooze_changes_nothing(queue: Queue, collection: Collection[
     job.release()
     info = queue.get(job.id)
     assert info is not None and info.state == "ready"
+
+
+@pytest.mark.parametrize("keep, error", [(-1, ValueError), (float("inf"), ValueError),
+                                         (2**31, ValueError), ("1h", TypeError)])
+def test_a_bad_keep_completed_is_refused(collection: Collection[Document], keep: Any,
+                                         error: type[Exception]) -> None:
+    with pytest.raises(error):
+        Queue(collection, keep_completed=keep)
+    assert collection.name not in collection.database.list_collection_names()
