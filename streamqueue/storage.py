@@ -110,7 +110,7 @@ INDEXES = [
                partialFilterExpression={"state": LOCKED}),
 ]
 # Only kept finished jobs and tagged jobs have these fields: the partial
-# indexes below hold nothing, and cost nothing per write, while unused.
+# indexes below hold nothing while unused, and a write only checks their filter.
 HAS_FINISHED: Document = {"finished_at": {"$exists": True}}
 HAS_TAGS: Document = {"tags": {"$exists": True}}
 LISTING_INDEXES = [
@@ -956,7 +956,8 @@ def _held(job_id: ObjectId, token: str) -> Document:
 def _state_filter(state: str | None, now: datetime) -> Document:
     """A literal date, not $$NOW: the filter stays a plain index bound."""
     if state is None:
-        return {}
+        # Not the enqueue check's marker (see _inserted_since), which is no job.
+        return {"state": {"$in": [READY, LOCKED, *FINISHED_STATES]}}
     if state == "delayed":
         return {"state": READY, "available_at": {"$gt": now}}
     if state == READY:
