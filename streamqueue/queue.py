@@ -18,7 +18,7 @@ import bson
 from bson import ObjectId
 from pymongo.collection import Collection
 
-from streamqueue.errors import JobCancelled, JobFailed, JobNotFound, LeaseLost
+from streamqueue.errors import ConfigurationError, JobCancelled, JobFailed, JobNotFound, LeaseLost
 from streamqueue.hooks import Hooks
 from streamqueue.jobinfo import FINISHED, JOB_STATES, JobInfo
 from streamqueue.retry import RetryPolicy
@@ -458,6 +458,12 @@ class Queue:
         now = self.store.server_now() if doc.get("state") == "ready" else _EPOCH
         return JobInfo.from_document(doc, dead=dead, now=now)
 
+    def _known(self, job_id: ObjectId) -> JobInfo:
+        info = self.get(job_id)
+        if info is None:
+            raise JobNotFound(f"no job {job_id} in {self.name} or its error queue")
+        return info
+
     def jobs(self, state: str | None = None, *, tag: str | None = None, key: str | None = None,
              limit: int = 100, after: ObjectId | str | None = None) -> list[JobInfo]:
         """Up to ``limit`` jobs, newest first (``_id`` descending), by state, tag or key.
@@ -488,11 +494,18 @@ class Queue:
         oid = _object_id(job_id)
         deadline = math.inf if timeout is None else time.monotonic() + check_seconds(
             "timeout", timeout)
-        with JobChanges(self.store, oid) as changes:
+        try:
+            changes = JobChanges(self.store, oid)
+        except ConfigurationError:
+            # No change streams (standalone): a finished job still has its
+            # answer, but waiting for one would mean polling.
+            info = self._known(oid)
+            if info.state in FINISHED:
+                return _outcome(info)
+            raise
+        with changes:
             while True:
-                info = self.get(oid)
-                if info is None:
-                    raise JobNotFound(f"no job {oid} in {self.name} or its error queue")
+                info = self._known(oid)
                 if info.state in FINISHED:
                     return _outcome(info)
                 if not changes.wait(deadline):

@@ -47,7 +47,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from streamqueue.errors import InvalidJob, QueueUnavailable
+from streamqueue.errors import ConfigurationError, InvalidJob, QueueUnavailable
 from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_transient_bounded
 from streamqueue.servertime import ServerClock
 from streamqueue.tries import BoundedTries, time_limit
@@ -878,8 +878,19 @@ class JobChanges:
             {"$project": {"_id": 1}},
         ]
         self._store = store
-        self._stream: ChangeStream[Document] = store._call(
-            "watch a job", lambda: database.watch(pipeline, max_await_time_ms=JOB_WAIT_SLICE_MS))
+
+        def watch() -> ChangeStream[Document]:
+            try:
+                return database.watch(pipeline, max_await_time_ms=JOB_WAIT_SLICE_MS)
+            except OperationFailure as exc:
+                if is_change_stream_unsupported(exc):
+                    # Waiting without a stream would mean polling, which result() never does.
+                    raise ConfigurationError(
+                        f"waiting for a job on {store.jobs.full_name} needs change streams "
+                        "(a replica set); this server is standalone") from exc
+                raise
+
+        self._stream: ChangeStream[Document] = store._call("watch a job", watch)
 
     def wait(self, deadline: float) -> bool:
         """Block until the job changes (True) or the monotonic ``deadline`` passes (False)."""
