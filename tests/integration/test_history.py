@@ -8,11 +8,13 @@ from datetime import datetime, timedelta
 
 import pytest
 from bson import ObjectId
+from prometheus_client import CollectorRegistry
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from streamqueue import LeaseLost, Queue
 from streamqueue.errors import InvalidJob
+from streamqueue.metrics import PrometheusHooks
 from streamqueue.storage import (
     CLAIM_SORT,
     READY_AND_DUE,
@@ -263,3 +265,21 @@ def test_a_worker_keeps_what_it_completes(make_queue: QueueFactory, batch: int) 
     assert sorted(info.id for info in kept) == sorted(ids)
     assert all(info.finished_at is not None and info.consumer_id == queue.consumer_id
                for info in kept)
+
+
+def test_the_queue_gauge_shows_kept_jobs(make_queue: QueueFactory) -> None:
+    # What the reaper publishes each pass: observe_queue(stats()).
+    queue = make_queue(keep_completed=KEEP)
+    queue.put_many([{"n": n} for n in range(3)])
+    for _ in range(2):
+        job = queue.next()
+        assert job is not None
+        job.complete()
+    registry = CollectorRegistry()
+    PrometheusHooks(registry).observe_queue(queue.name, queue.stats(), 0.0)
+
+    def gauge(state: str) -> float | None:
+        return registry.get_sample_value("streamqueue_queue_jobs",
+                                         {"queue": queue.name, "state": state})
+
+    assert (gauge("available"), gauge("completed"), gauge("cancelled")) == (1.0, 2.0, 0.0)
