@@ -37,3 +37,23 @@ class PermissionDenied(StreamQueueError):
 class StorageError(StreamQueueError):
     """Any other error MongoDB answered with; the driver's exception is the ``__cause__``."""
 
+
+
+class JobNotFound(StreamQueueError, KeyError):
+    """No job has this id, in the queue or its error queue (never put, or removed since)."""
+
+    def __str__(self) -> str:
+        # KeyError would show the message quoted, as it does a missing key.
+        return Exception.__str__(self)
+
+
+class JobFailed(StreamQueueError):
+    """The job ran out of attempts and is in the error queue; ``last_error`` says why."""
+
+    def __init__(self, message: str, last_error: str | None = None) -> None:
+        super().__init__(message)
+        self.last_error = last_error
+
+
+class JobCancelled(StreamQueueError):
+    """The job was cancelled: it has no result."""

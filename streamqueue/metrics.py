@@ -41,7 +41,8 @@ SECONDS_BUCKETS = (
 )
 #: ``stats`` keys published as ``streamqueue_queue_jobs{state=...}``. "dead" is the
 #: error queue; "failed" is the same number under its deprecated name.
-QUEUE_STATES = ("available", "locked", "expired", "delayed", "dead", "failed")
+QUEUE_STATES = ("available", "locked", "expired", "delayed", "dead", "failed", "completed",
+                "cancelled")
 RUN_OUTCOMES = ("completed", "failed", "released", "lease_lost")
 
 #: Names kept for one release after a rename, and what replaces each. "failed"
@@ -212,7 +213,8 @@ class _Metrics:
             queue_jobs=Gauge(
                 f"{PREFIX}_queue_jobs",
                 "Jobs by state (set by the reaper): available, locked (lease running), "
-                "expired (lease run out, not yet reaped), delayed, dead (the error queue); "
+                "expired (lease run out, not yet reaped), delayed, dead (the error queue), "
+                "completed and cancelled (kept by keep_completed); "
                 "state failed is dead's deprecated name.",
                 ["queue", "state"], registry=registry),
             oldest_available_age=Gauge(

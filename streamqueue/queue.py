@@ -14,20 +14,27 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar, cast
 
+import bson
 from bson import ObjectId
 from pymongo.collection import Collection
 
-from streamqueue.errors import LeaseLost
+from streamqueue.errors import ConfigurationError, JobCancelled, JobFailed, JobNotFound, LeaseLost
 from streamqueue.hooks import Hooks
+from streamqueue.jobinfo import FINISHED, JOB_STATES, JobInfo
 from streamqueue.retry import RetryPolicy
-from streamqueue.storage import Document, JobStore, NewJob
+from streamqueue.storage import Document, JobChanges, JobStore, NewJob
 from streamqueue.validation import (
     Backoff,
     backoff_seconds,
     check_backoff,
+    check_keep,
+    check_limit,
     check_max_attempts,
     check_payload,
+    check_result,
     check_seconds,
+    check_tag,
+    check_tags,
     resolve_priority,
     truncate_error,
 )
@@ -135,9 +142,20 @@ class Job:
     def lease_token(self) -> str:
         return self._token
 
-    def complete(self) -> None:
-        """The job is done: remove it from the queue."""
-        self._settle(lambda: self._queue.store.complete(self.id, self._token))
+    def complete(self, result: Any = None) -> None:
+        """The job is done: remove it, or keep it with ``result`` when the queue keeps completed jobs.
+
+        ``result`` must be BSON-encodable and at most ``MAX_RESULT_BYTES``
+        encoded; a bad one raises before anything changes, and so does any
+        result on a queue with ``keep_completed=0`` (there is nowhere to keep it).
+        """
+        store = self._queue.store
+        if result is not None:
+            if store.keep_completed <= 0:
+                raise ValueError("complete(result=...) needs a Queue with keep_completed > 0: "
+                                 "with 0 the job is deleted and the result would be lost")
+            check_result(result, len(bson.encode({"payload": self.payload})))
+        self._settle(lambda: store.complete(self.id, self._token, result))
         self._queue.hooks.completed(self._queue.name, self.attempts, self.run_seconds)
 
     def error(self, message: str | None = None, *, retry_in: float | None = None) -> None:
@@ -168,10 +186,12 @@ class Job:
                     self.attempts, self.max_attempts, error_summary(text), delay)
         log.debug("job %s attempt %d failed with:\n%s", self.id, self.attempts, text)
 
-    def release(self) -> None:
-        """Hand the job back at once, without counting this attempt."""
+    def release(self, *, delay: float = 0.0) -> None:
+        """Hand the job back, due after ``delay`` seconds (server clock), without counting
+        this attempt ("snooze")."""
+        delay = check_seconds("delay", delay)
         self._settle(lambda: self._queue.store.requeue(
-            self.id, self._token, delay=0.0, error=None, count_attempt=False))
+            self.id, self._token, delay=delay, error=None, count_attempt=False))
         self._queue.hooks.released(self._queue.name, self.run_seconds)
 
     def progress(self, count: int | None = None) -> None:
@@ -242,6 +262,7 @@ class Queue:
         max_await: float = 5.0,
         pause_stream_after: float | None = 2.0,
         retry: RetryPolicy | None = None,
+        keep_completed: float = 0.0,
     ) -> None:
         if not isinstance(collection, Collection):
             raise TypeError(f"collection must be a pymongo Collection, not {type(collection).__name__}")
@@ -253,7 +274,8 @@ class Queue:
         self.sweep_interval = check_seconds("sweep_interval", sweep_interval, allow_zero=False)
         self.consumer_id = consumer_id or default_consumer_id()
         self.hooks = hooks or Hooks()
-        self.store = JobStore(collection, retry)
+        self.keep_completed = check_keep(keep_completed)
+        self.store = JobStore(collection, retry, keep_completed=self.keep_completed)
         self.board = WakeupBoard()
         self.watcher = ChangeStreamWatcher(
             self.store, self.board, self.hooks,
@@ -282,21 +304,25 @@ class Queue:
     # -- producing ------------------------------------------------------------------
 
     def put(self, payload: Mapping[str, Any], *, priority: int | None = None,
-            delay: float = 0.0) -> ObjectId:
-        """Enqueue one job; it is claimable after ``delay`` seconds (server clock)."""
-        return self.put_many([payload], priority=priority, delay=delay)[0]
+            delay: float = 0.0, tags: Sequence[str] = ()) -> ObjectId:
+        """Enqueue one job; it is claimable after ``delay`` seconds (server clock).
+
+        ``tags``: up to ``MAX_TAGS`` short strings to find it by (``jobs(tag=...)``).
+        """
+        return self.put_many([payload], priority=priority, delay=delay, tags=tags)[0]
 
     def put_many(self, payloads: Iterable[Mapping[str, Any]], *, priority: int | None = None,
-                 delay: float = 0.0) -> list[ObjectId]:
+                 delay: float = 0.0, tags: Sequence[str] = ()) -> list[ObjectId]:
         """Enqueue several jobs in one round trip; all are checked before any is written."""
         if isinstance(payloads, Mapping | str | bytes):
             raise TypeError("put_many takes an iterable of payloads; use put() for one")
         delay = check_seconds("delay", delay)
+        checked_tags = check_tags(tags)
         new_jobs = []
         for payload in payloads:
             checked = check_payload(payload)
             new_jobs.append(NewJob(checked, resolve_priority(checked, priority), delay,
-                                   self.max_attempts))
+                                   self.max_attempts, checked_tags))
         if not new_jobs:
             return []
         ids = self.store.insert(new_jobs)  # creates the indexes once the jobs are known good
@@ -378,12 +404,12 @@ class Queue:
         pending = [job for job in jobs if not job.settled]
         for job in pending:
             job._begin_settle()
-        deleted = self.store.complete_many([(job.id, job.lease_token) for job in pending])
+        held = [(job.id, job.lease_token) for job in pending]
+        done = self.store.complete_many(held)
         lost: list[Job] = []
-        if deleted < len(pending):
-            # Still there means re-claimed by someone else after our lease ran out.
-            present = self.store.present([job.id for job in pending])
-            lost = [job for job in pending if job.id in present]
+        if done < len(pending):
+            completed = self.store.completed_by(held)
+            lost = [job for job in pending if job.id not in completed]
         for job in pending:
             if job in lost:
                 self.hooks.lease_lost(self.name, job.run_seconds)
@@ -394,7 +420,8 @@ class Queue:
     # -- looking and upkeep -----------------------------------------------------------
 
     def size(self) -> int:
-        """Jobs in the queue: available, locked and delayed (not the error queue)."""
+        """Jobs in the queue: available, locked and delayed (not the error queue, nor kept
+        finished jobs)."""
         return self.store.size()
 
     def stats(self) -> dict[str, int]:
@@ -403,7 +430,9 @@ class Queue:
         ``available`` (due, unclaimed), ``locked`` (lease running), ``expired``
         (lease run out, not yet handed on by the reaper), ``delayed`` (not yet
         due), ``dead`` (in the error queue; also under its deprecated name
-        ``failed``) and ``total`` (all of them, the error queue included).
+        ``failed``), ``completed`` and ``cancelled`` (finished jobs kept by
+        ``keep_completed``) and ``total`` (all of them, the error queue and kept jobs
+        included).
         """
         counts = self.store.counts()
         return {
@@ -413,8 +442,74 @@ class Queue:
             "delayed": counts.delayed,
             "dead": counts.failed,
             "failed": counts.failed,  # deprecated name of "dead": the error queue
+            "completed": counts.completed,
+            "cancelled": counts.cancelled,
             "total": counts.total,
         }
+
+    def get(self, job_id: ObjectId | str) -> JobInfo | None:
+        """The job as stored now, in the queue or its error queue; None if there is none."""
+        oid = _object_id(job_id)
+        found = self.store.find_job(oid)
+        if found is None:
+            return None
+        doc, dead = found
+        # Only a ready job needs the clock (ready or delayed): one round trip less otherwise.
+        now = self.store.server_now() if doc.get("state") == "ready" else _EPOCH
+        return JobInfo.from_document(doc, dead=dead, now=now)
+
+    def _known(self, job_id: ObjectId) -> JobInfo:
+        info = self.get(job_id)
+        if info is None:
+            raise JobNotFound(f"no job {job_id} in {self.name} or its error queue")
+        return info
+
+    def jobs(self, state: str | None = None, *, tag: str | None = None, key: str | None = None,
+             limit: int = 100, after: ObjectId | str | None = None) -> list[JobInfo]:
+        """Up to ``limit`` jobs, newest first (``_id`` descending), by state, tag or key.
+
+        ``after``: the last id of the previous page; this page holds older jobs.
+        ``state``: one of ``JOB_STATES`` ("failed" is the error queue).
+        """
+        if state is not None and state not in JOB_STATES:
+            raise ValueError(f"state must be one of {', '.join(JOB_STATES)}, not {state!r}")
+        if tag is not None:
+            check_tag(tag)
+        if key is not None and (not isinstance(key, str) or not key):
+            raise TypeError(f"key must be a non-empty str, not {key!r}")
+        limit = check_limit(limit)
+        start = None if after is None else _object_id(after)
+        now = self.store.server_now()
+        found = self.store.list_jobs(state, tag=tag, key=key, limit=limit, after=start, now=now)
+        return [JobInfo.from_document(doc, dead=dead, now=now) for doc, dead in found]
+
+    def result(self, job_id: ObjectId | str, *, timeout: float | None = None) -> Any:
+        """Wait until the job finishes; return its result (kept by ``keep_completed``).
+
+        Raises ``JobFailed`` (dead-lettered), ``JobCancelled``, ``JobNotFound``
+        (no such job, or gone: completed by a queue that keeps nothing, or
+        removed by the TTL), ``TimeoutError`` after ``timeout`` seconds.
+        Waits on a change stream, opened before the first read so no change is missed.
+        """
+        oid = _object_id(job_id)
+        deadline = math.inf if timeout is None else time.monotonic() + check_seconds(
+            "timeout", timeout)
+        try:
+            changes = JobChanges(self.store, oid)
+        except ConfigurationError:
+            # No change streams (standalone): a finished job still has its
+            # answer, but waiting for one would mean polling.
+            info = self._known(oid)
+            if info.state in FINISHED:
+                return _outcome(info)
+            raise
+        with changes:
+            while True:
+                info = self._known(oid)
+                if info.state in FINISHED:
+                    return _outcome(info)
+                if not changes.wait(deadline):
+                    raise TimeoutError(f"job {oid} is still {info.state} after {timeout:g}s")
 
     def oldest_available_age(self) -> float:
         return self.store.oldest_available_age()
@@ -456,6 +551,28 @@ class Queue:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _object_id(value: object) -> ObjectId:
+    if isinstance(value, ObjectId):
+        return value
+    if isinstance(value, str):
+        if ObjectId.is_valid(value):
+            return ObjectId(value)
+        raise ValueError(f"not a job id (24 hex digits): {value!r}")
+    raise TypeError(f"a job id must be an ObjectId or its hex string, not {type(value).__name__}")
+
+
+def _outcome(info: JobInfo) -> Any:
+    if info.state == "completed":
+        return info.result
+    if info.state == "cancelled":
+        raise JobCancelled(f"job {info.id} was cancelled")
+    raise JobFailed(f"job {info.id} failed after {info.attempts} attempts: "
+                    f"{error_summary(info.last_error or '')}", info.last_error)
 
 
 #: The fields the 2012 mongoqueue kept in every job document, as ``MongoJob.data`` names them.
@@ -526,12 +643,12 @@ class MongoQueue(Queue):
         return self.lease
 
     def put(self, payload: Mapping[str, Any], priority: int | None = None, *,
-            delay: float = 0.0) -> ObjectId:
+            delay: float = 0.0, tags: Sequence[str] = ()) -> ObjectId:
         """Enqueue ``payload``; ``priority`` may be given by position, as mongoqueue 0.6+ took it.
 
         Left out, the payload's own ``"priority"`` key sets it (mongoqueue 2012), else 0.
         """
-        return super().put(payload, priority=priority, delay=delay)
+        return super().put(payload, priority=priority, delay=delay, tags=tags)
 
     def next(self, timeout: float | None = 0) -> MongoJob | None:
         """Claim the next due job, or None at once if there is none (mongoqueue's ``next()``)."""

@@ -5,13 +5,16 @@ A job is one document in the queue's collection::
     _id           ObjectId, made by the producer
     payload       the caller's mapping
     priority      int; higher is claimed first
-    state         "ready" or "locked" (a ready job whose available_at is in
-                  the future is "delayed")
+    state         "ready", "locked", or, kept after it finished (``keep_completed``),
+                  "completed" or "cancelled" (a ready job whose available_at
+                  is in the future is "delayed")
     attempts      claims so far; max_attempts: deliveries allowed
     enqueued_at, available_at, locked_at, locked_until   server-clock dates
     consumer_id, lease_token   who holds the lease; the token names one claim
     last_error, progress
-    settled_lease the token of the claim that last requeued or buried it
+    settled_lease the token of the claim that last requeued, buried or completed it
+    tags          list of short strings, only when given
+    finished_at, result   only on kept finished jobs
 
 Every time comparison uses the server's ``$$NOW`` inside the operation, so no
 client clock is ever trusted. The one date not written by ``$$NOW`` is the
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import uuid
@@ -43,7 +47,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from streamqueue.errors import InvalidJob, QueueUnavailable
+from streamqueue.errors import ConfigurationError, InvalidJob, QueueUnavailable
 from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_transient_bounded
 from streamqueue.servertime import ServerClock
 from streamqueue.tries import BoundedTries, time_limit
@@ -55,6 +59,9 @@ Document = dict[str, Any]
 READY = "ready"
 LOCKED = "locked"
 FAILED = "failed"
+COMPLETED = "completed"
+CANCELLED = "cancelled"
+FINISHED_STATES = (COMPLETED, CANCELLED)
 
 LOCK_FIELDS = ["lease_token", "consumer_id", "locked_at", "locked_until"]
 # The token of the claim that last settled the job (requeue, bury): a settle
@@ -68,6 +75,10 @@ STALE_MOVE_MS = 60_000
 ENQUEUE_LOOKBACK = 10
 # How long it waits for the change stream to show them.
 ENQUEUE_CHECK_TIMEOUT = 30.0
+# A job's waiter checks its deadline at least this often (ms) while no change comes.
+JOB_WAIT_SLICE_MS = 200
+# IndexOptionsConflict, IndexKeySpecsConflict: a racing creator made it differently.
+INDEX_CONFLICT_CODES = {85, 86}
 
 NOW = "$$NOW"
 IS_DUE = {"$lte": ["$available_at", NOW]}
@@ -98,6 +109,19 @@ INDEXES = [
     IndexModel([("lease_token", ASCENDING)], name="lease_token", unique=True,
                partialFilterExpression={"state": LOCKED}),
 ]
+# Only kept finished jobs and tagged jobs have these fields: the partial
+# indexes below hold nothing while unused, and a write only checks their filter.
+HAS_FINISHED: Document = {"finished_at": {"$exists": True}}
+HAS_TAGS: Document = {"tags": {"$exists": True}}
+LISTING_INDEXES = [
+    # jobs(state="completed"|"cancelled"), newest first.
+    IndexModel([("state", ASCENDING), ("_id", DESCENDING)], name="finished",
+               partialFilterExpression=HAS_FINISHED),
+    # jobs(tag=...), newest first.
+    IndexModel([("tags", ASCENDING), ("_id", DESCENDING)], name="tags",
+               partialFilterExpression=HAS_TAGS),
+]
+TTL_INDEX = "finished_ttl"
 FAILED_INDEXES = [IndexModel([("failed_at", DESCENDING)], name="failed_at")]
 
 # Events that can make a job claimable. Everything else (locks, heartbeats,
@@ -132,6 +156,7 @@ class NewJob:
     priority: int
     delay: float
     max_attempts: int
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,10 +166,13 @@ class QueueCounts:
     delayed: int
     failed: int
     expired: int = 0  # leases run out, not yet reaped: still "locked" in the document
+    completed: int = 0  # kept finished jobs (keep_completed > 0)
+    cancelled: int = 0
 
     @property
     def total(self) -> int:
-        return self.available + self.locked + self.expired + self.delayed + self.failed
+        return (self.available + self.locked + self.expired + self.delayed + self.failed
+                + self.completed + self.cancelled)
 
 
 @dataclass(frozen=True)
@@ -160,7 +188,8 @@ class ReapResult:
 class JobStore:
     """The queue's collection and its error queue, behind named operations."""
 
-    def __init__(self, collection: Collection[Document], retry: RetryPolicy | None = None) -> None:
+    def __init__(self, collection: Collection[Document], retry: RetryPolicy | None = None,
+                 *, keep_completed: float = 0.0) -> None:
         if collection.write_concern.is_server_default:
             # An acknowledged w:1 write can roll back on failover and hand a
             # claimed job to a second consumer: majority is the safe default.
@@ -189,6 +218,8 @@ class JobStore:
         self.clock = ServerClock(lambda: client.admin.command("hello"),
                                  server_id=lambda: client.primary)
         self._indexes_ready = False
+        # Seconds a completed job stays readable; 0 deletes it on completion.
+        self.keep_completed = keep_completed
         self._transactions: bool | None = None
         self._lock = threading.Lock()
 
@@ -209,10 +240,42 @@ class JobStore:
         with self._lock:
             if not self._indexes_ready:
                 self._call("create indexes", lambda: (
-                    self.jobs.create_indexes(INDEXES),
+                    self.jobs.create_indexes(INDEXES + LISTING_INDEXES),
                     self.failed.create_indexes(FAILED_INDEXES),
                 ))
+                if self.keep_completed > 0:
+                    self._call("create the TTL index", self._ensure_ttl)
                 self._indexes_ready = True
+
+    def _ensure_ttl(self) -> None:
+        """The TTL index that removes kept finished jobs; the longest retention asked for wins.
+
+        A collection has one ``expireAfterSeconds`` for the index, so Queue
+        objects that disagree share the largest: each keeps its jobs at least
+        as long as it asked. Lowering it is an operator's ``collMod``.
+        """
+        wanted = max(1, math.ceil(self.keep_completed))
+        current = self.jobs.index_information().get(TTL_INDEX)
+        if current is None:
+            try:
+                self.jobs.create_index([("finished_at", ASCENDING)], name=TTL_INDEX,
+                                       expireAfterSeconds=wanted,
+                                       partialFilterExpression=HAS_FINISHED)
+                return
+            except OperationFailure as exc:
+                if exc.code not in INDEX_CONFLICT_CODES:
+                    raise
+                current = self.jobs.index_information().get(TTL_INDEX) or {}
+        kept = int(current.get("expireAfterSeconds", 0))
+        if kept < wanted:
+            log.info("raising the retention of finished jobs on %s from %ds to %ds",
+                     self.jobs.full_name, kept, wanted)
+            self.jobs.database.command("collMod", self.jobs.name, index={
+                "name": TTL_INDEX, "expireAfterSeconds": wanted})
+        elif kept > wanted:
+            log.warning("%s keeps finished jobs %ds (asked by another queue), more than this "
+                        "queue's keep_completed=%gs: the longest retention wins",
+                        self.jobs.full_name, kept, self.keep_completed)
 
     def forget_indexes(self) -> None:
         """The collection was dropped: create the indexes again on next use."""
@@ -412,25 +475,50 @@ class JobStore:
 
     # -- settling a claim ---------------------------------------------------------
 
-    def complete(self, job_id: ObjectId, token: str) -> bool:
-        def gone() -> bool:
-            # Still there means another claim holds it now. Gone means a lost
-            # try deleted it, or its next holder completed it: done either way.
-            return self.jobs.find_one({"_id": job_id}, {"_id": 1}) is None
+    def complete(self, job_id: ObjectId, token: str, result: Any = None) -> bool:
+        """Finish a held job: delete it, or (keeping) mark it completed with ``result``."""
+        if self.keep_completed <= 0:
+            def gone() -> bool:
+                # Still there means another claim holds it now. Gone means a lost
+                # try deleted it, or its next holder completed it: done either way.
+                return self.jobs.find_one({"_id": job_id}, {"_id": 1}) is None
 
+            return self._settle(
+                "complete",
+                lambda: self.jobs.delete_one(_held(job_id, token)).deleted_count,
+                gone,
+            )
+        pipeline = _completed_pipeline(result)
         return self._settle(
             "complete",
-            lambda: self.jobs.delete_one(_held(job_id, token)).deleted_count,
-            gone,
+            lambda: self.jobs.update_one(_held(job_id, token), pipeline).modified_count,
+            # Only this claim's completion writes its token: anything else is another claim's.
+            lambda: self.jobs.find_one(_completed_by(job_id, token), {"_id": 1}) is not None,
         )
 
     def complete_many(self, held: Sequence[tuple[ObjectId, str]]) -> int:
-        """Delete every listed job still held by its token; return how many went."""
+        """Finish every listed job still held by its token (as ``complete``); return how many."""
         if not held:
             return 0
         query = {"$or": [_held(job_id, token) for job_id, token in held]}
-        deleted: int = self._call("complete many", lambda: self.jobs.delete_many(query).deleted_count)
-        return deleted
+        if self.keep_completed <= 0:
+            deleted: int = self._call("complete many",
+                                      lambda: self.jobs.delete_many(query).deleted_count)
+            return deleted
+        pipeline = _completed_pipeline(None)
+        kept: int = self._call("complete many",
+                               lambda: self.jobs.update_many(query, pipeline).modified_count)
+        return kept
+
+    def completed_by(self, held: Sequence[tuple[ObjectId, str]]) -> set[ObjectId]:
+        """Which of these claims' completions took effect (after a short ``complete_many``)."""
+        ids = [job_id for job_id, _ in held]
+        if self.keep_completed <= 0:
+            # Still there means re-claimed by someone else after our lease ran out.
+            return set(ids) - self.present(ids)
+        query = {"$or": [_completed_by(job_id, token) for job_id, token in held]}
+        found: list[Document] = self._call("find", lambda: list(self.jobs.find(query, {"_id": 1})))
+        return {doc["_id"] for doc in found}
 
     def requeue(
         self, job_id: ObjectId, token: str, *, delay: float, error: str | None, count_attempt: bool
@@ -670,13 +758,17 @@ class JobStore:
                 expired=self.jobs.count_documents({"state": LOCKED, "locked_until": {"$lt": now}}),
                 delayed=self.jobs.count_documents({"state": READY, "available_at": {"$gt": now}}),
                 failed=self.failed.count_documents({}),
+                completed=self.jobs.count_documents({"state": COMPLETED}),
+                cancelled=self.jobs.count_documents({"state": CANCELLED}),
             )
 
         result: QueueCounts = self._call("count", count)
         return result
 
     def size(self) -> int:
-        size: int = self._call("size", lambda: self.jobs.count_documents({}))
+        # Kept finished jobs are history, not queued work.
+        size: int = self._call("size", lambda: self.jobs.count_documents(
+            {"state": {"$in": [READY, LOCKED]}}))
         return size
 
     def oldest_available_age(self) -> float:
@@ -711,6 +803,62 @@ class JobStore:
         doc: Document | None = self._call("get", lambda: self.jobs.find_one({"_id": job_id}))
         return doc
 
+    def server_now(self) -> datetime:
+        """The server's clock now (``hello.localTime``), to judge ready against delayed."""
+        now: datetime = self._call("read the server clock",
+                                   lambda: self.jobs.database.command("hello")["localTime"])
+        return now
+
+    def find_job(self, job_id: ObjectId) -> tuple[Document, bool] | None:
+        """The job in the queue or the error queue; True when in the error queue."""
+        def find() -> tuple[Document, bool] | None:
+            # The queue again last: a retry_failed moving it back between the
+            # two reads would otherwise hide it from both.
+            for collection, dead in ((self.jobs, False), (self.failed, True), (self.jobs, False)):
+                doc = collection.find_one({"_id": job_id})
+                if doc is not None:
+                    return doc, dead
+            return None
+
+        found: tuple[Document, bool] | None = self._call("get", find)
+        return found
+
+    def list_jobs(self, state: str | None, *, tag: str | None, key: str | None, limit: int,
+                  after: ObjectId | None, now: datetime) -> list[tuple[Document, bool]]:
+        """Up to ``limit`` jobs newest first (``_id`` descending), each flagged when dead.
+
+        ``now`` (the server's clock) splits ready from delayed. Every listing
+        walks an index in ``_id`` order and stops at ``limit``: the partial
+        ``tags`` index for a tag, ``finished`` for kept finished jobs, else ``_id``.
+        """
+        query: Document = {}
+        if after is not None:
+            query["_id"] = {"$lt": after}
+        if tag is not None:
+            query["tags"] = {"$eq": tag, "$exists": True}
+        if key is not None:
+            query["key"] = key
+        found: list[tuple[Document, bool]] = []
+        if state in (None, FAILED):
+            found += [(doc, True) for doc in self._newest(self.failed, query, limit, tag)]
+        if state != FAILED:
+            live = {**query, **_state_filter(state, now)}
+            found += [(doc, False) for doc in self._newest(self.jobs, live, limit, tag, state)]
+        found.sort(key=lambda item: item[0]["_id"], reverse=True)
+        return found[:limit]
+
+    def _newest(self, collection: Collection[Document], query: Document, limit: int,
+                tag: str | None, state: str | None = None) -> list[Document]:
+        # The partial indexes match by themselves (the query implies their
+        # filter, the sort is theirs) and may not exist yet on an old queue,
+        # so only the _id index, which always does, is hinted: without it the
+        # planner may take the claim index and sort every ready job in memory.
+        hinted = collection is self.failed or (tag is None and state not in FINISHED_STATES)
+        options: Document = {"hint": "_id_"} if hinted else {}
+        docs: list[Document] = self._call("list jobs", lambda: list(collection.find(
+            query, sort=[("_id", DESCENDING)], limit=limit, **options)))
+        return docs
+
     def clear(self) -> None:
         self._call("clear", lambda: (self.jobs.delete_many({}), self.failed.delete_many({})))
 
@@ -723,6 +871,46 @@ class JobStore:
             resume_after=resume_after,
             max_await_time_ms=millis(max_await),
         )
+
+
+class JobChanges:
+    """The change stream of one job, in the queue and the error queue; a context manager."""
+
+    def __init__(self, store: JobStore, job_id: ObjectId) -> None:
+        database = store._streams.database.with_options(read_concern=ReadConcern())
+        pipeline: list[Document] = [
+            {"$match": {"documentKey._id": job_id,
+                        "ns.coll": {"$in": [store.jobs.name, store.failed.name]}}},
+            {"$project": {"_id": 1}},
+        ]
+        self._store = store
+
+        def watch() -> ChangeStream[Document]:
+            try:
+                return database.watch(pipeline, max_await_time_ms=JOB_WAIT_SLICE_MS)
+            except OperationFailure as exc:
+                if is_change_stream_unsupported(exc):
+                    # Waiting without a stream would mean polling, which result() never does.
+                    raise ConfigurationError(
+                        f"waiting for a job on {store.jobs.full_name} needs change streams "
+                        "(a replica set); this server is standalone") from exc
+                raise
+
+        self._stream: ChangeStream[Document] = store._call("watch a job", watch)
+
+    def wait(self, deadline: float) -> bool:
+        """Block until the job changes (True) or the monotonic ``deadline`` passes (False)."""
+        while time.monotonic() < deadline:
+            event = self._store._call("wait for a job", self._stream.try_next)
+            if event is not None:
+                return True
+        return False
+
+    def __enter__(self) -> JobChanges:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
 
 
 def event_due_in(event: Mapping[str, Any]) -> float:
@@ -782,6 +970,36 @@ def _held(job_id: ObjectId, token: str) -> Document:
     return {"_id": job_id, "lease_token": token, "state": LOCKED}
 
 
+def _state_filter(state: str | None, now: datetime) -> Document:
+    """A literal date, not $$NOW: the filter stays a plain index bound."""
+    if state is None:
+        # Not the enqueue check's marker (see _inserted_since), which is no job.
+        return {"state": {"$in": [READY, LOCKED, *FINISHED_STATES]}}
+    if state == "delayed":
+        return {"state": READY, "available_at": {"$gt": now}}
+    if state == READY:
+        return {"state": READY, "available_at": {"$lte": now}}
+    if state in FINISHED_STATES:
+        return {"state": state, **HAS_FINISHED}
+    return {"state": state}
+
+
+def _completed_by(job_id: ObjectId, token: str) -> Document:
+    return {"_id": job_id, "state": COMPLETED, SETTLED_BY: token}
+
+
+def _completed_pipeline(result: Any) -> list[Document]:
+    """Keep a held job as completed: when, by which claim (its token), and its result.
+
+    The job keeps ``consumer_id`` and ``locked_at`` as history; the lease is over.
+    """
+    return [
+        {"$set": {"state": COMPLETED, "finished_at": NOW, "result": {"$literal": result},
+                  SETTLED_BY: "$lease_token"}},
+        {"$unset": ["lease_token", "locked_until"]},
+    ]
+
+
 def new_document(job: NewJob, now: datetime) -> Document:
     """A new job's document; ``now`` is the server's time (``ServerClock.now()``).
 
@@ -794,7 +1012,7 @@ def new_document(job: NewJob, now: datetime) -> Document:
         # Past year 9999: MongoDB would store it, but pymongo cannot decode
         # it, so every claim that met the job would fail. Refused, unwritten.
         raise InvalidJob(f"delay of {job.delay:g} seconds puts the job past the year 9999") from None
-    return {
+    document = {
         "_id": ObjectId(),
         "payload": dict(job.payload),
         "priority": job.priority,
@@ -804,6 +1022,10 @@ def new_document(job: NewJob, now: datetime) -> Document:
         "enqueued_at": now,
         "available_at": available_at,
     }
+    if job.tags:
+        # Absent, not empty, when untagged: the partial tags index then skips the job.
+        document["tags"] = list(job.tags)
+    return document
 
 
 def _insert_ignoring_duplicate_ids(collection: Collection[Document],

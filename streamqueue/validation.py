@@ -20,6 +20,11 @@ from streamqueue.errors import InvalidJob
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 MAX_PAYLOAD_BYTES = MAX_DOCUMENT_BYTES - 128 * 1024
 MAX_ERROR_CHARS = 32 * 1024
+# A kept result lives in the job's document, next to its payload.
+MAX_RESULT_BYTES = 1024 * 1024
+# Tags are labels for listing, not data.
+MAX_TAGS = 20
+MAX_TAG_CHARS = 100
 
 Backoff = float | Callable[[int], float]
 
@@ -131,3 +136,60 @@ def truncate_error(message: str) -> str:
     if len(encoded) <= MAX_ERROR_CHARS:
         return encoded.decode("utf-8")
     return encoded[: MAX_ERROR_CHARS - 20].decode("utf-8", "ignore") + "\n...[truncated]"
+
+
+# A TTL index's expireAfterSeconds is a 32-bit int (about 68 years).
+MAX_KEEP_SECONDS = 2**31 - 1
+
+
+def check_keep(value: object) -> float:
+    seconds = check_seconds("keep_completed", value)
+    if seconds > MAX_KEEP_SECONDS:
+        raise ValueError(f"keep_completed must be at most {MAX_KEEP_SECONDS} seconds (a TTL "
+                         f"index's limit), not {value!r}")
+    return seconds
+
+
+def check_tags(tags: object) -> tuple[str, ...]:
+    """A list (or tuple) of up to ``MAX_TAGS`` non-empty strings of up to ``MAX_TAG_CHARS``."""
+    if isinstance(tags, str | bytes) or not isinstance(tags, list | tuple):
+        raise TypeError(f"tags must be a list of strings, not {type(tags).__name__}")
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags, not {len(tags)}")
+    for tag in tags:
+        check_tag(tag)
+    # Order kept, repeats dropped: a tag is a label, present or not.
+    return tuple(dict.fromkeys(tags))
+
+
+def check_tag(tag: object) -> str:
+    if not isinstance(tag, str):
+        raise TypeError(f"a tag must be a str, not {type(tag).__name__}")
+    if not tag or len(tag) > MAX_TAG_CHARS or "\x00" in tag:
+        raise ValueError(f"a tag must be 1 to {MAX_TAG_CHARS} characters without NUL, "
+                         f"not {tag!r}")
+    return tag
+
+
+def check_result(result: object, payload_bytes: int) -> Any:
+    """A completed job's result: BSON-encodable, at most ``MAX_RESULT_BYTES`` encoded,
+    and room for it next to the job's payload."""
+    _check_keys(result, "result")
+    try:
+        size = len(bson.encode({"result": result}))
+    except (InvalidDocument, TypeError, OverflowError) as exc:
+        raise InvalidJob(f"result cannot be stored as BSON: {exc}") from exc
+    if size > MAX_RESULT_BYTES:
+        raise InvalidJob(f"result is {size} bytes encoded; the limit is {MAX_RESULT_BYTES} bytes")
+    if size + payload_bytes > MAX_PAYLOAD_BYTES:
+        raise InvalidJob(f"result ({size} bytes) does not fit in the job's document next to "
+                         f"its payload ({payload_bytes} bytes)")
+    return result
+
+
+def check_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    return limit

@@ -87,7 +87,9 @@ def mongo_uri() -> Iterator[str]:
         with _container_replica_set() as uri:
             yield uri
     else:
-        with ReplicaSet(nodes=1) as rs:
+        # The TTL monitor wakes every second, not every minute: a test of
+        # kept-job removal then waits seconds (test_history.py sets it too).
+        with ReplicaSet(nodes=1, extra_args=["--setParameter", "ttlMonitorSleepSecs=1"]) as rs:
             yield rs.uri
 
 

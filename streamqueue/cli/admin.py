@@ -1,4 +1,4 @@
-"""The one-shot commands: ``put``, ``stats`` and ``failed list|retry|purge``.
+"""The one-shot commands: ``put``, ``stats``, ``show``, ``jobs`` and ``failed list|retry|purge``.
 
 Each connects, does one thing to a queue, prints the result and exits; a
 dead server fails within ``--server-timeout`` rather than after a minute of
@@ -23,6 +23,7 @@ from pymongo.errors import PyMongoError
 from streamqueue.cli.options import PROG, CliError, UsageError
 from streamqueue.cli.runtime import Session, _note, _output, one_shot_retry, open_session
 from streamqueue.exitcodes import ExitCode
+from streamqueue.jobinfo import JobInfo
 from streamqueue.storage import Document
 
 
@@ -35,7 +36,8 @@ def cmd_put(args: argparse.Namespace) -> int:
         queue = Queue(session.collection(), max_attempts=args.max_attempts,
                       retry=one_shot_retry(args))
         try:
-            job_id = queue.put(payload, priority=args.priority, delay=args.delay)
+            job_id = queue.put(payload, priority=args.priority, delay=args.delay,
+                               tags=args.tags or ())
         except (TypeError, ValueError) as exc:
             raise UsageError(f"payload rejected: {exc}") from None
     finally:
@@ -146,6 +148,73 @@ def _table(header: list[str], body: list[list[str]], right_aligned: Sequence[int
         return "  ".join(cells).rstrip()
 
     return "\n".join(line(row) for row in [header, *body])
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from streamqueue.queue import Queue
+
+    session = open_session(args, "streamqueue-show")
+    try:
+        queue = Queue(session.collection(), retry=one_shot_retry(args))
+        info = queue.get(args.job_id)
+    finally:
+        session.close()
+    if info is None:
+        raise CliError(f"no job {args.job_id} in {session.db}.{session.queues[0]} or its error "
+                       "queue", ExitCode.NOT_FOUND)
+    shown = _info_json(info)
+    if args.json:
+        _output(json.dumps(shown, indent=2))
+    else:
+        width = max(len(name) for name in shown)
+        _output("\n".join(f"{name.ljust(width)}  {_cell(value)}" for name, value in shown.items()))
+    return ExitCode.OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from streamqueue.queue import Queue
+
+    session = open_session(args, "streamqueue-jobs")
+    try:
+        queue = Queue(session.collection(), retry=one_shot_retry(args))
+        found = queue.jobs(args.state, tag=args.tag, limit=args.limit, after=args.after)
+    finally:
+        session.close()
+    if args.json:
+        _output(json.dumps([_info_json(info) for info in found], indent=2))
+        return ExitCode.OK
+    if not found:
+        _note(f"{PROG}: no such jobs in {session.db}.{session.queues[0]}")
+        return ExitCode.OK
+    header = ["JOB ID", "STATE", "ATTEMPTS", "ENQUEUED AT (UTC)", "TAGS", "LAST ERROR"]
+    body = [[str(info.id), info.state, f"{info.attempts}/{info.max_attempts}",
+             _when(info.enqueued_at), ",".join(info.tags) or "-",
+             _error_summary(info.last_error, width=50)] for info in found]
+    _output(_table(header, body))
+    return ExitCode.OK
+
+
+def _info_json(info: JobInfo) -> dict[str, Any]:
+    """A JobInfo as plain JSON: dates in ISO 8601 UTC (null when unset), BSON values in
+    relaxed extended JSON."""
+    def plain(value: object) -> Any:
+        return json.loads(json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS))
+
+    shown: dict[str, Any] = {}
+    for name, value in vars(info).items():
+        if isinstance(value, datetime) or name.endswith("_at") or name == "locked_until":
+            shown[name] = _when(value) if value is not None else None
+        elif name == "id":
+            shown[name] = str(value)
+        elif name == "tags":
+            shown[name] = list(value)
+        else:
+            shown[name] = plain(value)
+    return shown
+
+
+def _cell(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def cmd_failed_list(args: argparse.Namespace) -> int:

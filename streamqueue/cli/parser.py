@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from streamqueue import __version__
-from streamqueue.cli.admin import cmd_failed_list, cmd_failed_purge, cmd_failed_retry, cmd_put, cmd_stats
+from streamqueue.cli.admin import (
+    cmd_failed_list,
+    cmd_failed_purge,
+    cmd_failed_retry,
+    cmd_jobs,
+    cmd_put,
+    cmd_show,
+    cmd_stats,
+)
 from streamqueue.cli.options import (
     LOG_LEVELS,
     PROG,
@@ -35,6 +43,7 @@ from streamqueue.cli.options import (
     seconds,
 )
 from streamqueue.cli.services import cmd_devserver, cmd_reaper, cmd_worker
+from streamqueue.jobinfo import JOB_STATES
 from streamqueue.validation import check_heartbeat
 
 DEFAULT_SERVER_TIMEOUT = 5.0
@@ -47,6 +56,8 @@ examples:
   streamqueue worker myapp.tasks:send_email --db app --queue emails --concurrency 8
   streamqueue reaper --db app --queue emails --metrics-port 9101
   streamqueue stats --db app --queue emails
+  streamqueue jobs --db app --queue emails --state failed
+  streamqueue show --db app --queue emails 65f1c0ffee0123456789abcd
   streamqueue failed list --db app --queue emails
 
 Every option also reads an environment variable, shown in each command's --help;
@@ -106,6 +117,24 @@ STATS_EPILOG = """\
 examples:
   streamqueue stats --db app --queue emails --queue images
   streamqueue stats --db app --queue emails --json | jq .emails.available
+"""
+
+SHOW_EPILOG = """\
+examples:
+  streamqueue show --db app --queue emails 65f1c0ffee0123456789abcd
+  streamqueue show --db app --queue emails 65f1c0ffee0123456789abcd --json | jq .state
+
+Looks in the queue and its error queue; exit status 6 when the job is in neither.
+"""
+
+JOBS_EPILOG = """\
+examples:
+  streamqueue jobs --db app --queue emails                      # newest first
+  streamqueue jobs --db app --queue emails --state failed --limit 20
+  streamqueue jobs --db app --queue emails --tag welcome --json
+  streamqueue jobs --db app --queue emails --after 65f1c0ffee0123456789abcd   # next page
+
+States: ready, delayed, locked, completed, cancelled, failed (the error queue).
 """
 
 FAILED_EPILOG = """\
@@ -197,8 +226,32 @@ def build_parser() -> ArgumentParser:
              help="claimable only after this long")
     opts.add("--max-attempts", env="MAX_ATTEMPTS", convert=positive_int, default=3, metavar="N",
              help="deliveries before the job moves to the error queue")
+    put.add_argument("--tag", action="append", dest="tags", metavar="TAG",
+                     help="a tag to find the job by (repeat for several)")
     _log_option(opts, "WARNING")
     put.set_defaults(run=cmd_put)
+
+    show = _subparser(commands, "show", "show one job, in the queue or its error queue",
+                      SHOW_EPILOG)
+    show.add_argument("job_id", type=object_id, metavar="JOB_ID", help="the job's id")
+    opts = Options(show)
+    _connection_options(opts, several_queues=False)
+    opts.flag("--json", env="JSON", help="print JSON instead of a list of fields")
+    _log_option(opts, "WARNING")
+    show.set_defaults(run=cmd_show)
+
+    jobs = _subparser(commands, "jobs", "list jobs newest first, by state or tag", JOBS_EPILOG)
+    opts = Options(jobs)
+    _connection_options(opts, several_queues=False)
+    jobs.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
+    jobs.add_argument("--tag", metavar="TAG", help="only jobs with this tag")
+    jobs.add_argument("--after", type=object_id, metavar="JOB_ID",
+                      help="the page after this id (the last one shown)")
+    opts.add("--limit", env="LIMIT", convert=positive_int, default=100, metavar="N",
+             help="show at most N jobs")
+    opts.flag("--json", env="JSON", help="print JSON instead of a table")
+    _log_option(opts, "WARNING")
+    jobs.set_defaults(run=cmd_jobs)
 
     stats = _subparser(commands, "stats", "show job counts by state", STATS_EPILOG)
     opts = Options(stats)

@@ -157,7 +157,9 @@ def test_index_creation_is_idempotent(make_queue: QueueFactory) -> None:
     second = make_queue()
     second.put({})  # creates the same indexes again: no error
     assert second.next() is not None
-    assert len(first.collection.index_information()) == 5  # _id + 4
+    # _id + 4 + the two partial listing indexes (finished jobs, tags); no TTL index
+    # without keep_completed.
+    assert len(first.collection.index_information()) == 7
 
 
 def test_claim_query_is_served_by_the_claim_index(
@@ -217,7 +219,7 @@ def test_size_stats_and_clear(make_queue: QueueFactory) -> None:
     queue = make_queue(max_attempts=1)
     assert queue.size() == 0
     assert queue.stats() == {"available": 0, "locked": 0, "expired": 0, "delayed": 0, "dead": 0,
-                             "failed": 0, "total": 0}
+                             "failed": 0, "completed": 0, "cancelled": 0, "total": 0}
     queue.put_many([{"n": 1}, {"n": 2}, {"n": 3}])
     queue.put({"n": 4}, delay=600)
     locked = queue.next()
@@ -229,7 +231,7 @@ def test_size_stats_and_clear(make_queue: QueueFactory) -> None:
     assert queue.size() == 3  # available + locked + delayed, not the error queue
     # "failed" is the deprecated name of "dead" (the error queue), kept for one release.
     assert queue.stats() == {"available": 1, "locked": 1, "expired": 0, "delayed": 1, "dead": 1,
-                             "failed": 1, "total": 4}
+                             "failed": 1, "completed": 0, "cancelled": 0, "total": 4}
 
     queue.clear()
     assert queue.size() == 0

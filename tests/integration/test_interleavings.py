@@ -189,6 +189,28 @@ def test_a_settle_whose_lost_try_applied_reports_success(
         assert collection.count_documents({"state": "ready"}) == expected
 
 
+def test_a_kept_completion_whose_lost_try_applied_reports_success(
+    mongo_uri: str, collection: Collection[Document], make_queue: QueueFactory, hook: CommandHook,
+) -> None:
+    # Keeping completed jobs, a completion is an update and the job stays: the
+    # retry must recognise its own try by the token (settled_lease), not by
+    # the job being gone.
+    with hooked_client(mongo_uri, hook, retryWrites=False) as holder_client:
+        holder = make_queue(on(holder_client, collection), keep_completed=3600)
+        holder.put({"n": 1})
+        job = holder.next()
+        assert job is not None
+        data = {"failCommands": ["update"], "writeConcernError": WRITE_CONCERN_TIMEOUT,
+                "appName": app_of(holder_client)}
+        with fail_point(holder_client, {"times": 1}, data):
+            job.complete(result={"ok": True})
+        assert hook.count("succeeded", "update") >= 2, "the settle was not retried"
+        doc = collection.find_one({"_id": job.id})
+        assert doc is not None
+        assert (doc["state"], doc["result"], doc["settled_lease"]) == (
+            "completed", {"ok": True}, job.lease_token)
+
+
 def test_a_bury_retried_after_it_applied_reports_success(
     mongo_uri: str, collection: Collection[Document], make_queue: QueueFactory, hook: CommandHook,
 ) -> None:

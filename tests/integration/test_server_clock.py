@@ -90,7 +90,7 @@ def test_a_job_delayed_by_the_server_clock_is_not_claimable_early(
     assert job.id == due
     assert queue.next() is None
     assert queue.stats() == {"available": 0, "locked": 1, "expired": 0, "delayed": 1, "dead": 0,
-                             "failed": 0, "total": 2}
+                             "failed": 0, "completed": 0, "cancelled": 0, "total": 2}
 
 
 def test_stored_dates_are_the_servers(

@@ -16,6 +16,7 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from streamqueue import Job, Queue
+from streamqueue.errors import ConfigurationError
 from streamqueue.storage import Document
 from streamqueue.testing import MongodProcess, find_mongod, free_port
 from tests.helpers import Background, wait_until
@@ -173,6 +174,20 @@ def test_queue_works_on_a_standalone(make_queue: QueueFactory,
     for job in jobs:
         job.complete()
     assert queue.size() == 0
+
+
+def test_kept_jobs_and_listing_work_on_a_standalone_but_waiting_for_a_result_needs_streams(
+        make_queue: QueueFactory, standalone: Collection[Document]) -> None:
+    queue: Queue = make_queue(standalone, keep_completed=600)
+    job_id = queue.put({"n": 1}, tags=["t"])
+    job = queue.next()
+    assert job is not None
+    job.complete(result=7)
+    assert [info.id for info in queue.jobs("completed", tag="t")] == [job_id]
+    assert queue.result(job_id) == 7  # finished: no waiting needed
+    pending = queue.put({"n": 2})
+    with pytest.raises(ConfigurationError, match="needs change streams"):
+        queue.result(pending, timeout=1)
 
 
 def test_two_reapers_interleaved_never_lose_a_dead_job(

@@ -139,6 +139,13 @@ def test_observe_queue_sets_the_gauges(registry: CollectorRegistry) -> None:
     assert value(registry, "streamqueue_queue_oldest_available_age_seconds", queue="q") == 0
 
 
+def test_observe_queue_publishes_kept_finished_jobs(registry: CollectorRegistry) -> None:
+    hooks = PrometheusHooks(registry)
+    hooks.observe_queue("q", {"available": 1, "completed": 7, "cancelled": 2}, 0.0)
+    assert value(registry, "streamqueue_queue_jobs", queue="q", state="completed") == 7
+    assert value(registry, "streamqueue_queue_jobs", queue="q", state="cancelled") == 2
+
+
 def test_failed_names_say_which_failure(registry: CollectorRegistry) -> None:
     """Attempts that raised and dead-lettered jobs have names that cannot be mixed up."""
     hooks = PrometheusHooks(registry)

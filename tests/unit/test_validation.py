@@ -18,13 +18,17 @@ from streamqueue.validation import (
     MAX_DOCUMENT_BYTES,
     MAX_ERROR_CHARS,
     MAX_PAYLOAD_BYTES,
+    MAX_RESULT_BYTES,
     backoff_seconds,
     check_backoff,
     check_heartbeat,
+    check_limit,
     check_max_attempts,
     check_payload,
     check_priority,
+    check_result,
     check_seconds,
+    check_tags,
     resolve_priority,
     truncate_error,
 )
@@ -324,3 +328,41 @@ def test_error_text_with_lone_surrogates_becomes_storable() -> None:
     text = truncate_error("cannot open /tmp/caf\udce9.txt")
     assert text.encode("utf-8")  # no UnicodeEncodeError
     assert text.startswith("cannot open /tmp/caf")
+
+
+# -- tags, results, limits (issue 11) ---------------------------------------------------------
+
+
+def test_check_tags_keeps_order_and_drops_repeats() -> None:
+    assert check_tags(["b", "a", "b"]) == ("b", "a")
+    assert check_tags(()) == ()
+
+
+@pytest.mark.parametrize("tags, error", [
+    ("abc", TypeError), (b"abc", TypeError), ({"a"}, TypeError), ([1], TypeError),
+    ([""], ValueError), (["a\x00b"], ValueError), (["x" * 101], ValueError),
+    ([str(i) for i in range(21)], ValueError),
+])
+def test_check_tags_refuses(tags: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        check_tags(tags)
+
+
+def test_check_result() -> None:
+    assert check_result({"n": [1, 2]}, 100) == {"n": [1, 2]}
+    assert check_result(None, 100) is None
+    with pytest.raises(InvalidJob, match="BSON"):
+        check_result({1, 2}, 100)
+    with pytest.raises(InvalidJob, match="keys may not"):
+        check_result({"a.b": 1}, 100)
+    with pytest.raises(InvalidJob, match="limit"):
+        check_result("x" * MAX_RESULT_BYTES, 100)
+    with pytest.raises(InvalidJob, match="next to its payload"):
+        check_result("x" * 1000, 16 * 1024 * 1024 - 128 * 1024)
+
+
+@pytest.mark.parametrize("limit, error", [(0, ValueError), (-1, ValueError), (True, TypeError),
+                                          (1.5, TypeError), ("3", TypeError)])
+def test_check_limit_refuses(limit: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        check_limit(limit)

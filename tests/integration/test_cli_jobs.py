@@ -1,0 +1,69 @@
+"""``streamqueue show`` and ``streamqueue jobs`` through the real CLI, and ``put --tag``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from bson import ObjectId
+from pymongo.collection import Collection
+
+from streamqueue import Queue
+from streamqueue.exitcodes import ExitCode
+from streamqueue.storage import Document
+from tests.integration.conftest import QueueFactory
+from tests.integration.processes import run_cli
+
+
+@pytest.fixture
+def target(mongo_uri: str, collection: Collection[Document]) -> list[str]:
+    return ["--uri", mongo_uri, "--db", collection.database.name, "--queue", collection.name]
+
+
+def test_put_tags_then_show_and_list(make_queue: QueueFactory, target: list[str]) -> None:
+    put = run_cli("streamqueue", "put", *target, "--tag", "welcome", "--tag", "vip", '{"n": 1}')
+    assert put.returncode == ExitCode.OK, put.stderr
+    tagged = ObjectId(put.stdout.strip())
+    queue: Queue = make_queue(keep_completed=600, max_attempts=1)
+    dead_id = queue.put({"n": 2})
+    job = queue.next()  # the tagged one is older: claimed first
+    assert job is not None and job.id == tagged
+    job.complete(result={"sent": True})
+    dead = queue.next()
+    assert dead is not None and dead.id == dead_id
+    dead.error("Traceback...\nRuntimeError: smtp down")
+
+    shown = run_cli("streamqueue", "show", *target, str(tagged), "--json")
+    assert shown.returncode == ExitCode.OK, shown.stderr
+    info = json.loads(shown.stdout)
+    assert (info["id"], info["state"], info["tags"], info["result"]) == (
+        str(tagged), "completed", ["welcome", "vip"], {"sent": True})
+    assert info["finished_at"].endswith("Z") and info["locked_until"] is None
+
+    plain = run_cli("streamqueue", "show", *target, str(dead_id))
+    assert plain.returncode == ExitCode.OK, plain.stderr
+    assert "failed" in plain.stdout and "smtp down" in plain.stdout
+
+    listed = run_cli("streamqueue", "jobs", *target, "--json")
+    assert listed.returncode == ExitCode.OK, listed.stderr
+    assert [row["id"] for row in json.loads(listed.stdout)] == [str(dead_id), str(tagged)]
+    by_tag = run_cli("streamqueue", "jobs", *target, "--tag", "vip", "--json")
+    assert [row["id"] for row in json.loads(by_tag.stdout)] == [str(tagged)]
+    table = run_cli("streamqueue", "jobs", *target, "--state", "failed")
+    assert table.returncode == ExitCode.OK, table.stderr
+    header, row = table.stdout.strip().splitlines()
+    assert header.split()[:3] == ["JOB", "ID", "STATE"]
+    assert row.split()[:2] == [str(dead_id), "failed"] and "RuntimeError: smtp down" in row
+    page = run_cli("streamqueue", "jobs", *target, "--after", str(dead_id), "--json")
+    assert [row["id"] for row in json.loads(page.stdout)] == [str(tagged)]
+
+
+def test_show_and_jobs_refuse_bad_input_in_one_line(target: list[str]) -> None:
+    missing = run_cli("streamqueue", "show", *target, str(ObjectId()))
+    assert missing.returncode == ExitCode.NOT_FOUND
+    assert len(missing.stderr.strip().splitlines()) == 1 and "no job" in missing.stderr
+    for args in (["show", *target, "nope"], ["jobs", *target, "--state", "running"],
+                 ["jobs", *target, "--limit", "0"], ["put", *target, "--tag", "", "{}"]):
+        result = run_cli("streamqueue", *args)
+        assert result.returncode == ExitCode.USAGE, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
