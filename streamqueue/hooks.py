@@ -18,6 +18,9 @@ class Hooks:
     def enqueued(self, queue: str, count: int) -> None:
         """``count`` jobs were written to the queue."""
 
+    def deduplicated(self, queue: str, count: int) -> None:
+        """``count`` puts wrote nothing: an active job already held their unique key."""
+
     def claimed(self, queue: str, wait_seconds: float) -> None:
         """A job was claimed ``wait_seconds`` after it fell due (server clock)."""
 

@@ -56,6 +56,7 @@ DEPRECATED: Mapping[str, str] = {
 #: Every metric family this module exports (histograms by base name).
 METRIC_NAMES: frozenset[str] = frozenset({
     "streamqueue_jobs_enqueued_total",
+    "streamqueue_jobs_deduplicated_total",
     "streamqueue_jobs_claimed_total",
     "streamqueue_jobs_completed_total",
     "streamqueue_attempts_failed_total",
@@ -155,6 +156,7 @@ class _WorkerCollector(Collector):
 @dataclass(frozen=True)
 class _Metrics:
     enqueued: Counter
+    deduplicated: Counter
     claimed: Counter
     completed: Counter
     attempts_failed: Counter
@@ -180,6 +182,8 @@ class _Metrics:
         workers = _WorkerCollector()
         metrics = cls(
             enqueued=counter("jobs_enqueued", "Jobs written to the queue."),
+            deduplicated=counter("jobs_deduplicated",
+                                 "Keyed puts that wrote nothing: an active job held the key."),
             claimed=counter("jobs_claimed", "Jobs claimed by a consumer."),
             completed=counter("jobs_completed", "Jobs completed successfully."),
             attempts_failed=counter(
@@ -257,6 +261,9 @@ class PrometheusHooks(Hooks):
     def enqueued(self, queue: str, count: int) -> None:
         self._m.enqueued.labels(queue=queue).inc(count)
 
+    def deduplicated(self, queue: str, count: int) -> None:
+        self._m.deduplicated.labels(queue=queue).inc(count)
+
     def claimed(self, queue: str, wait_seconds: float) -> None:
         self._m.claimed.labels(queue=queue).inc()
         self._m.wait_seconds.labels(queue=queue).observe(max(0.0, wait_seconds))
@@ -329,7 +336,7 @@ class PrometheusHooks(Hooks):
         m = self._m
         counters = [m.leases_expired, m.dead]
         if role == "worker":
-            counters += [m.enqueued, m.claimed, m.completed, m.attempts_failed, m.jobs_failed,
+            counters += [m.enqueued, m.deduplicated, m.claimed, m.completed, m.attempts_failed, m.jobs_failed,
                          m.released,
                          m.claims_empty, m.changestream_restarts]
         for counter in counters:

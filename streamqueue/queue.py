@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar, cast
 
 import bson
 from bson import ObjectId
+from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 
 from streamqueue.errors import ConfigurationError, JobCancelled, JobFailed, JobNotFound, LeaseLost
@@ -28,6 +29,7 @@ from streamqueue.validation import (
     backoff_seconds,
     check_backoff,
     check_keep,
+    check_key,
     check_limit,
     check_max_attempts,
     check_payload,
@@ -69,6 +71,9 @@ class Job:
         self._token: str = doc["lease_token"]
         self._claimed = time.monotonic()
         self._settled = False
+        # The session whose transaction completed the job: its with_transaction
+        # may run the callback again, and complete() with it again.
+        self._settled_in: ClientSession | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.id} attempt {self.attempts}/{self.max_attempts} on {self._queue.name}>"
@@ -142,20 +147,36 @@ class Job:
     def lease_token(self) -> str:
         return self._token
 
-    def complete(self, result: Any = None) -> None:
+    def complete(self, result: Any = None, *, session: ClientSession | None = None) -> None:
         """The job is done: remove it, or keep it with ``result`` when the queue keeps completed jobs.
 
         ``result`` must be BSON-encodable and at most ``MAX_RESULT_BYTES``
         encoded; a bad one raises before anything changes, and so does any
         result on a queue with ``keep_completed=0`` (there is nowhere to keep it).
+
+        ``session``: complete inside the caller's transaction, with the
+        handler's own writes (see ``Queue.put``). If the transaction aborts,
+        the job stays locked and its lease expires as usual. If the lease is
+        lost, this raises ``LeaseLost``: let it out of the ``with_transaction``
+        callback, which aborts the transaction.
         """
         store = self._queue.store
+        if session is not None:
+            self._queue.check_session(session)
         if result is not None:
             if store.keep_completed <= 0:
                 raise ValueError("complete(result=...) needs a Queue with keep_completed > 0: "
                                  "with 0 the job is deleted and the result would be lost")
             check_result(result, len(bson.encode({"payload": self.payload})))
-        self._settle(lambda: store.complete(self.id, self._token, result))
+        if session is None:
+            self._settle(lambda: store.complete(self.id, self._token, result))
+        else:
+            if not (self._settled and self._settled_in is session):
+                self._begin_settle()
+            self._settled_in = session
+            if not store.complete_in_transaction(self.id, self._token, result, session):
+                self._lost()
+        # In a transaction: counted when written, though the caller may still abort it.
         self._queue.hooks.completed(self._queue.name, self.attempts, self.run_seconds)
 
     def error(self, message: str | None = None, *, retry_in: float | None = None) -> None:
@@ -304,30 +325,78 @@ class Queue:
     # -- producing ------------------------------------------------------------------
 
     def put(self, payload: Mapping[str, Any], *, priority: int | None = None,
-            delay: float = 0.0, tags: Sequence[str] = ()) -> ObjectId:
+            delay: float = 0.0, key: str | None = None, tags: Sequence[str] = (),
+            session: ClientSession | None = None) -> ObjectId:
         """Enqueue one job; it is claimable after ``delay`` seconds (server clock).
 
         ``tags``: up to ``MAX_TAGS`` short strings to find it by (``jobs(tag=...)``).
+        ``key``: while a job with this key is ready, delayed or locked in this
+        queue, write nothing and return that job's id (a unique index decides).
+        ``session``: write inside the caller's transaction (``session`` must be
+        in one, from this queue's client): the job exists only if it commits.
+        The caller's ``with_transaction`` does the retrying; this does none.
         """
-        return self.put_many([payload], priority=priority, delay=delay, tags=tags)[0]
+        checked_key = None if key is None else check_key(key)
+        if checked_key is None:
+            return self.put_many([payload], priority=priority, delay=delay, tags=tags,
+                                 session=session)[0]
+        job = self._new_jobs([payload], priority, delay, tags, checked_key)[0]
+        if session is not None:
+            self.check_session(session)
+            job_id, created = self.store.insert_in_transaction([job], session)[0]
+        else:
+            job_id, created = self.store.insert_keyed(job)
+        if created:
+            self.hooks.enqueued(self.name, 1)
+        else:
+            self.hooks.deduplicated(self.name, 1)
+        return job_id
 
     def put_many(self, payloads: Iterable[Mapping[str, Any]], *, priority: int | None = None,
-                 delay: float = 0.0, tags: Sequence[str] = ()) -> list[ObjectId]:
-        """Enqueue several jobs in one round trip; all are checked before any is written."""
+                 delay: float = 0.0, tags: Sequence[str] = (),
+                 session: ClientSession | None = None) -> list[ObjectId]:
+        """Enqueue several jobs in one round trip; all are checked before any is written.
+
+        ``session``: as in ``put``, inside the caller's transaction.
+        """
         if isinstance(payloads, Mapping | str | bytes):
             raise TypeError("put_many takes an iterable of payloads; use put() for one")
+        new_jobs = self._new_jobs(payloads, priority, delay, tags, None)
+        if session is not None:
+            self.check_session(session)
+        if not new_jobs:
+            return []
+        if session is not None:
+            ids = [job_id for job_id, _ in self.store.insert_in_transaction(new_jobs, session)]
+        else:
+            ids = self.store.insert(new_jobs)  # creates the indexes once the jobs are known good
+        self.hooks.enqueued(self.name, len(ids))
+        return ids
+
+    def _new_jobs(self, payloads: Iterable[Mapping[str, Any]], priority: int | None,
+                  delay: float, tags: Sequence[str], key: str | None) -> list[NewJob]:
         delay = check_seconds("delay", delay)
         checked_tags = check_tags(tags)
         new_jobs = []
         for payload in payloads:
             checked = check_payload(payload)
             new_jobs.append(NewJob(checked, resolve_priority(checked, priority), delay,
-                                   self.max_attempts, checked_tags))
-        if not new_jobs:
-            return []
-        ids = self.store.insert(new_jobs)  # creates the indexes once the jobs are known good
-        self.hooks.enqueued(self.name, len(ids))
-        return ids
+                                   self.max_attempts, checked_tags, key))
+        return new_jobs
+
+    def check_session(self, session: object) -> ClientSession:
+        """A session of this queue's client, in a transaction; else ValueError/TypeError."""
+        if not isinstance(session, ClientSession):
+            raise TypeError(f"session must be a pymongo ClientSession, not "
+                            f"{type(session).__name__}")
+        if session.client is not self.store.jobs.database.client:
+            raise ValueError("session belongs to another MongoClient than this queue's "
+                             "collection; a transaction cannot span clients")
+        if not session.in_transaction:
+            raise ValueError("session must be in a transaction (session.with_transaction or "
+                             "start_transaction): outside one, the queue's own writes and "
+                             "retries already make the put exactly once")
+        return session
 
     # -- consuming ------------------------------------------------------------------
 
@@ -475,8 +544,8 @@ class Queue:
             raise ValueError(f"state must be one of {', '.join(JOB_STATES)}, not {state!r}")
         if tag is not None:
             check_tag(tag)
-        if key is not None and (not isinstance(key, str) or not key):
-            raise TypeError(f"key must be a non-empty str, not {key!r}")
+        if key is not None:
+            check_key(key)
         limit = check_limit(limit)
         start = None if after is None else _object_id(after)
         now = self.store.server_now()
@@ -643,12 +712,14 @@ class MongoQueue(Queue):
         return self.lease
 
     def put(self, payload: Mapping[str, Any], priority: int | None = None, *,
-            delay: float = 0.0, tags: Sequence[str] = ()) -> ObjectId:
+            delay: float = 0.0, key: str | None = None, tags: Sequence[str] = (),
+            session: ClientSession | None = None) -> ObjectId:
         """Enqueue ``payload``; ``priority`` may be given by position, as mongoqueue 0.6+ took it.
 
         Left out, the payload's own ``"priority"`` key sets it (mongoqueue 2012), else 0.
         """
-        return super().put(payload, priority=priority, delay=delay, tags=tags)
+        return super().put(payload, priority=priority, delay=delay, key=key, tags=tags,
+                           session=session)
 
     def next(self, timeout: float | None = 0) -> MongoJob | None:
         """Claim the next due job, or None at once if there is none (mongoqueue's ``next()``)."""

@@ -14,6 +14,8 @@ A job is one document in the queue's collection::
     last_error, progress
     settled_lease the token of the claim that last requeued, buried or completed it
     tags          list of short strings, only when given
+    key           the unique key, only when given: one active (ready, delayed or
+                  locked) job per key, enforced by the partial unique index ``key_active``
     finished_at, result   only on kept finished jobs
 
 Every time comparison uses the server's ``$$NOW`` inside the operation, so no
@@ -47,7 +49,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from streamqueue.errors import ConfigurationError, InvalidJob, QueueUnavailable
+from streamqueue.errors import ConfigurationError, InvalidJob, QueueUnavailable, StorageError
 from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_transient_bounded
 from streamqueue.servertime import ServerClock
 from streamqueue.tries import BoundedTries, time_limit
@@ -113,6 +115,12 @@ INDEXES = [
 # indexes below hold nothing while unused, and a write only checks their filter.
 HAS_FINISHED: Document = {"finished_at": {"$exists": True}}
 HAS_TAGS: Document = {"tags": {"$exists": True}}
+HAS_KEY: Document = {"key": {"$exists": True}}
+# The states in which a job holds its key. ($in in a partial filter needs MongoDB 6.0.)
+ACTIVE_KEY: Document = {**HAS_KEY, "state": {"$in": [READY, LOCKED]}}
+# How often a keyed put goes round "duplicate, but the holder finished before
+# we read it": each round means another job with that key completed meanwhile.
+KEY_ROUNDS = 8
 LISTING_INDEXES = [
     # jobs(state="completed"|"cancelled"), newest first.
     IndexModel([("state", ASCENDING), ("_id", DESCENDING)], name="finished",
@@ -120,6 +128,17 @@ LISTING_INDEXES = [
     # jobs(tag=...), newest first.
     IndexModel([("tags", ASCENDING), ("_id", DESCENDING)], name="tags",
                partialFilterExpression=HAS_TAGS),
+]
+KEY_INDEXES = [
+    # jobs(key=...), newest first, finished jobs included.
+    IndexModel([("key", ASCENDING), ("_id", DESCENDING)], name="key",
+               partialFilterExpression=HAS_KEY),
+    # One active job per key: the server refuses a second insert, so fifty
+    # racing producers make one job, which no read-then-write could promise.
+    # A job leaves the index when it completes, is cancelled or moves to the
+    # error queue, and its key is free again.
+    IndexModel([("key", ASCENDING)], name="key_active", unique=True,
+               partialFilterExpression=ACTIVE_KEY),
 ]
 TTL_INDEX = "finished_ttl"
 FAILED_INDEXES = [IndexModel([("failed_at", DESCENDING)], name="failed_at")]
@@ -157,6 +176,7 @@ class NewJob:
     delay: float
     max_attempts: int
     tags: tuple[str, ...] = ()
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,7 +260,7 @@ class JobStore:
         with self._lock:
             if not self._indexes_ready:
                 self._call("create indexes", lambda: (
-                    self.jobs.create_indexes(INDEXES + LISTING_INDEXES),
+                    self.jobs.create_indexes(INDEXES + LISTING_INDEXES + KEY_INDEXES),
                     self.failed.create_indexes(FAILED_INDEXES),
                 ))
                 if self.keep_completed > 0:
@@ -302,6 +322,60 @@ class JobStore:
         self.ensure_indexes()
         self.insert_documents(documents)
         return [doc["_id"] for doc in documents]
+
+    def insert_keyed(self, job: NewJob) -> tuple[ObjectId, bool]:
+        """Write a job with a unique key; return (its id, True), or the active holder's (id, False).
+
+        The unique index decides, not a read. After a refusal the holder is
+        read; if it finished in between (the key is free), the insert is
+        tried again with the same document, which was never written.
+        """
+        assert job.key is not None
+        now: datetime = self.clock.cached() or self._call("read the server clock", self.clock.now)
+        document = new_document(job, now)
+        self.ensure_indexes()
+        holder_query = {"key": job.key, **ACTIVE_KEY}
+        for _ in range(KEY_ROUNDS):
+            try:
+                self.insert_documents([document])
+                return document["_id"], True
+            except StorageError as exc:
+                if not _is_duplicate_key(exc.__cause__):
+                    raise
+            holder = self._call("find a job by key", lambda: self.jobs.find_one(
+                holder_query, {"_id": 1}, hint="key_active"))
+            if holder is not None:
+                return holder["_id"], False
+        raise QueueUnavailable(f"enqueue on {self.jobs.full_name}: the key {job.key!r} was "
+                               f"taken and freed {KEY_ROUNDS} times in a row")
+
+    def insert_in_transaction(self, new_jobs: Sequence[NewJob],
+                              session: ClientSession) -> list[tuple[ObjectId, bool]]:
+        """Write jobs inside the caller's transaction: one try, no reconciliation.
+
+        The caller's ``with_transaction`` retries the whole transaction, so a
+        retry here would repeat writes the transaction already holds, and the
+        enqueue check (``_unwritten``) cannot see uncommitted writes. Errors
+        are the driver's own, unretried and untranslated, so that its labels
+        (TransientTransactionError) reach the caller's retry loop. A keyed job
+        reads its key first: inside the transaction's snapshot a read-then-insert
+        is safe, because a holder committed after the snapshot makes the insert
+        a write conflict, which the caller's retry answers by reading again.
+        """
+        now: datetime = self.clock.cached() or self._call("read the server clock", self.clock.now)
+        self.ensure_indexes()  # outside the transaction: DDL cannot run in one
+        written: list[tuple[ObjectId, bool]] = []
+        for job in new_jobs:
+            if job.key is not None:
+                holder = self.jobs.find_one({"key": job.key, **ACTIVE_KEY}, {"_id": 1},
+                                            session=session)
+                if holder is not None:
+                    written.append((holder["_id"], False))
+                    continue
+            document = new_document(job, now)
+            self.jobs.insert_one(document, session=session)
+            written.append((document["_id"], True))
+        return written
 
     def insert_documents(self, documents: Sequence[Document]) -> None:
         """Insert documents whose ``_id`` is set, exactly once however many tries it takes.
@@ -495,6 +569,20 @@ class JobStore:
             # Only this claim's completion writes its token: anything else is another claim's.
             lambda: self.jobs.find_one(_completed_by(job_id, token), {"_id": 1}) is not None,
         )
+
+    def complete_in_transaction(self, job_id: ObjectId, token: str, result: Any,
+                                session: ClientSession) -> bool:
+        """``complete`` inside the caller's transaction: one try, False if the lease is gone.
+
+        No retry and no reading back: the caller's ``with_transaction`` retries
+        the whole transaction, and a miss inside a snapshot is a plain miss.
+        """
+        if self.keep_completed <= 0:
+            done = self.jobs.delete_one(_held(job_id, token), session=session).deleted_count
+        else:
+            done = self.jobs.update_one(_held(job_id, token), _completed_pipeline(result),
+                                        session=session).modified_count
+        return bool(done)
 
     def complete_many(self, held: Sequence[tuple[ObjectId, str]]) -> int:
         """Finish every listed job still held by its token (as ``complete``); return how many."""
@@ -837,24 +925,29 @@ class JobStore:
         if tag is not None:
             query["tags"] = {"$eq": tag, "$exists": True}
         if key is not None:
-            query["key"] = key
+            # $exists lets the planner use the partial "key" index.
+            query["key"] = {"$eq": key, "$exists": True}
         found: list[tuple[Document, bool]] = []
         if state in (None, FAILED):
             found += [(doc, True) for doc in self._newest(self.failed, query, limit, tag)]
         if state != FAILED:
             live = {**query, **_state_filter(state, now)}
-            found += [(doc, False) for doc in self._newest(self.jobs, live, limit, tag, state)]
+            found += [(doc, False) for doc in self._newest(self.jobs, live, limit, tag, state, key)]
         found.sort(key=lambda item: item[0]["_id"], reverse=True)
         return found[:limit]
 
     def _newest(self, collection: Collection[Document], query: Document, limit: int,
-                tag: str | None, state: str | None = None) -> list[Document]:
+                tag: str | None, state: str | None = None,
+                key: str | None = None) -> list[Document]:
         # The partial indexes match by themselves (the query implies their
         # filter, the sort is theirs) and may not exist yet on an old queue,
         # so only the _id index, which always does, is hinted: without it the
         # planner may take the claim index and sort every ready job in memory.
         hinted = collection is self.failed or (tag is None and state not in FINISHED_STATES)
         options: Document = {"hint": "_id_"} if hinted else {}
+        if key is not None and collection is self.jobs:
+            # The partial "key" index matches by itself (the query implies its filter).
+            options = {}
         docs: list[Document] = self._call("list jobs", lambda: list(collection.find(
             query, sort=[("_id", DESCENDING)], limit=limit, **options)))
         return docs
@@ -1025,6 +1118,9 @@ def new_document(job: NewJob, now: datetime) -> Document:
     if job.tags:
         # Absent, not empty, when untagged: the partial tags index then skips the job.
         document["tags"] = list(job.tags)
+    if job.key is not None:
+        # Absent when unkeyed, so the partial key indexes hold only keyed jobs.
+        document["key"] = job.key
     return document
 
 
@@ -1056,6 +1152,14 @@ def _is_duplicate_id(error: Mapping[str, Any]) -> bool:
     # the name is taken as the _id's, as the enqueue always did.
     pattern = error.get("keyPattern")
     return pattern is None or list(pattern) == ["_id"]
+
+
+def _is_duplicate_key(exc: BaseException | None) -> bool:
+    """A refusal by the unique key index: another active job holds the key."""
+    if not isinstance(exc, DuplicateKeyError):
+        return False
+    pattern = (exc.details or {}).get("keyPattern")
+    return pattern is not None and list(pattern) == ["key"]
 
 
 def _claim_pipeline(consumer_id: str, token: str | Document, lease: float) -> list[Document]:

@@ -171,6 +171,19 @@ def check_tag(tag: object) -> str:
     return tag
 
 
+# A unique key is an index key: short enough to index on any server version.
+MAX_KEY_CHARS = 512
+
+
+def check_key(key: object) -> str:
+    """A job's unique key: a non-empty str of up to ``MAX_KEY_CHARS`` without NUL."""
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, not {type(key).__name__}")
+    if not key or len(key) > MAX_KEY_CHARS or "\x00" in key:
+        raise ValueError(f"key must be 1 to {MAX_KEY_CHARS} characters without NUL, not {key!r}")
+    return key
+
+
 def check_result(result: object, payload_bytes: int) -> Any:
     """A completed job's result: BSON-encodable, at most ``MAX_RESULT_BYTES`` encoded,
     and room for it next to the job's payload."""

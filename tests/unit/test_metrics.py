@@ -213,3 +213,10 @@ def test_serve_metrics_over_http(registry: CollectorRegistry) -> None:
     assert samples[("streamqueue_jobs_enqueued_total", (("queue", "q"),))] == 2
     with pytest.raises(OSError), urllib.request.urlopen(url, timeout=2):
         pass  # closed: the port no longer answers
+
+
+def test_deduplicated_puts_are_counted_per_queue(registry: CollectorRegistry) -> None:
+    hooks = PrometheusHooks(registry)
+    hooks.deduplicated("q", 2)
+    hooks.deduplicated("q", 1)
+    assert value(registry, "streamqueue_jobs_deduplicated_total", queue="q") == 3
