@@ -37,7 +37,7 @@ def cmd_put(args: argparse.Namespace) -> int:
                       retry=one_shot_retry(args))
         try:
             job_id = queue.put(payload, priority=args.priority, delay=args.delay,
-                               tags=args.tags or ())
+                               tags=args.tags or (), key=args.key)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"payload rejected: {exc}") from None
     finally:
@@ -177,7 +177,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     session = open_session(args, "streamqueue-jobs")
     try:
         queue = Queue(session.collection(), retry=one_shot_retry(args))
-        found = queue.jobs(args.state, tag=args.tag, limit=args.limit, after=args.after)
+        try:
+            found = queue.jobs(args.state, tag=args.tag, key=args.key, limit=args.limit,
+                               after=args.after)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
     finally:
         session.close()
     if args.json:

@@ -228,6 +228,9 @@ def build_parser() -> ArgumentParser:
              help="deliveries before the job moves to the error queue")
     put.add_argument("--tag", action="append", dest="tags", metavar="TAG",
                      help="a tag to find the job by (repeat for several)")
+    put.add_argument("--key", metavar="KEY",
+                     help="a unique key: while a job with it is ready, delayed or locked, "
+                          "write nothing and print that job's id")
     _log_option(opts, "WARNING")
     put.set_defaults(run=cmd_put)
 
@@ -245,6 +248,7 @@ def build_parser() -> ArgumentParser:
     _connection_options(opts, several_queues=False)
     jobs.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
     jobs.add_argument("--tag", metavar="TAG", help="only jobs with this tag")
+    jobs.add_argument("--key", metavar="KEY", help="only jobs with this unique key")
     jobs.add_argument("--after", type=object_id, metavar="JOB_ID",
                       help="the page after this id (the last one shown)")
     opts.add("--limit", env="LIMIT", convert=positive_int, default=100, metavar="N",

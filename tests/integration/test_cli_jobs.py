@@ -67,3 +67,21 @@ def test_show_and_jobs_refuse_bad_input_in_one_line(target: list[str]) -> None:
         result = run_cli("streamqueue", *args)
         assert result.returncode == ExitCode.USAGE, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_put_key_prints_the_active_holder_and_jobs_lists_by_key(target: list[str]) -> None:
+    first = run_cli("streamqueue", "put", *target, "--key", "invoice-7", '{"n": 1}')
+    assert first.returncode == ExitCode.OK, first.stderr
+    again = run_cli("streamqueue", "put", *target, "--key", "invoice-7", '{"n": 2}')
+    assert again.returncode == ExitCode.OK, again.stderr
+    assert again.stdout.strip() == first.stdout.strip()
+    other = run_cli("streamqueue", "put", *target, '{"n": 3}')
+    assert other.stdout.strip() != first.stdout.strip()
+    listed = run_cli("streamqueue", "jobs", *target, "--key", "invoice-7", "--json")
+    assert listed.returncode == ExitCode.OK, listed.stderr
+    assert [(row["id"], row["key"]) for row in json.loads(listed.stdout)] == [
+        (first.stdout.strip(), "invoice-7")]
+    for args in (["put", *target, "--key", "", "{}"], ["jobs", *target, "--key", ""]):
+        result = run_cli("streamqueue", *args)
+        assert result.returncode == ExitCode.USAGE, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
