@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
+from streamqueue.bench import lifecycle as lc
 from streamqueue.bench import scenarios as sc
 from streamqueue.bench.common import BenchContext, machine_description
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
@@ -36,7 +37,7 @@ from streamqueue.bench.report import (
 )
 from streamqueue.testing import ReplicaSet
 
-SCENARIOS = ("latency", "idle", "throughput", "herd", "depth")
+SCENARIOS = ("latency", "idle", "throughput", "herd", "depth", "lifecycle")
 QUIET_LOAD = 1.0
 
 
@@ -265,6 +266,33 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
                                  f"{row.claim.p99:6.2f} ms; keys examined {row.keys_examined}"
                                  + _other(row.other_cpu))
             attempt(f"depth {level}", run_depth)
+
+    if "lifecycle" in only:
+        _run_lifecycle(ctx, config, attempt, results)
+
+
+def _run_lifecycle(ctx: BenchContext, config: BenchConfig, attempt: Attempt,
+                   results: Results) -> None:
+    ctx.progress(f"lifecycle: result() wake-up over {config.result_wakeup_jobs} jobs; "
+                 f"keep_completed A/B, {config.retention_rounds} rounds of "
+                 f"{config.retention_jobs:,} jobs x {config.retention_threads} threads")
+
+    def wakeup() -> None:
+        row = lc.result_wakeup(ctx, jobs=config.result_wakeup_jobs)
+        results.result_wakeup.append(row)
+        ctx.progress(f"  result() wake-up p50 {row.after_ack.p50:.2f} ms p99 "
+                     f"{row.after_ack.p99:.2f} ms after complete() returned")
+
+    def retention() -> None:
+        row = lc.retention_ab(ctx, jobs=config.retention_jobs,
+                              threads=config.retention_threads,
+                              rounds=config.retention_rounds, progress=ctx.progress)
+        results.retention.append(row)
+        ctx.progress(f"  keep_completed on/off: {row.on_jobs_per_s:,.0f} / "
+                     f"{row.off_jobs_per_s:,.0f} jobs/s = {row.ratio:.3f}x")
+
+    attempt("lifecycle: result() wake-up", wakeup)
+    attempt("lifecycle: retention A/B", retention)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

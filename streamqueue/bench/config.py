@@ -60,6 +60,12 @@ class BenchConfig:
     # run again (keeping the least disturbed), within this many seconds for the whole bench.
     disturbed: float = 0.15
     rerun_budget: float = 150.0
+    # Lifecycle (issue 11): result() wake-ups measured, and a retention A/B drain per arm
+    # per round with this many jobs and consumer threads.
+    result_wakeup_jobs: int = 200
+    retention_jobs: int = 5_000
+    retention_threads: int = 4
+    retention_rounds: int = 5
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -100,6 +106,9 @@ class BenchConfig:
             herd_trickle_jobs=60,
             herd_burst_jobs=200,
             herd_queue_per_thread=False,
+            result_wakeup_jobs=50,
+            retention_jobs=1_000,
+            retention_rounds=3,
             stall_timeout=15.0,
             rerun_budget=15.0,
             notes=(

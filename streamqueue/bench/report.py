@@ -12,6 +12,7 @@ from typing import Any
 
 from streamqueue.bench.common import jsonable
 from streamqueue.bench.consumers import FLOOR, FLOOR_PUSH, POLLING, PUSH, STORE, WORKER
+from streamqueue.bench.lifecycle import ResultWakeRow, RetentionRow
 from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
 
 
@@ -36,6 +37,8 @@ class Results:
     idle: list[IdleRow] = field(default_factory=list)
     depth: list[DepthRow] = field(default_factory=list)
     herd: list[HerdRow] = field(default_factory=list)
+    result_wakeup: list[ResultWakeRow] = field(default_factory=list)
+    retention: list[RetentionRow] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -129,6 +132,29 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
             ", ".join(f"{r.mode}: {r.wasted_per_job:.2f}" for r in herd_push), _ok(worst <= 1.0)))
     else:
         targets.append(Target("Herd: wasted wake-ups per job", "<= 1", "not measured", None))
+    return targets + lifecycle_targets(results)
+
+
+def lifecycle_targets(results: Results) -> list[Target]:
+    """Issue 11: result() wake-up p50 and throughput with retention against without."""
+    targets: list[Target] = []
+    if results.result_wakeup:
+        wake = results.result_wakeup[0]
+        targets.append(Target(
+            "result() wake-up after completion, p50", "<= 10 ms",
+            f"{wake.after_ack.p50:.2f} ms from the completion's ack ({wake.after_call.p50:.2f} ms "
+            f"from the complete() call), {wake.jobs} jobs", _ok(wake.after_ack.p50 <= 10.0)))
+    else:
+        targets.append(Target("result() wake-up p50", "<= 10 ms", "not measured", None))
+    if results.retention:
+        row = results.retention[0]
+        targets.append(Target(
+            "Throughput with keep_completed on vs off (A/B, one run)", ">= 0.85x",
+            f"{row.on_jobs_per_s:,.0f} vs {row.off_jobs_per_s:,.0f} jobs/s = {row.ratio:.3f}x "
+            f"(medians of {row.rounds} rounds, {row.threads} threads)", _ok(row.ratio >= 0.85)))
+    else:
+        targets.append(Target("Throughput with keep_completed on vs off", ">= 0.85x",
+                              "not measured", None))
     return targets
 
 
@@ -305,10 +331,31 @@ def targets_tables(results: Results) -> list[str]:
           _num(r.wasted_per_job), _num(r.server_claims_per_job), _num(r.server_ops_per_job),
           f"{_num(r.latency.p50)} / {_num(r.latency.p99)}", f"{r.lost} / {r.duplicates}",
           _pct(r.other_cpu)] for r in results.herd])
+    out += lifecycle_tables(results)
     errors = [(r.label, e) for rows in (results.throughput, results.latency, results.idle,
                                          results.depth, results.herd) for r in rows for e in r.errors]
     if errors:
         out += ["", "Errors inside runs:", ""] + [f"- {label}: {e}" for label, e in errors[:20]]
+    return out
+
+
+def lifecycle_tables(results: Results) -> list[str]:
+    """Issue 11's figures: result() wake-ups and the retention A/B."""
+    out: list[str] = []
+    if results.result_wakeup:
+        out += ["", "## 6. result() wake-up (a waiting result() after the job completes)", ""]
+        out += _table(
+            ["measured from", "jobs", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+            [[name, str(p.count), _num(p.p50), _num(p.p90), _num(p.p99), _num(p.max)]
+             for row in results.result_wakeup
+             for name, p in (("complete() returned", row.after_ack),
+                             ("complete() called", row.after_call))])
+    if results.retention:
+        out += ["", "## 7. Throughput with keep_completed on and off (A/B, alternating rounds)", ""]
+        out += _table(
+            ["jobs per drain", "threads", "rounds", "off jobs/s", "on jobs/s", "on / off"],
+            [[f"{r.jobs:,}", str(r.threads), str(r.rounds), _num(r.off_jobs_per_s, 0),
+              _num(r.on_jobs_per_s, 0), _x(r.ratio)] for r in results.retention])
     return out
 
 
@@ -355,6 +402,12 @@ METHOD = [
     "nothing) for streamqueue and empty claims for polling and the floor. `server claims/job` counts "
     "every findAndModify the server ran, per job: it includes the claim `next()` makes before it "
     "waits, which the hook does not count.",
+    "result() wake-up: a job is claimed, a thread on a second client calls `result(id)`; once "
+    "that client sends its first getMore (the waiter is blocked on its change stream) the job "
+    "is completed with a result; the time from `complete()` returning (and from its call) to "
+    "`result()` returning. Retention A/B: the same drain (`put_many`, then threads claiming "
+    "and completing one job at a time) with `keep_completed=0` and `=3600`, each on a fresh "
+    "collection, alternating which goes first per round; medians compared.",
 ]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from streamqueue.bench import lifecycle as lc
 from streamqueue.bench import scenarios as sc
 from streamqueue.bench.common import BenchContext, CpuMeter
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
@@ -105,6 +106,17 @@ def test_herd(ctx: BenchContext, results: Results, kind: Kind, interval: float) 
     results.herd.append(row)
 
 
+def test_lifecycle(ctx: BenchContext, results: Results) -> None:
+    wake = lc.result_wakeup(ctx, jobs=3)
+    assert wake.jobs == wake.after_ack.count == wake.after_call.count == 3
+    assert 0 <= wake.after_ack.p50 <= wake.after_ack.max
+    retention = lc.retention_ab(ctx, jobs=40, threads=2, rounds=2)
+    assert retention.off_jobs_per_s > 0 and retention.on_jobs_per_s > 0
+    assert retention.ratio > 0
+    results.result_wakeup.append(wake)
+    results.retention.append(retention)
+
+
 def test_report(results: Results, tmp_path: Path) -> None:
     """Runs last in this module: the rows gathered above make a complete report."""
     if not results.throughput:
@@ -117,9 +129,11 @@ def test_report(results: Results, tmp_path: Path) -> None:
     write_json(results, tmp_path / "results.json")
     data = json.loads((tmp_path / "results.json").read_text())
     assert {"throughput", "latency", "idle", "depth", "herd", "targets"} <= set(data)
+    assert data["result_wakeup"] and data["retention"]
     assert all(t["passed"] in (True, False, None) for t in data["targets"])
     text = markdown(results)
     assert "## Targets" in text and "## 5. Herd" in text
+    assert "## 6. result() wake-up" in text and "## 7. Throughput with keep_completed" in text
     assert "the queue's own claim and complete called bare" in text
     write_plots(results, tmp_path)
     floor = next(r for r in results.throughput if r.kind == "floor" and r.processes == 1)
