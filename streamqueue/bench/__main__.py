@@ -291,7 +291,14 @@ def _run_lifecycle(ctx: BenchContext, config: BenchConfig, attempt: Attempt,
         ctx.progress(f"  keep_completed on/off: {row.on_jobs_per_s:,.0f} / "
                      f"{row.off_jobs_per_s:,.0f} jobs/s = {row.ratio:.3f}x")
 
+    def txn_put() -> None:
+        row = lc.txn_put_wakeup(ctx, jobs=config.result_wakeup_jobs)
+        results.txn_put.append(row)
+        ctx.progress(f"  claim after a transactional put's commit p50 "
+                     f"{row.after_commit.p50:.2f} ms p99 {row.after_commit.p99:.2f} ms")
+
     attempt("lifecycle: result() wake-up", wakeup)
+    attempt("lifecycle: transactional put", txn_put)
     attempt("lifecycle: retention A/B", retention)
 
 

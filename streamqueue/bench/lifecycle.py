@@ -31,6 +31,14 @@ class ResultWakeRow:
 
 
 @dataclass(frozen=True)
+class TxnPutRow:
+    """A consumer waiting in ``next()``; a job put in a transaction on another client."""
+
+    jobs: int
+    after_commit: Percentiles  # from commit_transaction returning to next() returning
+
+
+@dataclass(frozen=True)
 class RetentionRow:
     """One drain per arm per round, arms alternating, medians compared."""
 
@@ -115,6 +123,51 @@ def _one_wakeup(producer: Queue, waiter: Queue, listener: _GetMores, n: int) -> 
         raise TimeoutError(f"result() did not return for job {job_id}")
     # The stream can beat the write's own reply: then the wake-up counts as 0.
     return max(0.0, returned[0] - acked), returned[0] - called
+
+
+def txn_put_wakeup(ctx: BenchContext, *, jobs: int) -> TxnPutRow:
+    """Claim latency after the commit of a transaction that put the job."""
+    listener = _GetMores()
+    consumer_client: MongoClient[Document] = MongoClient(ctx.uri, event_listeners=[listener])
+    delays: list[float] = []
+    with ctx.scratch("txn_put") as coll:
+        producer = Queue(coll, max_await=1.0)
+        producer.store.ensure_indexes()
+        consumer = Queue(consumer_client[coll.database.name][coll.name], max_await=1.0)
+        try:
+            for n in range(jobs):
+                delays.append(_one_txn_put(producer, consumer, listener, n))
+        finally:
+            producer.close()
+            consumer.close()
+            consumer_client.close()
+    return TxnPutRow(jobs, Percentiles.of_seconds(delays))
+
+
+def _one_txn_put(producer: Queue, consumer: Queue, listener: _GetMores, n: int) -> float:
+    claimed: list[float] = []
+
+    def wait() -> None:
+        job = consumer.next(timeout=WAIT_TIMEOUT)
+        if job is not None:
+            claimed.append(time.perf_counter())
+            job.complete()
+
+    seen = listener.count
+    thread = threading.Thread(target=wait)
+    thread.start()
+    # The consumer's stream is open and its claim found nothing once a getMore is sent.
+    listener.wait_past(seen, WAIT_TIMEOUT)
+    client = producer.collection.database.client
+    with client.start_session() as session:
+        session.start_transaction()
+        producer.put({"n": n}, session=session)
+        session.commit_transaction()
+    committed = time.perf_counter()
+    thread.join(WAIT_TIMEOUT)
+    if not claimed:
+        raise TimeoutError("the waiting consumer did not claim the committed job")
+    return max(0.0, claimed[0] - committed)
 
 
 def _drain(coll: Collection[Document], keep: float, jobs: int, threads: int) -> float:

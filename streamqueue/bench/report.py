@@ -12,7 +12,7 @@ from typing import Any
 
 from streamqueue.bench.common import jsonable
 from streamqueue.bench.consumers import FLOOR, FLOOR_PUSH, POLLING, PUSH, STORE, WORKER
-from streamqueue.bench.lifecycle import ResultWakeRow, RetentionRow
+from streamqueue.bench.lifecycle import ResultWakeRow, RetentionRow, TxnPutRow
 from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
 
 
@@ -39,6 +39,7 @@ class Results:
     herd: list[HerdRow] = field(default_factory=list)
     result_wakeup: list[ResultWakeRow] = field(default_factory=list)
     retention: list[RetentionRow] = field(default_factory=list)
+    txn_put: list[TxnPutRow] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -146,6 +147,11 @@ def lifecycle_targets(results: Results) -> list[Target]:
             f"from the complete() call), {wake.jobs} jobs", _ok(wake.after_ack.p50 <= 10.0)))
     else:
         targets.append(Target("result() wake-up p50", "<= 10 ms", "not measured", None))
+    if results.txn_put:
+        txn = results.txn_put[0]
+        targets.append(Target(
+            "Claim after a transactional put commits, p50", "<= 50 ms",
+            f"{txn.after_commit.p50:.2f} ms, {txn.jobs} jobs", _ok(txn.after_commit.p50 <= 50.0)))
     if results.retention:
         row = results.retention[0]
         targets.append(Target(
@@ -350,6 +356,13 @@ def lifecycle_tables(results: Results) -> list[str]:
              for row in results.result_wakeup
              for name, p in (("complete() returned", row.after_ack),
                              ("complete() called", row.after_call))])
+    if results.txn_put:
+        out += ["", "## 6b. Claim after a transactional put (consumer waiting in next())", ""]
+        out += _table(
+            ["measured from", "jobs", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+            [["commit returned", str(r.after_commit.count), _num(r.after_commit.p50),
+              _num(r.after_commit.p90), _num(r.after_commit.p99), _num(r.after_commit.max)]
+             for r in results.txn_put])
     if results.retention:
         out += ["", "## 7. Throughput with keep_completed on and off (A/B, alternating rounds)", ""]
         out += _table(

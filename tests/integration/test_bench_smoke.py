@@ -113,6 +113,9 @@ def test_lifecycle(ctx: BenchContext, results: Results) -> None:
     retention = lc.retention_ab(ctx, jobs=40, threads=2, rounds=2)
     assert retention.off_jobs_per_s > 0 and retention.on_jobs_per_s > 0
     assert retention.ratio > 0
+    txn = lc.txn_put_wakeup(ctx, jobs=3)
+    assert txn.jobs == txn.after_commit.count == 3 and txn.after_commit.p50 >= 0
+    results.txn_put.append(txn)
     results.result_wakeup.append(wake)
     results.retention.append(retention)
 
@@ -129,7 +132,7 @@ def test_report(results: Results, tmp_path: Path) -> None:
     write_json(results, tmp_path / "results.json")
     data = json.loads((tmp_path / "results.json").read_text())
     assert {"throughput", "latency", "idle", "depth", "herd", "targets"} <= set(data)
-    assert data["result_wakeup"] and data["retention"]
+    assert data["result_wakeup"] and data["retention"] and data["txn_put"]
     assert all(t["passed"] in (True, False, None) for t in data["targets"])
     text = markdown(results)
     assert "## Targets" in text and "## 5. Herd" in text
