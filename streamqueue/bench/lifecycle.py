@@ -133,7 +133,10 @@ def txn_put_wakeup(ctx: BenchContext, *, jobs: int) -> TxnPutRow:
     with ctx.scratch("txn_put") as coll:
         producer = Queue(coll, max_await=1.0)
         producer.store.ensure_indexes()
-        consumer = Queue(consumer_client[coll.database.name][coll.name], max_await=1.0)
+        # An open stream's next getMore (the sign the consumer waits) comes at most
+        # max_await after the last: short, so each sample waits little. Events end a
+        # getMore at once whatever max_await is.
+        consumer = Queue(consumer_client[coll.database.name][coll.name], max_await=0.2)
         try:
             for n in range(jobs):
                 delays.append(_one_txn_put(producer, consumer, listener, n))
