@@ -1149,17 +1149,30 @@ def _is_duplicate_id(error: Mapping[str, Any]) -> bool:
     if error.get("code") != DUPLICATE_KEY:
         return False
     # The server names the index that refused (keyPattern); a reply without
-    # the name is taken as the _id's, as the enqueue always did.
+    # it is taken as the _id's, as the enqueue always did, unless its message
+    # names another index (a unique key's refusal is not "already written").
     pattern = error.get("keyPattern")
-    return pattern is None or list(pattern) == ["_id"]
+    if pattern is None:
+        return _refusing_index(error) in (None, "_id_")
+    return list(pattern) == ["_id"]
+
+
+def _refusing_index(error: Mapping[str, Any]) -> str | None:
+    """The index an E11000 message names ("... index: NAME dup key: ..."), if any."""
+    message = str(error.get("errmsg", ""))
+    _, found, rest = message.partition(" index: ")
+    return rest.split(" ", 1)[0] if found and rest else None
 
 
 def _is_duplicate_key(exc: BaseException | None) -> bool:
     """A refusal by the unique key index: another active job holds the key."""
     if not isinstance(exc, DuplicateKeyError):
         return False
-    pattern = (exc.details or {}).get("keyPattern")
-    return pattern is not None and list(pattern) == ["key"]
+    details = exc.details or {}
+    pattern = details.get("keyPattern")
+    if pattern is None:
+        return _refusing_index(details) == "key_active"
+    return list(pattern) == ["key"]
 
 
 def _claim_pipeline(consumer_id: str, token: str | Document, lease: float) -> list[Document]:

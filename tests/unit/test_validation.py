@@ -17,11 +17,13 @@ from streamqueue.errors import InvalidJob, StreamQueueError
 from streamqueue.validation import (
     MAX_DOCUMENT_BYTES,
     MAX_ERROR_CHARS,
+    MAX_KEY_CHARS,
     MAX_PAYLOAD_BYTES,
     MAX_RESULT_BYTES,
     backoff_seconds,
     check_backoff,
     check_heartbeat,
+    check_key,
     check_limit,
     check_max_attempts,
     check_payload,
@@ -366,3 +368,20 @@ def test_check_result() -> None:
 def test_check_limit_refuses(limit: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         check_limit(limit)
+
+
+@pytest.mark.parametrize("key, error", [
+    ("", ValueError),
+    ("a\x00b", ValueError),
+    ("x" * (MAX_KEY_CHARS + 1), ValueError),
+    (None, TypeError),
+    (7, TypeError),
+    (b"k", TypeError),
+])
+def test_bad_keys_are_refused(key: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        check_key(key)
+
+
+def test_a_key_of_the_longest_length_is_accepted() -> None:
+    assert check_key("x" * MAX_KEY_CHARS) == "x" * MAX_KEY_CHARS
