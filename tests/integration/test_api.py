@@ -157,9 +157,9 @@ def test_index_creation_is_idempotent(make_queue: QueueFactory) -> None:
     second = make_queue()
     second.put({})  # creates the same indexes again: no error
     assert second.next() is not None
-    # _id + 4 + the two partial listing indexes (finished jobs, tags); no TTL index
-    # without keep_completed.
-    assert len(first.collection.index_information()) == 7
+    # _id + 4 + the two partial listing indexes (finished jobs, tags) + the two
+    # partial key indexes (listing, unique active key); no TTL index without keep_completed.
+    assert len(first.collection.index_information()) == 9
 
 
 def test_claim_query_is_served_by_the_claim_index(
