@@ -29,7 +29,6 @@ deployment has them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -658,8 +657,7 @@ class JobStore:
         marker = new_token()
         return self._settle(
             "bury",
-            lambda: self._move(self.jobs, self.failed, _held(job_id, token), changes,
-                               marker=marker) is not None,
+            lambda: self._move(_held(job_id, token), changes, marker=marker) is not None,
             lambda: self.failed.find_one({"_id": job_id, SETTLED_BY: token}, {"_id": 1}) is not None,
         )
 
@@ -704,10 +702,10 @@ class JobStore:
         changes = {"state": FAILED, "failed_at": NOW, "last_error": expired_note}
         for doc in candidates:
             still_expired = {**_held(doc["_id"], doc["lease_token"]), "$expr": LEASE_EXPIRED}
-            moved = self._move_retried("reap", self.jobs, self.failed, still_expired, changes)
+            moved = self._move_retried("reap", still_expired, changes)
             if moved:
                 dead.append(moved)
-        dead += self._finish_stale_moves(self.jobs, self.failed, overwrite=True)
+        dead += self._finish_stale_moves()
         return ReapResult(requeued=requeued, dead=dead)
 
     # -- the error queue ------------------------------------------------------------
@@ -715,21 +713,18 @@ class JobStore:
     def retry_failed(self, job_id: ObjectId | None = None) -> int:
         """Move one dead job (or all) back to the queue with a fresh set of attempts.
 
-        Never overwrites: a job whose ``_id`` is in the queue already stays as it is.
+        Never overwrites: a job whose ``_id`` or unique key is in the queue
+        already stays as it is, and the dead one stays dead.
         """
-        moved = len(self._finish_stale_moves(self.failed, self.jobs, overwrite=False))
         if job_id is not None:
             ids = [job_id]
         else:
             ids = self._call("list failed", lambda: self.failed.distinct("_id"))
-        changes = {"state": READY, "attempts": 0, "available_at": NOW}
-        drop = ["failed_at", *LOCK_FIELDS]
-        for oid in ids:
-            query = {"_id": oid, "_move": {"$exists": False}}
-            if self._move_retried("retry failed", self.failed, self.jobs, query, changes,
-                                  drop=drop, overwrite=False):
-                moved += 1
-        return moved
+        return sum(1 for oid in ids if self._revive_retried(oid))
+
+    def _revive_retried(self, job_id: ObjectId) -> bool:
+        revived: bool = self._call("retry failed", lambda: self._revive(job_id))
+        return revived
 
     def purge_failed(self, job_id: ObjectId | None = None) -> int:
         query = {} if job_id is None else {"_id": job_id}
@@ -741,76 +736,63 @@ class JobStore:
             self.failed.find({}, sort=[("failed_at", DESCENDING)], limit=limit)))
         return result
 
-    def _move(
-        self,
-        source: Collection[Document],
-        target: Collection[Document],
-        query: Document,
-        changes: Document,
-        *,
-        marker: str,
-        drop: Sequence[str] = LOCK_FIELDS,
-        overwrite: bool = True,
-    ) -> Document | None:
-        """Move the document matching ``query`` to ``target`` (same ``_id``), changed; None if none matched.
+    def _move(self, query: Document, changes: Document, *, marker: str) -> Document | None:
+        """Move the job matching ``query`` to the error queue (same ``_id``), changed.
 
-        ``overwrite=False`` never replaces a document already in ``target``:
-        the move then only removes the source. Runs once: callers retry with
-        the same ``marker`` (it names the move when there are no transactions).
+        None if nothing matched. Runs once: callers retry with the same
+        ``marker`` (it names the move when there are no transactions).
         """
         if not self.supports_transactions():
-            return self._move_in_steps(source, target, query, changes, drop, overwrite, marker)
+            return self._move_in_steps(query, changes, marker)
 
         def in_transaction(session: ClientSession) -> Document | None:
-            doc = source.find_one_and_update(query, _changed(changes, drop), session=session,
-                                             return_document=ReturnDocument.AFTER)
+            doc = self.jobs.find_one_and_update(query, _changed(changes, LOCK_FIELDS),
+                                                session=session,
+                                                return_document=ReturnDocument.AFTER)
             if doc is not None:
-                _copy(target, doc, overwrite, session)
-                source.delete_one({"_id": doc["_id"]}, session=session)
+                self.failed.replace_one({"_id": doc["_id"]}, doc, upsert=True, session=session)
+                self.jobs.delete_one({"_id": doc["_id"]}, session=session)
             return doc
 
+        moved: Document | None = self._in_transaction(in_transaction)
+        return moved
+
+    def _in_transaction(self, callback: Callable[[ClientSession], Any]) -> Any:
         with self._client.start_session() as session:
-            try:
-                moved: Document | None = session.with_transaction(
-                    in_transaction, read_concern=ReadConcern("majority"),
-                    write_concern=WriteConcern("majority"),
-                    read_preference=ReadPreference.PRIMARY)
-            except DuplicateKeyError:
-                # Only with overwrite=False: the job is in the target already.
-                log.warning("not moving a job from %s: its _id is in %s already",
-                            source.full_name, target.full_name)
-                return None
-        return moved
+            return session.with_transaction(
+                callback, read_concern=ReadConcern("majority"),
+                write_concern=WriteConcern("majority"), read_preference=ReadPreference.PRIMARY)
 
-    def _move_retried(self, action: str, source: Collection[Document],
-                      target: Collection[Document], query: Document, changes: Document,
-                      **options: Any) -> Document | None:
+    def _move_retried(self, action: str, query: Document, changes: Document) -> Document | None:
         marker = new_token()
-        moved: Document | None = self._call(action, lambda: self._move(
-            source, target, query, changes, marker=marker, **options))
+        moved: Document | None = self._call(
+            action, lambda: self._move(query, changes, marker=marker))
         return moved
 
-    def _move_in_steps(self, source: Collection[Document], target: Collection[Document],
-                       query: Document, changes: Document, drop: Sequence[str],
-                       overwrite: bool, marker: str) -> Document | None:
-        """A move without transactions: mark and change the source, copy it, delete it.
+    def _move_in_steps(self, query: Document, changes: Document, marker: str) -> Document | None:
+        """A move without transactions: mark and change the job, copy it, delete it.
 
-        The mark is one atomic write, so exactly one mover wins the source,
-        and a holder settling meanwhile no longer matches it. Only the winner
-        copies and deletes; a mover that dies half-way leaves a marked source
-        that ``_finish_stale_moves`` completes. No step deletes a copy, so no
+        The mark is one atomic write, so exactly one mover wins the job, and a
+        holder settling meanwhile no longer matches it. Only the winner copies
+        and deletes; a mover that dies half-way leaves a marked job that
+        ``_finish_stale_moves`` completes. No step deletes a copy, so no
         interleaving of movers can lose the job.
         """
         mark = {**changes, "_move": marker, "_move_at": NOW}
-        doc = source.find_one_and_update(query, _changed(mark, drop),
-                                         return_document=ReturnDocument.AFTER)
+        doc = self.jobs.find_one_and_update(query, _changed(mark, LOCK_FIELDS),
+                                            return_document=ReturnDocument.AFTER)
         if doc is None:
             # An earlier try of this move may have marked it before its reply was lost.
-            doc = source.find_one({"_move": marker})
-        return None if doc is None else _copy_and_delete(source, target, doc, overwrite)
+            doc = self.jobs.find_one({"_move": marker})
+        if doc is None:
+            return None
+        copy = {key: value for key, value in doc.items() if key not in MOVE_FIELDS}
+        self.failed.replace_one({"_id": doc["_id"]}, copy, upsert=True)
+        # Guarded by this mover's mark: if another mover took the move over, it deletes.
+        self.jobs.delete_one({"_id": doc["_id"], "_move": doc["_move"]})
+        return doc
 
-    def _finish_stale_moves(self, source: Collection[Document], target: Collection[Document],
-                            *, overwrite: bool) -> list[Document]:
+    def _finish_stale_moves(self) -> list[Document]:
         """Complete two-step moves whose movers went quiet; return the documents moved.
 
         Only servers without transactions make such moves; elsewhere this
@@ -820,16 +802,52 @@ class JobStore:
             return []
         stale = {"_move": {"$exists": True}, "$expr": {
             "$lt": ["$_move_at", {"$subtract": [NOW, STALE_MOVE_MS]}]}}
-        found = self._call("find stale moves", lambda: list(source.find(stale, {"_move": 1})))
+        found = self._call("find stale moves", lambda: list(self.jobs.find(stale, {"_move": 1})))
         finished = []
         for doc in found:
             # Taken over with a fresh mark, so a mover that was only slow stops.
             again = {"_id": doc["_id"], "_move": doc["_move"]}
-            moved = self._move_retried("finish a move", source, target, again, {}, drop=(),
-                                       overwrite=overwrite)
+            moved = self._move_retried("finish a move", again, {})
             if moved is not None:
                 finished.append(moved)
         return finished
+
+    def _revive(self, job_id: ObjectId) -> bool:
+        """Copy one dead job back into the queue with fresh attempts, then drop it from ``.failed``.
+
+        The copy is insert-only: it never overwrites a job in the queue, and a
+        job whose unique key another active job holds stays dead (warned).
+        Nothing else writes to ``.failed``, so without transactions copying
+        first is enough: a retry (or a second caller) finds the copy there by
+        its ``_id`` and only deletes.
+        """
+        try:
+            if not self.supports_transactions():
+                return self._revive_steps(job_id)
+            revived: bool = self._in_transaction(
+                lambda session: self._revive_steps(job_id, session))
+            return revived
+        except DuplicateKeyError:
+            log.warning("dead job %s stays in %s: a job with its _id or unique key is in the "
+                        "queue", job_id, self.failed.full_name)
+            return False
+
+    def _revive_steps(self, job_id: ObjectId, session: ClientSession | None = None) -> bool:
+        doc = self.failed.find_one({"_id": job_id}, session=session)
+        if doc is None:
+            return False
+        dead_only = {"failed_at", *LOCK_FIELDS, *MOVE_FIELDS}
+        copy: list[Document] = [{"$replaceWith": {"$literal": {key: value for key, value in doc.items()
+                                               if key not in dead_only}}},
+                {"$set": {"state": READY, "attempts": 0, "available_at": NOW}}]
+        try:
+            self.jobs.update_one(_absent(job_id), copy, upsert=True, session=session)
+        except DuplicateKeyError as exc:
+            if session is not None or not _is_duplicate_id(exc.details or {}):
+                raise
+            # Its _id is in the queue: an earlier try of this revival copied it.
+        self.failed.delete_one({"_id": job_id}, session=session)
+        return True
 
     # -- looking -------------------------------------------------------------------
 
@@ -1040,23 +1058,12 @@ def _changed(changes: Document, drop: Sequence[str]) -> list[Document]:
     return [*pipeline, {"$unset": list(drop)}] if drop else pipeline
 
 
-def _copy(target: Collection[Document], doc: Document, overwrite: bool,
-          session: ClientSession | None = None) -> None:
-    copy = {key: value for key, value in doc.items() if key not in MOVE_FIELDS}
-    if overwrite:
-        target.replace_one({"_id": doc["_id"]}, copy, upsert=True, session=session)
-    else:
-        target.insert_one(copy, session=session)
+def _absent(job_id: ObjectId) -> Document:
+    """A filter no document matches, whose upsert inserts ``_id``: an insert that can use ``$$NOW``.
 
-
-def _copy_and_delete(source: Collection[Document], target: Collection[Document], doc: Document,
-                     overwrite: bool) -> Document:
-    # With overwrite=False, a copy already there was made by an earlier try of this move.
-    with contextlib.suppress(DuplicateKeyError):
-        _copy(target, doc, overwrite)
-    # Guarded by this mover's mark: if another mover took the move over, it deletes.
-    source.delete_one({"_id": doc["_id"], "_move": doc["_move"]})
-    return doc
+    The insert fails with a duplicate key when the ``_id`` is taken.
+    """
+    return {"_id": job_id, "$nor": [{"_id": job_id}]}
 
 
 def _held(job_id: ObjectId, token: str) -> Document:

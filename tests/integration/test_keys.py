@@ -204,3 +204,18 @@ def test_bad_keys_write_nothing(queue: Queue, collection: Collection[Document], 
 def test_put_many_takes_no_key(queue: Queue) -> None:
     with pytest.raises(TypeError):
         queue.put_many([{"n": 1}], key="k")  # type: ignore[call-arg]
+
+
+def test_a_dead_job_whose_key_is_taken_stays_dead_on_retry(make_queue: QueueFactory) -> None:
+    # Reviving it would make two active jobs with one key: it stays in the
+    # error queue, untouched, and the live holder keeps its key.
+    queue = make_queue(max_attempts=1)
+    dead = queue.put({"n": 1}, key="k")
+    job = queue.next()
+    assert job is not None
+    job.error("boom")
+    live = queue.put({"n": 2}, key="k")
+    assert queue.retry_failed(dead) == 0
+    assert queue.failed.count_documents({"_id": dead}) == 1
+    assert queue.put({"n": 3}, key="k") == live
+    assert (queue.get(dead) or pytest.fail("the dead job is gone")).state == "failed"

@@ -256,3 +256,20 @@ def test_a_bury_retried_after_its_steps_applied_reports_success(
         assert dead is not None
         assert dead["last_error"] == "boom"
         assert "_move" not in dead
+
+
+def test_a_dead_job_whose_key_is_taken_stays_dead_on_retry_without_transactions(
+    make_queue: QueueFactory, standalone: Collection[Document],
+) -> None:
+    # The revival copies first: a copy refused by the key index leaves the
+    # dead job where it was (it used to be deleted, and so lost).
+    queue = make_queue(standalone, max_attempts=1)
+    dead = queue.put({"n": 1}, key="k")
+    job = queue.next()
+    assert job is not None
+    job.error("boom")
+    live = queue.put({"n": 2}, key="k")
+    assert queue.retry_failed() == 0
+    assert queue.failed.count_documents({"_id": dead}) == 1
+    assert standalone.count_documents({"key": "k"}) == 1
+    assert queue.put({"n": 3}, key="k") == live
