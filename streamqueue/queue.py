@@ -180,6 +180,12 @@ class Job:
         """
         text = truncate_error(message if message is not None else "error() called without a message")
         queue = self._queue
+        if self._cancel_requested:
+            # The store ends a job with a request cancelled, whatever the attempts left.
+            self._settle(lambda: queue.store.requeue(
+                self.id, self._token, delay=0.0, error=text, count_attempt=True))
+            log.info("job %s stopped after its cancel request: cancelled", self.id)
+            return
         if self.attempts >= self.max_attempts:
             self._settle(lambda: queue.store.bury(self.id, self._token, text))
             queue.hooks.failed(queue.name, self.attempts, self.run_seconds)

@@ -608,6 +608,16 @@ class JobStore:
             return bool(self.jobs.delete_one(query).deleted_count)
         return bool(self.jobs.update_one(query, _cancelled_pipeline(None)).modified_count)
 
+    def cancel_requests(self, held: Sequence[tuple[ObjectId, str]]) -> set[ObjectId]:
+        """Which of these claims' jobs have a cancel request."""
+        if not held:
+            return set()
+        query = {"$or": [{**_held(job_id, token), "cancel_requested": True}
+                         for job_id, token in held]}
+        found: list[Document] = self._call("read cancel requests", lambda: list(
+            self.jobs.find(query, {"_id": 1})))
+        return {doc["_id"] for doc in found}
+
     # -- pausing ------------------------------------------------------------------------
 
     def set_paused(self, paused: bool) -> None:

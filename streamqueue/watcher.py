@@ -135,6 +135,15 @@ class ChangeStreamWatcher:
     def paused(self) -> bool:
         return self._board.paused
 
+    def keep_open(self, wanted: bool, timeout: float = 30.0) -> bool:
+        """Keep the stream open even while nobody waits (a Worker whose handlers run long
+        wants their cancel requests); True once it is open, when wanted."""
+        self._board.keep_open(wanted)
+        if not wanted:
+            return False
+        self._wanted.set()
+        return self._live.wait(timeout) and self._epoch is not None
+
     def refresh_due(self) -> None:
         """Ask the server when the next delayed job falls due and tell the board."""
         try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import threading
+from typing import Any
 
 import pytest
 from bson import ObjectId
@@ -10,7 +12,8 @@ from bson import ObjectId
 from streamqueue import Queue
 from streamqueue.errors import JobCancelled, JobNotFound
 from streamqueue.queue import Job
-from tests.helpers import Background, wait_until
+from streamqueue.worker import Worker
+from tests.helpers import Background, stays_false, wait_until
 from tests.integration.conftest import QueueFactory
 
 KEEP = 3600.0
@@ -172,7 +175,7 @@ def test_a_cancel_racing_claims_has_exactly_one_winner(make_queue: QueueFactory)
                 delivered.append(job.id)
             job.complete()
 
-    consumers = [Background(lambda q=make_queue(keep_completed=KEEP): consume(q))
+    consumers = [Background(functools.partial(consume, make_queue(keep_completed=KEEP)))
                  for _ in range(3)]
     for consumer in consumers:
         consumer.start()
@@ -192,3 +195,31 @@ def test_a_cancel_racing_claims_has_exactly_one_winner(make_queue: QueueFactory)
             assert answers[job_id] is True
     # Both outcomes happened, or the race was not a race.
     assert delivered and len(delivered) < jobs
+
+
+def test_a_worker_tells_a_long_running_handler_of_a_cancel(make_queue: QueueFactory) -> None:
+    """The Worker's stream would pause (nobody waits while its one slot is busy): it is
+    kept open for the running handler, so the request arrives long before any heartbeat."""
+    queue = make_queue(keep_completed=KEEP, lease=300, pause_stream_after=0.2)
+    started = threading.Event()
+    heard: list[bool] = []
+
+    def handle(payload: dict[str, Any], job: Job) -> None:
+        started.set()
+        heard.append(wait_until(lambda: job.cancel_requested, timeout=20))
+        raise RuntimeError("stopped: cancelled")
+
+    worker = Worker(queue, handle, concurrency=1)
+    runner = Background(worker.run).start()
+    try:
+        job_id = queue.put({"n": 1})
+        assert started.wait(15)
+        # Without a running handler to serve, the stream would pause within about a second.
+        assert stays_false(lambda: queue.watcher.streams_paused > 0, 2.0)
+        assert make_queue(keep_completed=KEEP).cancel(job_id)
+        assert wait_until(lambda: getattr(queue.get(job_id), "state", None) == "cancelled",
+                          timeout=30)
+        assert heard == [True]
+    finally:
+        worker.stop()
+        runner.join(30)
