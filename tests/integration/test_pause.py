@@ -5,10 +5,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from streamqueue import Job, Queue
+from streamqueue.metrics import PrometheusHooks
+from streamqueue.reaper import Reaper
 from streamqueue.storage import Document
 from streamqueue.worker import Worker
 from tests.helpers import Background, CommandCounter, on, stays_false, wait_until
@@ -158,3 +161,15 @@ def test_a_paused_idle_consumer_sends_no_claims(
     assert counter.count("findAndModify", collection.name) == 0
     # One read of the switch once the stream is open, nothing more while it stays open.
     assert counter.count("find", collection.name) <= 1
+
+
+def test_the_reaper_publishes_the_paused_gauge(make_queue: QueueFactory) -> None:
+    registry = CollectorRegistry()
+    queue = make_queue()
+    reaper = Reaper([queue], hooks=PrometheusHooks(registry))
+    queue.pause()
+    assert reaper.run_once().ok
+    assert registry.get_sample_value("streamqueue_queue_paused", {"queue": queue.name}) == 1
+    queue.resume()
+    assert reaper.run_once().ok
+    assert registry.get_sample_value("streamqueue_queue_paused", {"queue": queue.name}) == 0

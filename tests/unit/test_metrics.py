@@ -213,3 +213,11 @@ def test_serve_metrics_over_http(registry: CollectorRegistry) -> None:
     assert samples[("streamqueue_jobs_enqueued_total", (("queue", "q"),))] == 2
     with pytest.raises(OSError), urllib.request.urlopen(url, timeout=2):
         pass  # closed: the port no longer answers
+
+
+def test_observe_paused_sets_the_gauge(registry: CollectorRegistry) -> None:
+    hooks = PrometheusHooks(registry)
+    hooks.observe_paused("q", True)
+    assert value(registry, "streamqueue_queue_paused", queue="q") == 1
+    hooks.observe_paused("q", False)
+    assert value(registry, "streamqueue_queue_paused", queue="q") == 0
