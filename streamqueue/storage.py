@@ -300,6 +300,15 @@ class JobStore:
                         "queue's keep_completed=%gs: the longest retention wins",
                         self.jobs.full_name, kept, self.keep_completed)
 
+    def retention(self) -> float:
+        """Seconds the collection's TTL index keeps finished jobs; 0 when it has none.
+
+        For tools (the CLI) that act on a queue without knowing the
+        ``keep_completed`` its application uses.
+        """
+        info = self._call("read indexes", self.jobs.index_information)
+        return float(info.get(TTL_INDEX, {}).get("expireAfterSeconds", 0))
+
     def forget_indexes(self) -> None:
         """The collection was dropped: create the indexes again on next use."""
         self._indexes_ready = False
