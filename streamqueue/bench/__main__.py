@@ -26,6 +26,7 @@ from streamqueue.bench.consumers import (
     Kind,
     worker_kind,
 )
+from streamqueue.bench.control import control
 from streamqueue.bench.report import (
     Results,
     evaluate,
@@ -36,7 +37,7 @@ from streamqueue.bench.report import (
 )
 from streamqueue.testing import ReplicaSet
 
-SCENARIOS = ("latency", "idle", "throughput", "herd", "depth")
+SCENARIOS = ("latency", "idle", "throughput", "herd", "depth", "control")
 QUIET_LOAD = 1.0
 
 
@@ -265,6 +266,14 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
                                  f"{row.claim.p99:6.2f} ms; keys examined {row.keys_examined}"
                                  + _other(row.other_cpu))
             attempt(f"depth {level}", run_depth)
+
+    if "control" in only:
+        ctx.progress(f"control: {config.control_samples} samples each of pause to stop, "
+                     "resume to first claim and cancel to handler")
+
+        def run_control() -> None:
+            results.control.extend(control(ctx, samples=config.control_samples))
+        attempt("control", run_control)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
