@@ -579,10 +579,13 @@ class JobStore:
         return bool(self.jobs.update_one(query, _cancelled_pipeline("$lease_token")).modified_count)
 
     def _settled_by(self, job_id: ObjectId, token: str) -> bool:
-        """After a lost reply: did this claim's requeue or cancel apply? (A deleted cancel
-        reads as applied: gone means no other claim can hold it.)"""
-        doc = self.jobs.find_one({"_id": job_id}, {SETTLED_BY: 1})
-        return doc is None or doc.get(SETTLED_BY) == token
+        """After a lost reply: did this claim's requeue or kept cancel apply?
+
+        A cancel that deleted the job (``keep_completed == 0``) leaves no trace, and
+        gone may also be another claim's completion: that rare case reads as
+        ``LeaseLost``, as before cancels existed, never as a settle that did not happen.
+        """
+        return self.jobs.find_one({"_id": job_id, SETTLED_BY: token}, {"_id": 1}) is not None
 
     # -- cancelling ---------------------------------------------------------------------
 
