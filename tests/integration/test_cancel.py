@@ -9,12 +9,15 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo import MongoClient
+from pymongo.collection import Collection
 
 from streamqueue import Queue
 from streamqueue.errors import JobCancelled, JobNotFound
 from streamqueue.queue import Job
+from streamqueue.storage import Document
 from streamqueue.worker import Worker
-from tests.helpers import Background, wait_until
+from tests.helpers import Background, CommandCounter, on, stays_false, wait_until
 from tests.integration.conftest import QueueFactory
 
 KEEP = 3600.0
@@ -227,3 +230,27 @@ def test_a_worker_tells_a_long_running_handler_of_a_cancel(make_queue: QueueFact
     finally:
         worker.stop()
         runner.join(30)
+
+
+def test_cancels_and_pause_events_wake_no_waiting_claimer(
+        make_queue: QueueFactory, collection: Collection[Document],
+        counted_client: tuple[MongoClient[Document], CommandCounter]) -> None:
+    """A cancel ends or marks a job: nothing becomes claimable, so no waiter claims."""
+    client, counter = counted_client
+    waiting = make_queue(on(client, collection), keep_completed=KEEP)
+    operator = make_queue(keep_completed=KEEP)
+    ready = operator.put({"n": 1}, delay=3600)
+    locked = operator.put({"n": 2})
+    job = held(operator, locked)
+    waiter = Background(lambda: waiting.next(timeout=30)).start()
+    assert wait_until(lambda: waiting.board.waiters == 1
+                      and waiting.watcher.stream_epoch() is not None)
+    assert stays_false(lambda: counter.count("findAndModify", collection.name) > 1, 0.3)
+    counter.reset()
+    assert operator.cancel(ready) and operator.cancel(locked)
+    operator.pause()
+    assert stays_false(lambda: counter.count("findAndModify", collection.name) > 0, 1.0)
+    operator.resume()  # the one event here that must wake it: it claims (nothing is due)
+    assert wait_until(lambda: counter.count("findAndModify", collection.name) > 0)
+    job.complete()
+    assert not waiter.done.is_set()
