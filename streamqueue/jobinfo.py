@@ -21,8 +21,8 @@ FINISHED: frozenset[JobState] = frozenset({"completed", "cancelled", "failed"})
 
 @dataclass(frozen=True)
 class JobInfo:
-    """One job as stored at the moment it was read. ``key`` and ``cancel_requested``
-    are None/False until unique keys and cancellation exist."""
+    """One job as stored at the moment it was read. ``key`` is None for a job put
+    without one; ``cancel_requested`` is True once ``Queue.cancel`` asked for a held job."""
 
     id: ObjectId
     state: JobState

@@ -71,6 +71,7 @@ METRIC_NAMES: frozenset[str] = frozenset({
     "streamqueue_job_run_seconds",
     "streamqueue_queue_jobs",
     "streamqueue_queue_oldest_available_age_seconds",
+    "streamqueue_queue_paused",
     "streamqueue_worker_busy_slots",
     "streamqueue_worker_slots",
     "streamqueue_changestream_last_event_age_seconds",
@@ -171,6 +172,7 @@ class _Metrics:
     run_seconds: Histogram
     queue_jobs: Gauge
     oldest_available_age: Gauge
+    paused: Gauge
     workers: _WorkerCollector
 
     @classmethod
@@ -224,6 +226,10 @@ class _Metrics:
             oldest_available_age=Gauge(
                 f"{PREFIX}_queue_oldest_available_age_seconds",
                 "Seconds the longest-waiting due job has been due (set by the reaper).",
+                ["queue"], registry=registry),
+            paused=Gauge(
+                f"{PREFIX}_queue_paused",
+                "1 while the queue is paused (Queue.pause()), else 0 (set by the reaper).",
                 ["queue"], registry=registry),
             workers=workers,
         )
@@ -321,6 +327,10 @@ class PrometheusHooks(Hooks):
             if state in counts:
                 self._m.queue_jobs.labels(queue=queue, state=state).set(counts[state])
         self._m.oldest_available_age.labels(queue=queue).set(max(0.0, oldest_age))
+
+    def observe_paused(self, queue: str, paused: bool) -> None:
+        """Set ``streamqueue_queue_paused`` from ``Queue.is_paused()``."""
+        self._m.paused.labels(queue=queue).set(1 if paused else 0)
 
     def touch_queue(self, queue: str, role: str = "worker") -> None:
         """Create ``queue``'s series at zero, so they exist before the first event.

@@ -9,6 +9,7 @@ import socket
 import time
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -22,6 +23,7 @@ from pymongo.collection import Collection
 from streamqueue.errors import ConfigurationError, JobCancelled, JobFailed, JobNotFound, LeaseLost
 from streamqueue.hooks import Hooks
 from streamqueue.jobinfo import FINISHED, JOB_STATES, JobInfo
+from streamqueue.pause import PauseFlag
 from streamqueue.retry import RetryPolicy
 from streamqueue.storage import Document, JobChanges, JobStore, NewJob
 from streamqueue.validation import (
@@ -74,6 +76,7 @@ class Job:
         # The session whose transaction completed the job: its with_transaction
         # may run the callback again, and complete() with it again.
         self._settled_in: ClientSession | None = None
+        self._cancel_requested = bool(doc.get("cancel_requested"))
 
     def __repr__(self) -> str:
         return f"<Job {self.id} attempt {self.attempts}/{self.max_attempts} on {self._queue.name}>"
@@ -144,6 +147,18 @@ class Job:
         return self._settled
 
     @property
+    def cancel_requested(self) -> bool:
+        """``Queue.cancel`` asked to stop this job: learnt from the queue's change stream
+        (while it is open), a ``progress()`` or a Worker's heartbeat. Settling with
+        ``error()``/``release()`` then ends the job cancelled; ``complete()`` still completes it."""
+        return self._cancel_requested
+
+    def _note_cancel_requested(self) -> None:
+        if not self._cancel_requested:
+            self._cancel_requested = True
+            log.info("job %s: cancel requested", self.id)
+
+    @property
     def lease_token(self) -> str:
         return self._token
 
@@ -186,6 +201,12 @@ class Job:
         """
         text = truncate_error(message if message is not None else "error() called without a message")
         queue = self._queue
+        if self._cancel_requested:
+            # The store ends a job with a request cancelled, whatever the attempts left.
+            self._settle(lambda: queue.store.requeue(
+                self.id, self._token, delay=0.0, error=text, count_attempt=True))
+            log.info("job %s stopped after its cancel request: cancelled", self.id)
+            return
         if self.attempts >= self.max_attempts:
             self._settle(lambda: queue.store.bury(self.id, self._token, text))
             queue.hooks.failed(queue.name, self.attempts, self.run_seconds)
@@ -221,10 +242,13 @@ class Job:
             raise TypeError(f"progress count must be an int, not {type(count).__name__}")
         if self._settled:
             raise LeaseLost(f"job {self.id} was already settled by this consumer")
-        locked_until = self._queue.store.extend(self.id, self._token, self._queue.lease, count)
-        if locked_until is None:
+        doc = self._queue.store.extend_lease(self.id, self._token, self._queue.lease, count)
+        if doc is None:
             self._lost()
-        self._doc["locked_until"] = locked_until
+            return
+        self._doc["locked_until"] = doc["locked_until"]
+        if doc.get("cancel_requested"):
+            self._note_cancel_requested()
         if count is not None:
             self._doc["progress"] = count
 
@@ -305,6 +329,12 @@ class Queue:
             pause_after=None if pause_stream_after is None else check_seconds(
                 "pause_stream_after", pause_stream_after, allow_zero=False),
         )
+        self._pause = PauseFlag(self.store.is_paused, self.watcher.stream_epoch)
+        self.watcher.on_pause = self._pause.heard
+        # Jobs this object handed out, by id, so a cancel request heard on the
+        # stream reaches the one holding it (weak: a dropped Job needs no word).
+        self._holding: weakref.WeakValueDictionary[ObjectId, Job] = weakref.WeakValueDictionary()
+        self.watcher.on_cancel = self._cancel_heard
 
     def __repr__(self) -> str:
         return f"<Queue {self.store.jobs.full_name} consumer={self.consumer_id!r}>"
@@ -456,8 +486,10 @@ class Queue:
         return wake
 
     def claim(self, limit: int = 1) -> list[Job]:
-        """One claim attempt for up to ``limit`` jobs, without waiting."""
+        """One claim attempt for up to ``limit`` jobs, without waiting; none while paused."""
         self.store.ensure_indexes()  # a flag check, unless the collection was dropped
+        if self._pause.paused():
+            return []
         if limit == 1:
             doc = self.store.claim(self.consumer_id, self.lease)
             docs = [doc] if doc is not None else []
@@ -465,8 +497,40 @@ class Queue:
             docs = self.store.claim_many(self.consumer_id, self.lease, limit)
         jobs = [self.job_type(self, doc) for doc in docs]
         for job in jobs:
+            self._holding[job.id] = job
             self.hooks.claimed(self.name, job.wait_seconds)
         return jobs
+
+    def _cancel_heard(self, job_id: ObjectId) -> None:
+        job = self._holding.get(job_id)
+        if job is not None and not job.settled:
+            job._note_cancel_requested()
+
+    # -- control ----------------------------------------------------------------------
+
+    def cancel(self, job_id: ObjectId | str) -> bool:
+        """Cancel a job: a ready or delayed one at once (it is never delivered), a held one
+        by asking its holder (``Job.cancel_requested``). False when it already finished
+        or does not exist. Kept as "cancelled" for ``keep_completed`` seconds, deleted
+        at once when that is 0."""
+        return self.store.cancel(_object_id(job_id))
+
+    def pause(self) -> None:
+        """Stop every consumer of this queue, in every process, from claiming (within a
+        second); held jobs run on and ``put`` still works. Stored in MongoDB: it lasts
+        until ``resume``, across restarts."""
+        self.store.set_paused(True)
+        self._pause.heard(True)
+
+    def resume(self) -> None:
+        """Undo ``pause``; waiting consumers are woken through their change streams."""
+        self.store.set_paused(False)
+        self._pause.heard(False)
+        self.board.notify_all()
+
+    def is_paused(self) -> bool:
+        """The stored switch, read now."""
+        return self.store.is_paused()
 
     def complete_many(self, jobs: Sequence[Job]) -> list[Job]:
         """Complete several held jobs in one round trip; return those whose lease was lost."""
@@ -589,8 +653,9 @@ class Queue:
         result = self.store.reap()
         if result.expired:
             self.hooks.leases_expired(self.name, result.expired)
-            log.info("reaped %d expired leases on %s: %d requeued, %d dead",
-                     result.expired, self.name, result.requeued, len(result.dead))
+            log.info("reaped %d expired leases on %s: %d requeued, %d dead, %d cancelled",
+                     result.expired, self.name, result.requeued, len(result.dead),
+                     result.cancelled)
         for doc in result.dead:
             self.hooks.dead(self.name, int(doc.get("attempts", 0)))
         return result.expired

@@ -17,6 +17,14 @@ A job is one document in the queue's collection::
     key           the unique key, only when given: one active (ready, delayed or
                   locked) job per key, enforced by the partial unique index ``key_active``
     finished_at, result   only on kept finished jobs
+    cancel_requested   true once ``cancel`` asked for a held job; its holder's
+                  next error/release (or the reaper, once the lease runs out)
+                  ends it "cancelled" instead of handing it back
+
+One document that is no job shares the collection: the control document
+(``_id`` ``CONTROL_ID``, state ``"control"``) that says whether the queue is
+paused. No job filter matches its state, and the one change stream each queue
+object opens already carries its updates (see ``WAKE_PIPELINE``).
 
 Every time comparison uses the server's ``$$NOW`` inside the operation, so no
 client clock is ever trusted. The one date not written by ``$$NOW`` is the
@@ -63,6 +71,12 @@ FAILED = "failed"
 COMPLETED = "completed"
 CANCELLED = "cancelled"
 FINISHED_STATES = (COMPLETED, CANCELLED)
+# The queue's pause switch: a string _id no job (ObjectId) can take.
+CONTROL_ID = "streamqueue.control"
+CONTROL = "control"
+# A cancel chasing a job between ready and locked (claims, releases) gives up after this many rounds.
+CANCEL_ROUNDS = 8
+NOT_CANCELLING: Document = {"cancel_requested": {"$ne": True}}
 
 LOCK_FIELDS = ["lease_token", "consumer_id", "locked_at", "locked_until"]
 # The token of the claim that last settled the job (requeue, bury): a settle
@@ -149,13 +163,21 @@ WAKE_PIPELINE: list[Document] = [
         {"operationType": "insert"},
         {"operationType": "replace", "fullDocument.state": READY},
         {"operationType": "update", "updateDescription.updatedFields.state": READY},
+        # Rare writes a consumer must hear of: pause/resume, and a cancel
+        # request for a held job (its holder tells the running handler).
+        {"operationType": "update", "documentKey._id": CONTROL_ID},
+        {"operationType": "update", "updateDescription.updatedFields.cancel_requested": True},
     ]}},
     {"$project": {
         "operationType": 1,
         "wallTime": 1,
         "clusterTime": 1,
+        "documentKey._id": 1,
         "fullDocument.available_at": 1,
+        "fullDocument.paused": 1,
         "updateDescription.updatedFields.available_at": 1,
+        "updateDescription.updatedFields.paused": 1,
+        "updateDescription.updatedFields.cancel_requested": 1,
     }},
 ]
 
@@ -198,10 +220,11 @@ class QueueCounts:
 class ReapResult:
     requeued: int
     dead: list[Document]
+    cancelled: int = 0  # expired leases of jobs whose cancel was requested
 
     @property
     def expired(self) -> int:
-        return self.requeued + len(self.dead)
+        return self.requeued + len(self.dead) + self.cancelled
 
 
 class JobStore:
@@ -295,6 +318,15 @@ class JobStore:
             log.warning("%s keeps finished jobs %ds (asked by another queue), more than this "
                         "queue's keep_completed=%gs: the longest retention wins",
                         self.jobs.full_name, kept, self.keep_completed)
+
+    def retention(self) -> float:
+        """Seconds the collection's TTL index keeps finished jobs; 0 when it has none.
+
+        For tools (the CLI) that act on a queue without knowing the
+        ``keep_completed`` its application uses.
+        """
+        info = self._call("read indexes", self.jobs.index_information)
+        return float(info.get(TTL_INDEX, {}).get("expireAfterSeconds", 0))
 
     def forget_indexes(self) -> None:
         """The collection was dropped: create the indexes again on next use."""
@@ -620,33 +652,118 @@ class JobStore:
         pipeline: list[Document] = [{"$set": changes}, {"$unset": LOCK_FIELDS}]
         return self._settle(
             "requeue",
-            lambda: self.jobs.update_one(_held(job_id, token), pipeline).modified_count,
-            lambda: self.jobs.find_one({"_id": job_id, SETTLED_BY: token}, {"_id": 1}) is not None,
+            lambda: (self.jobs.update_one({**_held(job_id, token), **NOT_CANCELLING},
+                                          pipeline).modified_count
+                     or self._cancel_held(job_id, token)),
+            lambda: self._settled_by(job_id, token),
         )
+
+    def _cancel_held(self, job_id: ObjectId, token: str) -> bool:
+        """End a held job whose cancel was requested: cancelled (kept) or deleted. True if it was."""
+        query = {**_held(job_id, token), "cancel_requested": True}
+        if self.keep_completed <= 0:
+            return bool(self.jobs.delete_one(query).deleted_count)
+        return bool(self.jobs.update_one(query, _cancelled_pipeline("$lease_token")).modified_count)
+
+    def _settled_by(self, job_id: ObjectId, token: str) -> bool:
+        """After a lost reply: did this claim's requeue or kept cancel apply?
+
+        A cancel that deleted the job (``keep_completed == 0``) leaves no trace, and
+        gone may also be another claim's completion: that rare case reads as
+        ``LeaseLost``, as before cancels existed, never as a settle that did not happen.
+        """
+        return self.jobs.find_one({"_id": job_id, SETTLED_BY: token}, {"_id": 1}) is not None
+
+    # -- cancelling ---------------------------------------------------------------------
+
+    def cancel(self, job_id: ObjectId) -> bool:
+        """Cancel a ready or delayed job now, or ask its holder to; False once it finished.
+
+        Each write is filtered by the state it expects, so a cancel racing a
+        claim has one winner: the claim (then the cancel becomes a request)
+        or the cancel (then no claim can match the job).
+        """
+        def attempt() -> bool:
+            for _ in range(CANCEL_ROUNDS):
+                if self._cancel_ready(job_id):
+                    return True
+                if self.jobs.update_one({"_id": job_id, "state": LOCKED},
+                                        {"$set": {"cancel_requested": True}}).matched_count:
+                    return True
+                doc = self.jobs.find_one({"_id": job_id}, {"state": 1})
+                if doc is None or doc.get("state") not in (READY, LOCKED):
+                    return False
+            raise QueueUnavailable(f"cancel of job {job_id} on {self.jobs.full_name}: the job "
+                                   f"changed state {CANCEL_ROUNDS} times under the cancel")
+
+        # Each write is idempotent: a retry after a lost reply finds the job
+        # cancelled (False, though the first try did it) or its request set (True).
+        cancelled: bool = self._call("cancel", attempt)
+        return cancelled
+
+    def _cancel_ready(self, job_id: ObjectId) -> bool:
+        query = {"_id": job_id, "state": READY}
+        if self.keep_completed <= 0:
+            return bool(self.jobs.delete_one(query).deleted_count)
+        return bool(self.jobs.update_one(query, _cancelled_pipeline(None)).modified_count)
+
+    def cancel_requests(self, held: Sequence[tuple[ObjectId, str]]) -> set[ObjectId]:
+        """Which of these claims' jobs have a cancel request."""
+        if not held:
+            return set()
+        query = {"$or": [{**_held(job_id, token), "cancel_requested": True}
+                         for job_id, token in held]}
+        found: list[Document] = self._call("read cancel requests", lambda: list(
+            self.jobs.find(query, {"_id": 1})))
+        return {doc["_id"] for doc in found}
+
+    # -- pausing ------------------------------------------------------------------------
+
+    def set_paused(self, paused: bool) -> None:
+        """Switch the queue's persistent pause flag (the control document)."""
+        self._call("pause" if paused else "resume", lambda: self.jobs.update_one(
+            {"_id": CONTROL_ID}, {"$set": {"paused": paused, "state": CONTROL}}, upsert=True))
+
+    def is_paused(self) -> bool:
+        doc = self._call("read the pause flag", lambda: self.jobs.find_one(
+            {"_id": CONTROL_ID}, {"paused": 1}))
+        return bool(doc and doc.get("paused"))
 
     def extend(self, job_id: ObjectId, token: str, lease: float, progress: int | None) -> datetime | None:
         """Push the lease ``lease`` seconds past now; return the new expiry, or None if lost."""
+        doc = self.extend_lease(job_id, token, lease, progress)
+        return None if doc is None else doc["locked_until"]
+
+    def extend_lease(self, job_id: ObjectId, token: str, lease: float,
+                     progress: int | None) -> Document | None:
+        """As ``extend``; the job's ``locked_until`` and ``cancel_requested`` after it, or None."""
         changes: Document = {"locked_until": {"$add": [NOW, millis(lease)]}}
         if progress is not None:
             changes["progress"] = {"$literal": progress}
-        doc = self._call("extend lease", lambda: self.jobs.find_one_and_update(
+        doc: Document | None = self._call("extend lease", lambda: self.jobs.find_one_and_update(
             _held(job_id, token), [{"$set": changes}],
-            projection={"locked_until": 1}, return_document=ReturnDocument.AFTER,
+            projection={"locked_until": 1, "cancel_requested": 1},
+            return_document=ReturnDocument.AFTER,
         ))
-        return None if doc is None else doc["locked_until"]
+        return doc
 
     def extend_many(self, held: Sequence[tuple[ObjectId, str]], lease: float) -> set[ObjectId]:
         """Heartbeat: extend every listed lease; return the ids still held."""
+        return set(self.heartbeat(held, lease))
+
+    def heartbeat(self, held: Sequence[tuple[ObjectId, str]], lease: float) -> dict[ObjectId, bool]:
+        """Extend every listed lease; map each id still held to its ``cancel_requested``."""
         if not held:
-            return set()
+            return {}
         query = {"$or": [_held(job_id, token) for job_id, token in held]}
         pipeline = [{"$set": {"locked_until": {"$add": [NOW, millis(lease)]}}}]
 
-        def beat() -> set[ObjectId]:
+        def beat() -> dict[ObjectId, bool]:
             self.jobs.update_many(query, pipeline)
-            return {doc["_id"] for doc in self.jobs.find(query, {"_id": 1})}
+            return {doc["_id"]: bool(doc.get("cancel_requested"))
+                    for doc in self.jobs.find(query, {"_id": 1, "cancel_requested": 1})}
 
-        result: set[ObjectId] = self._call("heartbeat", beat)
+        result: dict[ObjectId, bool] = self._call("heartbeat", beat)
         return result
 
     def bury(self, job_id: ObjectId, token: str, error: str | None) -> bool:
@@ -657,8 +774,11 @@ class JobStore:
         marker = new_token()
         return self._settle(
             "bury",
-            lambda: self._move(_held(job_id, token), changes, marker=marker) is not None,
-            lambda: self.failed.find_one({"_id": job_id, SETTLED_BY: token}, {"_id": 1}) is not None,
+            lambda: (self._move({**_held(job_id, token), **NOT_CANCELLING}, changes,
+                                marker=marker) is not None
+                     or self._cancel_held(job_id, token)),
+            lambda: (self.failed.find_one({"_id": job_id, SETTLED_BY: token}, {"_id": 1}) is not None
+                     or self._settled_by(job_id, token)),
         )
 
     def _settle(self, action: str, write: Callable[[], int | bool],
@@ -685,7 +805,8 @@ class JobStore:
         """Requeue expired leases with attempts left; bury the rest. Safe to run anywhere, often."""
         expired_note = {"$concat": ["lease expired while held by ",
                                     {"$ifNull": ["$consumer_id", "?"]}]}
-        retryable = {"state": LOCKED, "$expr": {"$and": [
+        cancelled = self._reap_cancelled()
+        retryable = {"state": LOCKED, **NOT_CANCELLING, "$expr": {"$and": [
             LEASE_EXPIRED, {"$lt": ["$attempts", "$max_attempts"]}]}}
         requeue: list[Document] = [
             {"$set": {"state": READY, "available_at": NOW, "last_error": expired_note}},
@@ -694,7 +815,7 @@ class JobStore:
         requeued: int = self._call(
             "reap", lambda: self.jobs.update_many(retryable, requeue).modified_count
         )
-        exhausted = {"state": LOCKED, "$expr": {"$and": [
+        exhausted = {"state": LOCKED, **NOT_CANCELLING, "$expr": {"$and": [
             LEASE_EXPIRED, {"$gte": ["$attempts", "$max_attempts"]}]}}
         candidates = self._call("reap", lambda: list(
             self.jobs.find(exhausted, {"_id": 1, "lease_token": 1}, limit=limit)))
@@ -706,7 +827,17 @@ class JobStore:
             if moved:
                 dead.append(moved)
         dead += self._finish_stale_moves()
-        return ReapResult(requeued=requeued, dead=dead)
+        return ReapResult(requeued=requeued, dead=dead, cancelled=cancelled)
+
+    def _reap_cancelled(self) -> int:
+        """Expired leases of jobs whose cancel was requested end cancelled, never retried."""
+        query = {"state": LOCKED, "cancel_requested": True, "$expr": LEASE_EXPIRED}
+        if self.keep_completed <= 0:
+            deleted: int = self._call("reap", lambda: self.jobs.delete_many(query).deleted_count)
+            return deleted
+        ended: int = self._call("reap", lambda: self.jobs.update_many(
+            query, _cancelled_pipeline("$lease_token")).modified_count)
+        return ended
 
     # -- the error queue ------------------------------------------------------------
 
@@ -971,7 +1102,9 @@ class JobStore:
         return docs
 
     def clear(self) -> None:
-        self._call("clear", lambda: (self.jobs.delete_many({}), self.failed.delete_many({})))
+        # The pause switch is no job: clearing the jobs leaves a paused queue paused.
+        self._call("clear", lambda: (self.jobs.delete_many({"_id": {"$ne": CONTROL_ID}}),
+                                     self.failed.delete_many({})))
 
     # -- change streams --------------------------------------------------------------
 
@@ -1042,6 +1175,14 @@ def event_due_in(event: Mapping[str, Any]) -> float:
     return max(0.0, (_utc(due) - _utc(committed)).total_seconds())
 
 
+def event_paused(event: Mapping[str, Any]) -> bool | None:
+    """What a change to the control document set the pause switch to; None if untouched."""
+    document = event.get("fullDocument") or event.get("updateDescription", {}).get(
+        "updatedFields", {})
+    paused = document.get("paused") if isinstance(document, Mapping) else None
+    return paused if isinstance(paused, bool) else None
+
+
 def _utc(moment: datetime) -> datetime:
     # pymongo decodes naive UTC datetimes unless the client is tz_aware.
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
@@ -1098,6 +1239,14 @@ def _completed_pipeline(result: Any) -> list[Document]:
                   SETTLED_BY: "$lease_token"}},
         {"$unset": ["lease_token", "locked_until"]},
     ]
+
+
+def _cancelled_pipeline(settled_by: str | None) -> list[Document]:
+    """Keep a job as cancelled; a held one keeps its consumer as history, its lease ends."""
+    changes: Document = {"state": CANCELLED, "finished_at": NOW}
+    if settled_by is not None:
+        changes[SETTLED_BY] = settled_by
+    return [{"$set": changes}, {"$unset": ["lease_token", "locked_until"]}]
 
 
 def new_document(job: NewJob, now: datetime) -> Document:

@@ -45,6 +45,7 @@ class WakeupBoard:
         self._blocked = 0  # waiters inside wait(), not claiming
         self._last_blocked = clock()
         self._paused = False
+        self._keep_open = False  # someone needs the stream's other news (cancel requests)
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
@@ -76,7 +77,13 @@ class WakeupBoard:
         The watcher asks after every event, right when a woken waiter wants
         the GIL; the common answer (someone waited recently) costs no lock.
         """
-        return not self._blocked and self._clock() - self._last_blocked >= idle_for
+        return (not self._blocked and not self._keep_open
+                and self._clock() - self._last_blocked >= idle_for)
+
+    def keep_open(self, wanted: bool) -> None:
+        """While wanted, the stream never pauses, waiters or not."""
+        with self._cond:
+            self._keep_open = wanted
 
     def try_pause(self, idle_for: float) -> bool:
         """Pause the stream if no waiter has blocked for ``idle_for`` seconds.
@@ -87,7 +94,7 @@ class WakeupBoard:
         with self._cond:
             if self._paused:
                 return True
-            if (self._blocked or self._poll_interval is not None
+            if (self._blocked or self._keep_open or self._poll_interval is not None
                     or self._clock() - self._last_blocked < idle_for):
                 return False
             self._paused = True

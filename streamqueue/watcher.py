@@ -18,14 +18,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from bson import ObjectId
 from pymongo.errors import OperationFailure, PyMongoError
 
 from streamqueue.errors import StreamQueueError
 from streamqueue.hooks import Hooks
-from streamqueue.storage import JobStore, event_due_in, is_change_stream_unsupported
+from streamqueue.storage import (
+    CONTROL_ID,
+    JobStore,
+    event_due_in,
+    event_paused,
+    is_change_stream_unsupported,
+)
 from streamqueue.wakeups import WakeupBoard
 
 log = logging.getLogger(__name__)
@@ -68,6 +75,15 @@ class ChangeStreamWatcher:
         self.streams_opened = 0
         self._claim_on_open = False
         self.streams_paused = 0
+        # Counts the streams opened; None while none is open (see stream_epoch).
+        self._epoch: int | None = None
+        #: Told of pause/resume events (True: paused) and cancel requests for held jobs.
+        self.on_pause: Callable[[bool], None] | None = None
+        self.on_cancel: Callable[[ObjectId], None] | None = None
+
+    def stream_epoch(self) -> int | None:
+        """Names the stream open now (every change since it opened comes as an event); None if none."""
+        return self._epoch
 
     def last_event_age(self) -> float:
         return time.monotonic() - self._last_event
@@ -119,6 +135,15 @@ class ChangeStreamWatcher:
     def paused(self) -> bool:
         return self._board.paused
 
+    def keep_open(self, wanted: bool, timeout: float = 30.0) -> bool:
+        """Keep the stream open even while nobody waits (a Worker whose handlers run long
+        wants their cancel requests); True once it is open, when wanted."""
+        self._board.keep_open(wanted)
+        if not wanted:
+            return False
+        self._wanted.set()
+        return self._live.wait(timeout) and self._epoch is not None
+
     def refresh_due(self) -> None:
         """Ask the server when the next delayed job falls due and tell the board."""
         try:
@@ -156,13 +181,16 @@ class ChangeStreamWatcher:
         with self._store.watch(self._resume_token, self._max_await) as stream:
             self.streams_opened += 1
             self._stream_opened()
-            while not self._stopping.is_set() and stream.alive:
-                event = stream.try_next()
-                self._resume_token = stream.resume_token
-                if event is not None:
-                    self._on_event(event)
-                if self._pause_if_unneeded():
-                    return True
+            try:
+                while not self._stopping.is_set() and stream.alive:
+                    event = stream.try_next()
+                    self._resume_token = stream.resume_token
+                    if event is not None:
+                        self._on_event(event)
+                    if self._pause_if_unneeded():
+                        return True
+            finally:
+                self._epoch = None
             if not stream.alive and not self._stopping.is_set():
                 # Invalidated (collection dropped or renamed): the token is spent.
                 log.info("change stream on %s was invalidated; reopening", self._store.name)
@@ -198,6 +226,7 @@ class ChangeStreamWatcher:
         self._ready.set()
 
     def _stream_opened(self) -> None:
+        self._epoch = self.streams_opened
         if self._claim_on_open:
             self._claim_on_open = False
             self._board.notify_all()
@@ -216,6 +245,14 @@ class ChangeStreamWatcher:
     def _on_event(self, event: Mapping[str, Any]) -> None:
         self._last_event = time.monotonic()
         self._hooks.changestream_event(self._store.name)
+        if event.get("documentKey", {}).get("_id") == CONTROL_ID:
+            self._on_pause_event(event)
+            return
+        if event.get("operationType") == "update" and "cancel_requested" in event.get(
+                "updateDescription", {}).get("updatedFields", {}):
+            if self.on_cancel is not None:
+                self.on_cancel(event["documentKey"]["_id"])
+            return  # a held job: nothing to claim
         due_in = event_due_in(event)
         # Even a job due in a millisecond gets a timer: a claim sent before
         # then would miss it, and no other event would come for it.
@@ -223,6 +260,16 @@ class ChangeStreamWatcher:
             self._board.notify(1)
         else:
             self._board.schedule(due_in)
+
+    def _on_pause_event(self, event: Mapping[str, Any]) -> None:
+        paused = event_paused(event)
+        if paused is None:
+            return
+        if self.on_pause is not None:
+            self.on_pause(paused)
+        if not paused:
+            # Every waiter that saw "paused" claims again.
+            self._board.notify_all()
 
     def _note_outage(self, exc: PyMongoError) -> None:
         if isinstance(exc, OperationFailure) and exc.code in TOKEN_DEAD_CODES:

@@ -27,6 +27,7 @@ from streamqueue.bench.consumers import (
     Kind,
     worker_kind,
 )
+from streamqueue.bench.control import control
 from streamqueue.bench.report import (
     Results,
     evaluate,
@@ -37,7 +38,7 @@ from streamqueue.bench.report import (
 )
 from streamqueue.testing import ReplicaSet
 
-SCENARIOS = ("latency", "idle", "throughput", "herd", "depth", "lifecycle")
+SCENARIOS = ("latency", "idle", "throughput", "herd", "depth", "lifecycle", "control")
 QUIET_LOAD = 1.0
 
 
@@ -269,6 +270,14 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
 
     if "lifecycle" in only:
         _run_lifecycle(ctx, config, attempt, results)
+
+    if "control" in only:
+        ctx.progress(f"control: {config.control_samples} samples each of pause to stop, "
+                     "resume to first claim and cancel to handler")
+
+        def run_control() -> None:
+            results.control.extend(control(ctx, samples=config.control_samples))
+        attempt("control", run_control)
 
 
 def _run_lifecycle(ctx: BenchContext, config: BenchConfig, attempt: Attempt,

@@ -52,6 +52,8 @@ class BenchConfig:
     herd_burst_jobs: int = 2_000
     # Also 32 consumers each with its own Queue object (as 32 processes would be): slow to set up.
     herd_queue_per_thread: bool = True
+    # Samples of each control latency (pause to stop, resume to claim, cancel to handler).
+    control_samples: int = 30
     # The polling consumer (and the floor, which has no push) claims this often when empty.
     poll_interval: float = 0.1
     # A run with no progress for this long stops and reports its losses.
@@ -109,6 +111,7 @@ class BenchConfig:
             result_wakeup_jobs=50,
             retention_jobs=1_000,
             retention_rounds=3,
+            control_samples=6,
             stall_timeout=15.0,
             rerun_budget=15.0,
             notes=(

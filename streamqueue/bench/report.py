@@ -12,6 +12,7 @@ from typing import Any
 
 from streamqueue.bench.common import jsonable
 from streamqueue.bench.consumers import FLOOR, FLOOR_PUSH, POLLING, PUSH, STORE, WORKER
+from streamqueue.bench.control import ControlRow
 from streamqueue.bench.lifecycle import ResultWakeRow, RetentionRow, TxnPutRow
 from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
 
@@ -40,6 +41,7 @@ class Results:
     result_wakeup: list[ResultWakeRow] = field(default_factory=list)
     retention: list[RetentionRow] = field(default_factory=list)
     txn_put: list[TxnPutRow] = field(default_factory=list)
+    control: list[ControlRow] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -338,6 +340,13 @@ def targets_tables(results: Results) -> list[str]:
           f"{_num(r.latency.p50)} / {_num(r.latency.p99)}", f"{r.lost} / {r.duplicates}",
           _pct(r.other_cpu)] for r in results.herd])
     out += lifecycle_tables(results)
+    if results.control:
+        out += ["", "## 8. Control (pause, resume, cancel; another client's call to the "
+                "consumer seeing it)", ""]
+        out += _table(["measure", "required", "samples", "p50 ms", "p99 ms", "max ms", "errors"],
+                      [[r.name, r.requirement, str(r.samples), _num(r.latency.p50),
+                        _num(r.latency.p99), _num(r.latency.max), "; ".join(r.errors) or "-"]
+                       for r in results.control])
     errors = [(r.label, e) for rows in (results.throughput, results.latency, results.idle,
                                          results.depth, results.herd) for r in rows for e in r.errors]
     if errors:

@@ -1,8 +1,9 @@
 """The ``streamqueue`` command line (also ``python -m streamqueue``).
 
-Subcommands: ``worker``, ``reaper``, ``devserver``, ``put``, ``stats`` and
-``failed list|retry|purge``. Every option can also come from an environment
-variable (``STREAMQUEUE_URI``, ``STREAMQUEUE_DB``, ...; the option wins), so a
+Subcommands: ``worker``, ``reaper``, ``devserver``, ``put``, ``stats``, ``show``,
+``jobs``, ``cancel``, ``pause``, ``resume`` and ``failed list|retry|purge``.
+Every option can also come from an environment variable
+(``STREAMQUEUE_URI``, ``STREAMQUEUE_DB``, ...; the option wins), so a
 URI with a password never has to appear in ``ps``. Errors are one line on
 stderr with a named exit status (``streamqueue.exitcodes``); passwords are
 never printed or logged (``streamqueue.uri.redact_uri``).
@@ -57,7 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-COMMANDS = ("worker", "reaper", "devserver", "put", "stats", "failed")
+COMMANDS = ("worker", "reaper", "devserver", "put", "stats", "failed", "cancel", "pause", "resume")
 FAILED_ACTIONS = ("list", "retry", "purge")
 
 

@@ -1,4 +1,5 @@
-"""The one-shot commands: ``put``, ``stats``, ``show``, ``jobs`` and ``failed list|retry|purge``.
+"""The one-shot commands: ``put``, ``stats``, ``show``, ``jobs``, ``cancel``, ``pause``,
+``resume`` and ``failed list|retry|purge``.
 
 Each connects, does one thing to a queue, prints the result and exits; a
 dead server fails within ``--server-timeout`` rather than after a minute of
@@ -91,6 +92,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             stats: dict[str, Any] = dict(queue.stats())
             stats["oldest_available_age_seconds"] = round(queue.oldest_available_age(), 3)
             stats["exists"] = name in existing or f"{name}.failed" in existing
+            stats["paused"] = stats["exists"] and queue.is_paused()
             rows[name] = stats
     finally:
         session.close()
@@ -119,11 +121,12 @@ def _existing_collections(session: Session) -> set[str]:
 def _stats_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     # DEAD, not FAILED: these are jobs in the error queue, not failed attempts.
     header = ["QUEUE", "AVAILABLE", "LOCKED", "EXPIRED", "DELAYED", "DEAD", "TOTAL",
-              "OLDEST AVAILABLE"]
+              "OLDEST AVAILABLE", "PAUSED"]
     body = [
         [name, str(s["available"]), str(s["locked"]), str(s["expired"]), str(s["delayed"]),
          str(s["dead"]), str(s["total"]),
-         _duration(s["oldest_available_age_seconds"]) if s["available"] else "-"]
+         _duration(s["oldest_available_age_seconds"]) if s["available"] else "-",
+         "yes" if s.get("paused") else "no"]
         for name, s in rows.items()
     ]
     return _table(header, body, right_aligned=range(1, 8))
@@ -168,6 +171,68 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         width = max(len(name) for name in shown)
         _output("\n".join(f"{name.ljust(width)}  {_cell(value)}" for name, value in shown.items()))
+    return ExitCode.OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from streamqueue.queue import Queue
+
+    session = open_session(args, "streamqueue-cancel")
+    try:
+        # Keep a cancelled job as the application does (its TTL index says how long).
+        keep = Queue(session.collection(), retry=one_shot_retry(args)).store.retention()
+        queue = Queue(session.collection(), retry=one_shot_retry(args), keep_completed=keep)
+        cancelled = queue.cancel(args.job_id)
+        info = queue.get(args.job_id)
+    finally:
+        session.close()
+    where = f"{session.db}.{session.queues[0]}"
+    if not cancelled:
+        if info is None:
+            raise CliError(f"no job {args.job_id} in {where} or its error queue",
+                           ExitCode.NOT_FOUND)
+        raise CliError(f"job {args.job_id} in {where} already finished ({info.state}); "
+                       "nothing changed", ExitCode.ERROR)
+    # A held job is "locked" with a request; a ready one is cancelled (or gone: not kept).
+    state = "cancelled" if info is None else info.state
+    outcome = "cancel requested" if state == "locked" else "cancelled"
+    if args.json:
+        _output(json.dumps({"id": str(args.job_id), "queue": session.queues[0],
+                            "state": state, "outcome": outcome}, indent=2))
+    else:
+        _output(f"{args.job_id} {outcome}")
+    return ExitCode.OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    return _switch(args, paused=True)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _switch(args, paused=False)
+
+
+def _switch(args: argparse.Namespace, *, paused: bool) -> int:
+    from streamqueue.queue import Queue
+
+    verb = "pause" if paused else "resume"
+    session = open_session(args, f"streamqueue-{verb}")
+    try:
+        name = session.queues[0]
+        # A mistyped name must not leave a paused queue nobody uses.
+        if not _existing_collections(session) & {name, f"{name}.failed"}:
+            raise CliError(f"no queue {session.db}.{name}", ExitCode.NOT_FOUND)
+        queue = Queue(session.collection(), retry=one_shot_retry(args))
+        if paused:
+            queue.pause()
+        else:
+            queue.resume()
+    finally:
+        session.close()
+    if args.json:
+        _output(json.dumps({"queue": name, "paused": paused}, indent=2))
+    else:
+        _output(f"{session.db}.{name} {'paused' if paused else 'resumed'}")
     return ExitCode.OK
 
 

@@ -18,11 +18,14 @@ from typing import Any
 
 from streamqueue import __version__
 from streamqueue.cli.admin import (
+    cmd_cancel,
     cmd_failed_list,
     cmd_failed_purge,
     cmd_failed_retry,
     cmd_jobs,
+    cmd_pause,
     cmd_put,
+    cmd_resume,
     cmd_show,
     cmd_stats,
 )
@@ -135,6 +138,27 @@ examples:
   streamqueue jobs --db app --queue emails --after 65f1c0ffee0123456789abcd   # next page
 
 States: ready, delayed, locked, completed, cancelled, failed (the error queue).
+"""
+
+CANCEL_EPILOG = """\
+examples:
+  streamqueue cancel --db app --queue emails 65f1c0ffee0123456789abcd
+  streamqueue cancel --db app --queue emails 65f1c0ffee0123456789abcd --json | jq .outcome
+
+A ready or delayed job is cancelled at once; a running one gets a cancel request
+(its handler sees job.cancel_requested). Exit status 6 when there is no such job,
+1 when it already finished (nothing changed).
+"""
+
+PAUSE_EPILOG = """\
+examples:
+  streamqueue pause --db app --queue emails
+  streamqueue resume --db app --queue emails
+  streamqueue stats --db app --queue emails          # the PAUSED column
+
+Stored in MongoDB: every consumer of the queue, in every process, stops claiming
+within a second and stays stopped (across restarts) until resume; running jobs
+finish and put still works. Exit status 6 when the queue does not exist.
 """
 
 FAILED_EPILOG = """\
@@ -256,6 +280,25 @@ def build_parser() -> ArgumentParser:
     opts.flag("--json", env="JSON", help="print JSON instead of a table")
     _log_option(opts, "WARNING")
     jobs.set_defaults(run=cmd_jobs)
+
+    cancel = _subparser(commands, "cancel", "cancel a job, or ask its running handler to stop",
+                        CANCEL_EPILOG)
+    cancel.add_argument("job_id", type=object_id, metavar="JOB_ID", help="the job's id")
+    opts = Options(cancel)
+    _connection_options(opts, several_queues=False)
+    opts.flag("--json", env="JSON", help="print JSON instead of a line")
+    _log_option(opts, "WARNING")
+    cancel.set_defaults(run=cmd_cancel)
+
+    for verb, summary, run in (("pause", "stop every consumer of a queue from claiming", cmd_pause),
+                               ("resume", "let the consumers of a paused queue claim again",
+                                cmd_resume)):
+        switch = _subparser(commands, verb, summary, PAUSE_EPILOG)
+        opts = Options(switch)
+        _connection_options(opts, several_queues=False)
+        opts.flag("--json", env="JSON", help="print JSON instead of a line")
+        _log_option(opts, "WARNING")
+        switch.set_defaults(run=run)
 
     stats = _subparser(commands, "stats", "show job counts by state", STATS_EPILOG)
     opts = Options(stats)

@@ -82,6 +82,7 @@ class Reaper:
                 result.reaped[name] = reaped
                 stats = queue.stats()
                 oldest = queue.oldest_available_age()
+                paused = queue.is_paused()
             except StreamQueueError as exc:
                 result.errors[name] = exc
                 self._note_failure(queue, exc)
@@ -90,6 +91,7 @@ class Reaper:
             self._note_success(queue)
             if self.hooks is not None:
                 self.hooks.observe_queue(name, stats, oldest)
+                self.hooks.observe_paused(name, paused)
             log.debug(
                 "%s: reaped %d; available=%d locked=%d expired=%d delayed=%d dead=%d "
                 "oldest=%.1fs", queue.collection.full_name, reaped, stats["available"],

@@ -40,6 +40,11 @@ OUTAGE_PAUSE = 5.0
 # it exits: short backoffs (the default's first ones are 0.5-4 s) drain in one run,
 # a retry due later is left delayed for the next run or another worker.
 BURST_RETRY_WAIT = 10.0
+# A handler running this long gets cancel requests through the change stream,
+# kept open for it (see _watch_cancels); shorter jobs in a backlog leave the
+# stream paused, which their throughput needs. Looked at every CANCEL_TICK.
+CANCEL_WATCH_AFTER = 0.5
+CANCEL_TICK = 0.25
 # After SIGTERM/SIGINT the process exits at most this long after the grace,
 # whatever MongoDB does: each storage call may retry for a minute, and an
 # orchestrator's kill would come first. What is unsettled is left to its lease.
@@ -233,6 +238,8 @@ class Worker:
         for index in range(self.slots):
             threading.Thread(target=self._slot, name=f"streamqueue-slot-{index}",
                              daemon=True).start()
+        threading.Thread(target=self._watch_cancels, name="streamqueue-cancels",
+                         daemon=True).start()
         threading.Thread(target=self._heartbeat_loop, name="streamqueue-heartbeat",
                          daemon=True).start()
         if self.batch > 1:
@@ -457,6 +464,33 @@ class Worker:
                 break
             self._beat()
 
+    def _watch_cancels(self) -> None:
+        """Keep the change stream open while a handler runs long, so a cancel request
+        reaches it (``Job.cancel_requested``) within a second."""
+        watching = False
+        while not self._stopping.wait(CANCEL_TICK):
+            with self._slots_cond:
+                running = [job for job in self._held.values() if not job.settled]
+            wanted = any(job.run_seconds >= CANCEL_WATCH_AFTER for job in running)
+            if wanted == watching:
+                continue
+            watching = wanted
+            if self.queue.watcher.keep_open(wanted) and running:
+                # Requests made while the stream was closed came as no event.
+                self._note_cancels(running)
+        self.queue.watcher.keep_open(False)
+
+    def _note_cancels(self, jobs: list[Job]) -> None:
+        try:
+            requested = self.queue.store.cancel_requests([(job.id, job.lease_token)
+                                                          for job in jobs])
+        except StreamQueueError:
+            log.warning("could not read cancel requests", exc_info=True)
+            return
+        for job in jobs:
+            if job.id in requested:
+                job._note_cancel_requested()
+
     def _beat(self) -> None:
         with self._slots_cond:
             beating = [job for job in self._held.values() if not job.settled]
@@ -464,10 +498,13 @@ class Worker:
             return
         held = [(job.id, job.lease_token) for job in beating]
         try:
-            alive = self.queue.store.extend_many(held, self.queue.lease)
+            alive = self.queue.store.heartbeat(held, self.queue.lease)
         except StreamQueueError:
             log.warning("heartbeat failed; will try again in %.1fs", self.heartbeat, exc_info=True)
             return
+        for job in beating:
+            if alive.get(job.id):
+                job._note_cancel_requested()
         with self._slots_cond:
             # A job settled since the list was taken is gone for a good reason.
             lost = [job for job in beating

@@ -28,6 +28,7 @@ from streamqueue.bench.consumers import (
     Kind,
     worker_kind,
 )
+from streamqueue.bench.control import control
 from streamqueue.bench.report import Results, evaluate, markdown, write_json, write_plots
 
 
@@ -120,6 +121,15 @@ def test_lifecycle(ctx: BenchContext, results: Results) -> None:
     results.retention.append(retention)
 
 
+def test_control(ctx: BenchContext, results: Results) -> None:
+    rows = control(ctx, samples=2)
+    assert [r.name for r in rows] == ["pause to stop", "resume to first claim",
+                                      "cancel to handler"]
+    for row in rows:
+        assert row.errors == [] and row.samples == 2 and row.latency.p50 >= 0
+    results.control.extend(rows)
+
+
 def test_report(results: Results, tmp_path: Path) -> None:
     """Runs last in this module: the rows gathered above make a complete report."""
     if not results.throughput:
@@ -131,11 +141,11 @@ def test_report(results: Results, tmp_path: Path) -> None:
     results.targets = evaluate(results, target_plan="3 threads", worker_batch=4)
     write_json(results, tmp_path / "results.json")
     data = json.loads((tmp_path / "results.json").read_text())
-    assert {"throughput", "latency", "idle", "depth", "herd", "targets"} <= set(data)
+    assert {"throughput", "latency", "idle", "depth", "herd", "control", "targets"} <= set(data)
     assert data["result_wakeup"] and data["retention"] and data["txn_put"]
     assert all(t["passed"] in (True, False, None) for t in data["targets"])
     text = markdown(results)
-    assert "## Targets" in text and "## 5. Herd" in text
+    assert "## Targets" in text and "## 5. Herd" in text and "## 8. Control" in text
     assert "## 6. result() wake-up" in text and "## 7. Throughput with keep_completed" in text
     assert "the queue's own claim and complete called bare" in text
     write_plots(results, tmp_path)
@@ -172,3 +182,4 @@ def test_server_cpu_meter_counts_the_server_processes_only() -> None:
     used = meter.server_seconds(start)
     assert used is not None and 0.2 <= used <= 5.0
     assert CpuMeter([]).server_seconds(None) is None
+

@@ -515,3 +515,28 @@ def test_worker_help_states_the_waits_the_worker_uses(
     text = " ".join(capsys.readouterr().out.split())
     assert f"within {BURST_RETRY_WAIT:g} s are waited for" in text
     assert f"exits at most {EXIT_MARGIN:g} s after the grace" in text
+
+
+def test_cancel_pause_and_resume_parse() -> None:
+    job_id = ObjectId()
+    args = cli.parse_args(["cancel", *BASE, str(job_id), "--json"], {})
+    assert (args.command, args.job_id, args.json) == ("cancel", job_id, True)
+    for verb in ("pause", "resume"):
+        args = cli.parse_args([verb, *BASE], {})
+        assert args.command == verb and args.json is False
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["cancel", *BASE], "required"),
+    (["cancel", *BASE, "nope"], "not a job id"),
+    (["pause", *BASE, "extra"], "unrecognized arguments"),
+])
+def test_cancel_and_pause_refuse_bad_arguments(argv: list[str], fragment: str) -> None:
+    with pytest.raises(cli.UsageError) as caught:
+        cli.parse_args(argv, {})
+    assert fragment in str(caught.value)
+
+
+def test_cancel_usage_errors_name_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["cancel", *BASE, "nope"], environ={}) == ExitCode.USAGE
+    assert capsys.readouterr().err.startswith("streamqueue cancel: error: ")

@@ -220,3 +220,11 @@ def test_deduplicated_puts_are_counted_per_queue(registry: CollectorRegistry) ->
     hooks.deduplicated("q", 2)
     hooks.deduplicated("q", 1)
     assert value(registry, "streamqueue_jobs_deduplicated_total", queue="q") == 3
+
+
+def test_observe_paused_sets_the_gauge(registry: CollectorRegistry) -> None:
+    hooks = PrometheusHooks(registry)
+    hooks.observe_paused("q", True)
+    assert value(registry, "streamqueue_queue_paused", queue="q") == 1
+    hooks.observe_paused("q", False)
+    assert value(registry, "streamqueue_queue_paused", queue="q") == 0
