@@ -11,6 +11,7 @@ from pymongo.collection import Collection
 from streamqueue import Queue
 from streamqueue.exitcodes import ExitCode
 from streamqueue.storage import Document
+from tests.helpers import wait_until
 from tests.integration.conftest import QueueFactory
 from tests.integration.processes import run_cli
 
@@ -25,6 +26,9 @@ def test_put_tags_then_show_and_list(make_queue: QueueFactory, target: list[str]
     assert put.returncode == ExitCode.OK, put.stderr
     tagged = ObjectId(put.stdout.strip())
     queue: Queue = make_queue(keep_completed=600, max_attempts=1)
+    # Listings are newest first by _id, whose time part has whole seconds: ids
+    # made by two processes within one second sort by their random part.
+    assert wait_until(lambda: ObjectId().generation_time > tagged.generation_time, 2.0)
     dead_id = queue.put({"n": 2})
     job = queue.next()  # the tagged one is older: claimed first
     assert job is not None and job.id == tagged
