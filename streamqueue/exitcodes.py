@@ -31,6 +31,8 @@ class ExitCode(enum.IntEnum):
     PERMISSION = 5
     #: The job named on the command line does not exist.
     NOT_FOUND = 6
+    #: ``result --timeout``: the job had not finished when the time ran out.
+    NOT_FINISHED = 7
     #: Stopped by SIGINT / SIGTERM before finishing (128 + SIGINT, as shells report it).
     INTERRUPTED = 130
 

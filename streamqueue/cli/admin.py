@@ -174,6 +174,35 @@ def cmd_show(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_result(args: argparse.Namespace) -> int:
+    """Wait for a job to finish and print its result as JSON (``Queue.result``)."""
+    from streamqueue.errors import JobCancelled, JobFailed, JobNotFound
+    from streamqueue.queue import Queue
+
+    session = open_session(args, "streamqueue-result")
+    where = f"{session.db}.{session.queues[0]}"
+    queue = Queue(session.collection(), retry=one_shot_retry(args))
+    try:
+        value = queue.result(args.job_id, timeout=args.timeout)
+    except JobNotFound:
+        raise CliError(f"no job {args.job_id} in {where} or its error queue (a job completed "
+                       "by a queue without keep_completed leaves no result)",
+                       ExitCode.NOT_FOUND) from None
+    except JobFailed as exc:
+        raise CliError(f"job {args.job_id} failed: {_error_summary(exc.last_error)}",
+                       ExitCode.ERROR) from None
+    except JobCancelled:
+        raise CliError(f"job {args.job_id} was cancelled", ExitCode.ERROR) from None
+    except TimeoutError:
+        raise CliError(f"job {args.job_id} did not finish within {args.timeout:g}s",
+                       ExitCode.NOT_FINISHED) from None
+    finally:
+        queue.close()
+        session.close()
+    _output(json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS))
+    return ExitCode.OK
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from streamqueue.queue import Queue
 

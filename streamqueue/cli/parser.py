@@ -25,6 +25,7 @@ from streamqueue.cli.admin import (
     cmd_jobs,
     cmd_pause,
     cmd_put,
+    cmd_result,
     cmd_resume,
     cmd_show,
     cmd_stats,
@@ -138,6 +139,16 @@ examples:
   streamqueue jobs --db app --queue emails --after 65f1c0ffee0123456789abcd   # next page
 
 States: ready, delayed, locked, completed, cancelled, failed (the error queue).
+"""
+
+RESULT_EPILOG = """\
+examples:
+  streamqueue result --db app --queue thumbs 65f1c0ffee0123456789abcd              # wait for it
+  streamqueue result --db app --queue thumbs 65f1c0ffee0123456789abcd --timeout 0  # ask once
+
+Waits on a change stream until the job finishes, then prints its result as JSON
+(the queue must keep finished jobs: Queue(..., keep_completed=...)). Exit status 1
+when it failed or was cancelled, 6 when there is no such job, 7 when --timeout ran out.
 """
 
 CANCEL_EPILOG = """\
@@ -280,6 +291,16 @@ def build_parser() -> ArgumentParser:
     opts.flag("--json", env="JSON", help="print JSON instead of a table")
     _log_option(opts, "WARNING")
     jobs.set_defaults(run=cmd_jobs)
+
+    result = _subparser(commands, "result", "wait for a job to finish; print its result",
+                        RESULT_EPILOG)
+    result.add_argument("job_id", type=object_id, metavar="JOB_ID", help="the job's id")
+    opts = Options(result)
+    _connection_options(opts, several_queues=False)
+    result.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
+                        help="give up after this long (exit 7); default: wait until it finishes")
+    _log_option(opts, "WARNING")
+    result.set_defaults(run=cmd_result)
 
     cancel = _subparser(commands, "cancel", "cancel a job, or ask its running handler to stop",
                         CANCEL_EPILOG)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from bson import ObjectId
+from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from streamqueue import Queue
@@ -13,7 +14,7 @@ from streamqueue.exitcodes import ExitCode
 from streamqueue.storage import Document
 from tests.helpers import wait_until
 from tests.integration.conftest import QueueFactory
-from tests.integration.processes import run_cli
+from tests.integration.processes import CliProcess, child_env, cli_processes, run_cli
 
 
 @pytest.fixture
@@ -89,3 +90,59 @@ def test_put_key_prints_the_active_holder_and_jobs_lists_by_key(target: list[str
         result = run_cli("streamqueue", *args)
         assert result.returncode == ExitCode.USAGE, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_result_prints_a_finished_jobs_result_and_names_every_other_end(
+    make_queue: QueueFactory, target: list[str],
+) -> None:
+    queue: Queue = make_queue(keep_completed=600, max_attempts=1)
+    done, dead, running = (queue.put({"n": n}) for n in range(3))
+    for job_id, settle in ((done, "complete"), (dead, "error")):
+        job = queue.next()
+        assert job is not None and job.id == job_id
+        if settle == "complete":
+            job.complete(result={"width": 128, "tags": ["a"]})
+        else:
+            job.error("Traceback...\nRuntimeError: smtp down")
+    held = queue.next()
+    assert held is not None and held.id == running
+
+    printed = run_cli("streamqueue", "result", *target, str(done))
+    assert printed.returncode == ExitCode.OK, printed.stderr
+    assert json.loads(printed.stdout) == {"width": 128, "tags": ["a"]}
+    failed = run_cli("streamqueue", "result", *target, str(dead))
+    assert failed.returncode == ExitCode.ERROR
+    assert "RuntimeError: smtp down" in failed.stderr and len(failed.stderr.splitlines()) == 1
+    waiting = run_cli("streamqueue", "result", *target, str(running), "--timeout", "0.5")
+    assert waiting.returncode == ExitCode.NOT_FINISHED, waiting.stderr
+    missing = run_cli("streamqueue", "result", *target, str(ObjectId()), "--timeout", "0")
+    assert missing.returncode == ExitCode.NOT_FOUND
+
+
+def test_result_waits_for_the_job_to_finish(
+    make_queue: QueueFactory, target: list[str], mongo_client: MongoClient[Document],
+) -> None:
+    queue: Queue = make_queue(keep_completed=600)
+    job_id = queue.put({"n": 1})
+    job = queue.next()
+    assert job is not None
+    with cli_processes() as started:
+        waiting = CliProcess("streamqueue", ["result", *target, str(job_id), "--timeout", "60"],
+                             child_env())
+        started.append(waiting)
+        # Complete the job only once the CLI waits on its change stream.
+        assert wait_until(lambda: result_streams(mongo_client) > 0 or not waiting.alive(), 30)
+        assert waiting.alive(), waiting.describe()
+        job.complete(result=42)
+        assert waiting.wait(30) == ExitCode.OK, waiting.describe()
+    assert waiting.stdout.strip() == "42"
+
+
+def result_streams(client: MongoClient[Document]) -> int:
+    """Change streams open by ``streamqueue result`` processes (``$currentOp``)."""
+    ops = client.admin.aggregate([
+        {"$currentOp": {"allUsers": True, "idleCursors": True}},
+        {"$match": {"appName": "streamqueue-result"}},
+    ])
+    return sum(1 for op in ops if "$changeStream" in str(
+        op.get("cursor", {}).get("originatingCommand", op.get("command", {}))))

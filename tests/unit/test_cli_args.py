@@ -540,3 +540,21 @@ def test_cancel_and_pause_refuse_bad_arguments(argv: list[str], fragment: str) -
 def test_cancel_usage_errors_name_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["cancel", *BASE, "nope"], environ={}) == ExitCode.USAGE
     assert capsys.readouterr().err.startswith("streamqueue cancel: error: ")
+
+
+def test_result_parses_a_job_id_and_an_optional_timeout() -> None:
+    job_id = ObjectId()
+    args = cli.parse_args(["result", *BASE, str(job_id)], {})
+    assert (args.command, args.job_id, args.timeout) == ("result", job_id, None)
+    assert cli.parse_args(["result", *BASE, str(job_id), "--timeout", "0"], {}).timeout == 0.0
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["result", *BASE], "required"),
+    (["result", *BASE, str(ObjectId()), "--timeout", "-1"], "zero or more seconds"),
+    (["result", *BASE, str(ObjectId()), "--timeout", "soon"], "not a number of seconds"),
+])
+def test_result_refuses_bad_arguments(argv: list[str], fragment: str) -> None:
+    with pytest.raises(cli.UsageError) as caught:
+        cli.parse_args(argv, {})
+    assert fragment in str(caught.value)
