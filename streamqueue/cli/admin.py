@@ -11,21 +11,49 @@ commands print them. ``streamqueue.queue`` is imported inside each command so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import json_util
 from pymongo.errors import PyMongoError
 
 from streamqueue.cli.options import PROG, CliError, UsageError
-from streamqueue.cli.runtime import Session, _note, _output, one_shot_retry, open_session
+from streamqueue.cli.runtime import (
+    Session,
+    _note,
+    _output,
+    database_name,
+    one_shot_retry,
+    open_session,
+)
 from streamqueue.exitcodes import ExitCode
 from streamqueue.jobinfo import JobInfo
 from streamqueue.storage import Document
+
+if TYPE_CHECKING:
+    from streamqueue.queue import Queue
+
+
+@contextlib.contextmanager
+def _open_queue(args: argparse.Namespace, appname: str,
+                **options: Any) -> Iterator[tuple[Session, Queue]]:
+    """The command's session and a Queue on its (first) queue, closed on the way out."""
+    from streamqueue.queue import Queue
+
+    session = open_session(args, appname)
+    try:
+        queue = Queue(session.collection(), retry=one_shot_retry(args), **options)
+        try:
+            yield session, queue
+        finally:
+            queue.close()
+    finally:
+        session.close()
 
 
 def cmd_put(args: argparse.Namespace) -> int:
@@ -154,14 +182,8 @@ def _table(header: list[str], body: list[list[str]], right_aligned: Sequence[int
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from streamqueue.queue import Queue
-
-    session = open_session(args, "streamqueue-show")
-    try:
-        queue = Queue(session.collection(), retry=one_shot_retry(args))
+    with _open_queue(args, "streamqueue-show") as (session, queue):
         info = queue.get(args.job_id)
-    finally:
-        session.close()
     if info is None:
         raise CliError(f"no job {args.job_id} in {session.db}.{session.queues[0]} or its error "
                        "queue", ExitCode.NOT_FOUND)
@@ -177,13 +199,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_result(args: argparse.Namespace) -> int:
     """Wait for a job to finish and print its result as JSON (``Queue.result``)."""
     from streamqueue.errors import JobCancelled, JobFailed, JobNotFound
-    from streamqueue.queue import Queue
 
-    session = open_session(args, "streamqueue-result")
-    where = f"{session.db}.{session.queues[0]}"
-    queue = Queue(session.collection(), retry=one_shot_retry(args))
+    where = f"{database_name(args)}.{args.queue[0]}"
     try:
-        value = queue.result(args.job_id, timeout=args.timeout)
+        with _open_queue(args, "streamqueue-result") as (_, queue):
+            value = queue.result(args.job_id, timeout=args.timeout)
     except JobNotFound:
         raise CliError(f"no job {args.job_id} in {where} or its error queue (a job completed "
                        "by a queue without keep_completed leaves no result)",
@@ -196,9 +216,6 @@ def cmd_result(args: argparse.Namespace) -> int:
     except TimeoutError:
         raise CliError(f"job {args.job_id} did not finish within {args.timeout:g}s",
                        ExitCode.NOT_FINISHED) from None
-    finally:
-        queue.close()
-        session.close()
     _output(json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS))
     return ExitCode.OK
 
@@ -266,18 +283,12 @@ def _switch(args: argparse.Namespace, *, paused: bool) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from streamqueue.queue import Queue
-
-    session = open_session(args, "streamqueue-jobs")
-    try:
-        queue = Queue(session.collection(), retry=one_shot_retry(args))
+    with _open_queue(args, "streamqueue-jobs") as (session, queue):
         try:
             found = queue.jobs(args.state, tag=args.tag, key=args.key, limit=args.limit,
                                after=args.after)
         except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from None
-    finally:
-        session.close()
     if args.json:
         _output(json.dumps([_info_json(info) for info in found], indent=2))
         return ExitCode.OK
@@ -316,14 +327,8 @@ def _cell(value: object) -> str:
 
 
 def cmd_failed_list(args: argparse.Namespace) -> int:
-    from streamqueue.queue import Queue
-
-    session = open_session(args, "streamqueue-failed")
-    try:
-        queue = Queue(session.collection(), retry=one_shot_retry(args))
+    with _open_queue(args, "streamqueue-failed") as (session, queue):
         docs = queue.store.list_failed(limit=args.limit)
-    finally:
-        session.close()
     if args.json:
         _output(json.dumps([_failed_json(doc) for doc in docs], indent=2))
         return ExitCode.OK
@@ -371,14 +376,8 @@ def _error_summary(text: object, width: int = 80) -> str:
 
 
 def cmd_failed_retry(args: argparse.Namespace) -> int:
-    from streamqueue.queue import Queue
-
-    session = open_session(args, "streamqueue-failed")
-    try:
-        queue = Queue(session.collection(), retry=one_shot_retry(args))
+    with _open_queue(args, "streamqueue-failed") as (session, queue):
         moved = queue.retry_failed(args.job_id)
-    finally:
-        session.close()
     where = f"{session.db}.{session.queues[0]}"
     if args.job_id is not None and moved == 0:
         raise CliError(f"no job {args.job_id} in the error queue of {where}", ExitCode.NOT_FOUND)
@@ -387,14 +386,8 @@ def cmd_failed_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_failed_purge(args: argparse.Namespace) -> int:
-    from streamqueue.queue import Queue
-
-    session = open_session(args, "streamqueue-failed")
-    try:
-        queue = Queue(session.collection(), retry=one_shot_retry(args))
+    with _open_queue(args, "streamqueue-failed") as (session, queue):
         purged = queue.purge_failed(args.job_id)
-    finally:
-        session.close()
     where = f"{session.db}.{session.queues[0]}"
     if args.job_id is not None and purged == 0:
         raise CliError(f"no job {args.job_id} in the error queue of {where}", ExitCode.NOT_FOUND)

@@ -484,7 +484,7 @@ def test_load_handler_reports_errors_inside_the_module(handler_dir: Path) -> Non
 
 
 def test_exit_codes_are_named_and_distinct() -> None:
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 130]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 7, 130]
     assert exitcodes.USAGE is ExitCode.USAGE
     assert int(exitcodes.USAGE) == 2
     assert exitcodes.INTERRUPTED == 130
