@@ -747,10 +747,6 @@ class JobStore:
         ))
         return doc
 
-    def extend_many(self, held: Sequence[tuple[ObjectId, str]], lease: float) -> set[ObjectId]:
-        """Heartbeat: extend every listed lease; return the ids still held."""
-        return set(self.heartbeat(held, lease))
-
     def heartbeat(self, held: Sequence[tuple[ObjectId, str]], lease: float) -> dict[ObjectId, bool]:
         """Extend every listed lease; map each id still held to its ``cancel_requested``."""
         if not held:
