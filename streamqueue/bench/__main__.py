@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import math
 import os
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
@@ -316,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = BenchConfig.quick_plan() if args.quick else BenchConfig.full()
     if args.jobs:
         config = config.with_jobs(args.jobs)
+    if importlib.util.find_spec("kombu") is None:
+        config = replace(config, kombu=False, notes=(
+            *config.notes, "kombu is not installed (pip install '.[bench]'): no kombu row."))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.wait_quiet > 0:

@@ -35,6 +35,10 @@ class BenchConfig:
     # Jobs a batched Worker may claim in one round trip; above its slot count the
     # rest wait in its prefetch buffer.
     worker_batch: int = 16
+    # The peer row (kombu's MongoDB transport) runs in the plan with this many threads,
+    # in one process; off where kombu is not installed.
+    peer_threads: int = 4
+    kombu: bool = True
     latency_jobs: int = 500
     # The jobs are split over this many rounds, every kind once per round, and
     # pooled: a kind that always ran first met the server fresh from start-up.

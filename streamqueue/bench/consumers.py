@@ -9,6 +9,12 @@
   no push of its own, it polls every 100 ms when empty too.
 * floor-push (latency only): the floor woken by a bare change stream on inserts, the least
   any push queue on MongoDB must do; the lower bound for push latency on this machine.
+* floor-batch: the floor in batches, the least a batched consumer must do: ``insert_many``;
+  a claim of up to ``batch`` jobs (find their ids, ``update_many`` them to a fresh token,
+  read back what that token won); one ``delete_many``. The ceiling for ``Worker(batch=...)``.
+* kombu: a peer, kombu's MongoDB transport as Celery users run it: a ``SimpleQueue`` per
+  thread, each message acknowledged. It deletes a message when it is received (no lease:
+  a consumer that dies with it loses it) and polls when empty.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.write_concern import WriteConcern
 
+from streamqueue.bench.kombu_peer import KombuPeer
 from streamqueue.hooks import Hooks
 from streamqueue.queue import Job, Queue
 from streamqueue.storage import Document
@@ -41,6 +48,10 @@ FLOOR_PUSH = "floor-push"
 # watcher. Between the floor and next(), it splits the gap into what the server pays for
 # the queue's guarantees and what the client pays for its API.
 STORE = "store"
+FLOOR_BATCH = "floor-batch"
+KOMBU = "kombu"
+# A Worker kind with this batch runs with the Worker's default (batch = its slots).
+DEFAULT_BATCH = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,8 @@ class Kind:
             return "streamqueue next() [Queue per thread]" if self.queue_per_thread \
                 else "streamqueue next()"
         if self.kind == WORKER:
+            if self.batch == DEFAULT_BATCH:
+                return "streamqueue Worker (defaults)"
             return f"streamqueue Worker batch={self.batch}"
         if self.kind == POLLING:
             return "polling 100 ms"
@@ -65,11 +78,15 @@ class Kind:
             return "floor + change stream (bare pymongo)"
         if self.kind == STORE:
             return "streamqueue storage ops only (no Queue)"
+        if self.kind == FLOOR_BATCH:
+            return f"floor in batches of {self.batch} (bare pymongo)"
+        if self.kind == KOMBU:
+            return "kombu MongoDB transport (SimpleQueue)"
         return "floor (bare pymongo)"
 
     @property
     def uses_queue_shape(self) -> bool:
-        return self.kind not in (FLOOR, FLOOR_PUSH)
+        return self.kind not in (FLOOR, FLOOR_PUSH, FLOOR_BATCH, KOMBU)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "batch": self.batch, "queue_per_thread": self.queue_per_thread}
@@ -88,6 +105,7 @@ KIND_POLLING = Kind(POLLING)
 KIND_FLOOR = Kind(FLOOR)
 KIND_FLOOR_PUSH = Kind(FLOOR_PUSH)
 KIND_STORE = Kind(STORE)
+KIND_KOMBU = Kind(KOMBU)
 
 
 def worker_kind(batch: int) -> Kind:
@@ -138,6 +156,22 @@ class RawFloor:
 
     def complete(self, doc: Document) -> bool:
         return self.jobs.delete_one({"_id": doc["_id"]}).deleted_count == 1
+
+    def claim_many(self, limit: int) -> list[Document]:
+        """Lock up to ``limit`` ready jobs in three round trips; another thread may win some."""
+        ids = [d["_id"] for d in self.jobs.find({"state": "ready"}, {"_id": 1}, sort=self.sort,
+                                                limit=limit)]
+        if not ids:
+            return []
+        token = uuid.uuid4().hex
+        self.jobs.update_many(
+            {"_id": {"$in": ids}, "state": "ready"},
+            {"$set": {"state": "locked", "consumer_id": self.consumer_id, "claim": token,
+                      "locked_until": datetime.now(timezone.utc) + self.lease}})
+        return list(self.jobs.find({"_id": {"$in": ids}, "claim": token}))
+
+    def complete_many(self, docs: Sequence[Document]) -> int:
+        return self.jobs.delete_many({"_id": {"$in": [d["_id"] for d in docs]}}).deleted_count
 
 
 # -- recording ---------------------------------------------------------------------------
@@ -225,6 +259,7 @@ class ConsumerGroup:
         poll_interval: float = 0.1,
         burst: bool = False,
         push_wait: float = 0.25,
+        uri: str | None = None,
     ) -> None:
         self.kind = kind
         self.collection = collection
@@ -242,7 +277,12 @@ class ConsumerGroup:
         self.floor: RawFloor | None = None
         self.worker: Worker | None = None
         self._streams_open = threading.Semaphore(0)
-        if not kind.uses_queue_shape:
+        self.kombu: KombuPeer | None = None
+        if kind.kind == KOMBU:
+            if uri is None:
+                raise ValueError("the kombu row needs the server's URI")
+            self.kombu = KombuPeer(uri, collection)
+        elif not kind.uses_queue_shape:
             self.floor = RawFloor(collection)
         elif kind.kind == PUSH and kind.queue_per_thread:
             self.queues = [Queue(collection, hooks=self.hooks) for _ in range(threads)]
@@ -250,7 +290,8 @@ class ConsumerGroup:
             self.queues = [Queue(collection, hooks=self.hooks)]
         if kind.kind == WORKER:
             self.worker = Worker(self.queues[0], self._handle, concurrency=threads,
-                                 batch=kind.batch, burst=burst)
+                                 batch=None if kind.batch == DEFAULT_BATCH else kind.batch,
+                                 burst=burst)
 
     def prepare(self) -> None:
         """Indexes and change streams, before any timing starts."""
@@ -266,8 +307,13 @@ class ConsumerGroup:
             self._spawn(self._run_worker, "bench-worker")
             return
         for index in range(self.threads):
-            if self.kind.kind == FLOOR_PUSH:
+            if self.kombu is not None:
+                self._spawn(functools.partial(self.kombu.consume, self.sink.record, self.stop_event),
+                            f"bench-kombu-{index}")
+            elif self.kind.kind == FLOOR_PUSH:
                 self._spawn(self._floor_push_loop, f"bench-floor-push-{index}")
+            elif self.kind.kind == FLOOR_BATCH:
+                self._spawn(self._floor_batch_loop, f"bench-floor-batch-{index}")
             elif self.floor is not None:
                 self._spawn(self._floor_loop, f"bench-floor-{index}")
             elif self.kind.kind == POLLING:
@@ -359,6 +405,21 @@ class ConsumerGroup:
         assert floor is not None
         self._bare_loop(floor.claim, floor.complete)
 
+    def _floor_batch_loop(self) -> None:
+        floor = self.floor
+        assert floor is not None
+        while not self.stop_event.is_set():
+            docs = floor.claim_many(self.kind.batch)
+            if not docs:
+                self.sink.empty()
+                self.stop_event.wait(self.poll_interval)
+                continue
+            claimed = time.time()
+            floor.complete_many(docs)
+            done = time.time()
+            for doc in docs:
+                self.sink.record(doc["payload"], claimed, done)
+
     def _store_loop(self) -> None:
         queue = self.queues[0]
         self._bare_loop(lambda: queue.store.claim(queue.consumer_id, queue.lease),
@@ -409,10 +470,14 @@ class ConsumerGroup:
 
 
 def put_jobs(kind: Kind, collection: Collection[Document], count: int, *, start: int = 0,
-             chunk: int = 1_000) -> float:
+             chunk: int = 1_000, uri: str | None = None) -> float:
     """Enqueue ``count`` small jobs the way ``kind`` does; return jobs/s of the enqueue."""
     began = time.perf_counter()
-    if kind.uses_queue_shape:
+    if kind.kind == KOMBU:
+        if uri is None:
+            raise ValueError("the kombu row needs the server's URI")
+        KombuPeer(uri, collection).put_many({"i": i} for i in range(start, start + count))
+    elif kind.uses_queue_shape:
         queue = Queue(collection)
         for low in range(start, start + count, chunk):
             queue.put_many([{"i": i} for i in range(low, min(low + chunk, start + count))])

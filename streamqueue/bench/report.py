@@ -11,7 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from streamqueue.bench.common import jsonable
-from streamqueue.bench.consumers import FLOOR, FLOOR_PUSH, POLLING, PUSH, STORE, WORKER
+from streamqueue.bench.consumers import (
+    DEFAULT_BATCH,
+    FLOOR,
+    FLOOR_BATCH,
+    FLOOR_PUSH,
+    KOMBU,
+    POLLING,
+    PUSH,
+    STORE,
+    WORKER,
+)
 from streamqueue.bench.control import ControlRow
 from streamqueue.bench.lifecycle import ResultWakeRow, RetentionRow, TxnPutRow
 from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
@@ -83,6 +93,7 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
             + _rounds_note(row, floor) + (_store_note(store) if row is push else ""),
             _ok(row.ratio_to_floor >= need)))
 
+    targets.extend(scale_out_targets(plan_rows, worker_batch))
     bad = [r for r in results.throughput if r.duplicates or r.lost or r.left or r.errors]
     targets.append(Target(
         "No duplicates, no losses (all throughput runs)", "0 and 0",
@@ -136,6 +147,29 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
     else:
         targets.append(Target("Herd: wasted wake-ups per job", "<= 1", "not measured", None))
     return targets + lifecycle_targets(results)
+
+
+def scale_out_targets(plan_rows: Sequence[ThroughputRow], worker_batch: int) -> list[Target]:
+    """Issue 16's throughput targets: the batched floor, and kombu as the peer to beat."""
+    def find(kind: str, batch: int | None = None) -> ThroughputRow | None:
+        return next((r for r in plan_rows if r.kind == kind and batch in (None, r.batch)), None)
+
+    targets = []
+    for name, need, row, base, base_name in (
+            (f"Throughput, Worker batch={worker_batch} vs the batched floor", 0.9,
+             find(WORKER, worker_batch), find(FLOOR_BATCH, worker_batch),
+             f"floor in batches of {worker_batch}"),
+            ("Throughput, Worker (defaults) vs kombu", 1.5, find(WORKER, DEFAULT_BATCH),
+             find(KOMBU), "kombu")):
+        if row is None or base is None or not base.jobs_per_s:
+            targets.append(Target(name, f">= {need:.1f}x", "not measured", None))
+            continue
+        share = row.jobs_per_s / base.jobs_per_s
+        targets.append(Target(
+            name, f">= {need:.1f}x",
+            f"{row.jobs_per_s:,.0f} vs {base.jobs_per_s:,.0f} jobs/s ({base_name}) = {share:.3f}x",
+            _ok(share >= need)))
+    return targets
 
 
 def lifecycle_targets(results: Results) -> list[Target]:
@@ -447,11 +481,11 @@ def write_plots(results: Results, out: Path) -> list[Path]:
         return []
     written: list[Path] = []
     colors = {PUSH: "#1f77b4", WORKER: "#2ca02c", POLLING: "#ff7f0e", STORE: "#9467bd",
-              FLOOR: "#7f7f7f", FLOOR_PUSH: "#000000"}
+              FLOOR: "#7f7f7f", FLOOR_PUSH: "#000000", FLOOR_BATCH: "#bcbcbc", KOMBU: "#d62728"}
 
     if results.throughput:
         plans = list(dict.fromkeys(r.plan for r in results.throughput))
-        order = {PUSH: 0, WORKER: 1, POLLING: 2, STORE: 3, FLOOR: 4}
+        order = {PUSH: 0, WORKER: 1, POLLING: 2, STORE: 3, FLOOR: 4, FLOOR_BATCH: 5, KOMBU: 6}
         labels = [r.label for r in sorted({r.label: r for r in results.throughput}.values(),
                                           key=lambda r: (order.get(r.kind, 9), r.batch))]
         fig, ax = plt.subplots(figsize=(11, 5))

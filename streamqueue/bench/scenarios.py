@@ -21,8 +21,11 @@ from streamqueue.bench.common import (
 )
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
 from streamqueue.bench.consumers import (
+    DEFAULT_BATCH,
     FLOOR,
+    FLOOR_BATCH,
     FLOOR_PUSH,
+    KOMBU,
     POLLING,
     PUSH,
     REAL_JOBS,
@@ -34,6 +37,7 @@ from streamqueue.bench.consumers import (
     Sink,
     put_jobs,
 )
+from streamqueue.bench.kombu_peer import KombuPeer
 from streamqueue.bench.procs import Child, children, go_all
 from streamqueue.queue import Queue
 from streamqueue.storage import CLAIM_SORT, READY_AND_DUE, Document, _claim_pipeline
@@ -90,16 +94,18 @@ def throughput(ctx: BenchContext, plan: ThroughputPlan, kind: Kind, *,
                poll_interval: float = 0.1, stall_timeout: float = 30.0) -> ThroughputRow:
     """Drain ``plan.jobs`` pre-enqueued jobs; count duplicates and losses."""
     with ctx.scratch("tp") as coll:
-        enqueue_rate = put_jobs(kind, coll, plan.jobs)
+        enqueue_rate = put_jobs(kind, coll, plan.jobs, uri=ctx.uri)
         cpu = ctx.cpu_start()
         if plan.processes == 1:
-            seqs, began, ended, errors = _drain_here(coll, plan, kind, poll_interval, stall_timeout)
+            seqs, began, ended, errors = _drain_here(coll, plan, kind, poll_interval, stall_timeout,
+                                                     ctx.uri)
         else:
             seqs, began, ended, errors = _drain_in_processes(ctx, coll, plan, kind, poll_interval,
                                                              stall_timeout)
         server_cpu = ctx.server_cpu(cpu)
         other_cpu = ctx.other_cpu(cpu)
-        left = coll.count_documents(REAL_JOBS)
+        left = KombuPeer(ctx.uri, coll).left() if kind.kind == KOMBU \
+            else coll.count_documents(REAL_JOBS)
     unique = {s for s in seqs if 0 <= s < plan.jobs}
     seconds = max(ended - began, 1e-9)
     server_ms = None if server_cpu is None else server_cpu * 1000 / max(len(unique), 1)
@@ -114,9 +120,10 @@ def throughput(ctx: BenchContext, plan: ThroughputPlan, kind: Kind, *,
 
 
 def _drain_here(coll: Collection[Document], plan: ThroughputPlan, kind: Kind, poll_interval: float,
-                stall_timeout: float) -> tuple[list[int], float, float, list[str]]:
+                stall_timeout: float, uri: str) -> tuple[list[int], float, float, list[str]]:
     sink = Sink(expected=plan.jobs)
-    group = ConsumerGroup(kind, coll, plan.threads, sink, poll_interval=poll_interval, burst=True)
+    group = ConsumerGroup(kind, coll, plan.threads, sink, poll_interval=poll_interval, burst=True,
+                          uri=uri)
     group.prepare()
     began = time.time()
     group.start()
@@ -521,5 +528,10 @@ def add_herd_ratios(rows: Sequence[HerdRow]) -> None:
 def throughput_kinds(plan: ThroughputPlan, config: BenchConfig) -> list[Kind]:
     kinds = [Kind(PUSH), Kind(WORKER, 1)]
     if plan.threads > 1:
-        kinds.append(Kind(WORKER, config.worker_batch))
-    return [*kinds, Kind(POLLING), Kind(STORE), Kind(FLOOR)]
+        kinds.extend([Kind(WORKER, DEFAULT_BATCH), Kind(WORKER, config.worker_batch)])
+    kinds.extend([Kind(POLLING), Kind(STORE), Kind(FLOOR)])
+    if plan.threads > 1:
+        kinds.append(Kind(FLOOR_BATCH, config.worker_batch))
+    if plan.processes == 1 and plan.threads == config.peer_threads and config.kombu:
+        kinds.append(Kind(KOMBU))
+    return kinds

@@ -20,8 +20,11 @@ from streamqueue.bench import scenarios as sc
 from streamqueue.bench.common import BenchContext, CpuMeter
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
 from streamqueue.bench.consumers import (
+    DEFAULT_BATCH,
+    FLOOR_BATCH,
     KIND_FLOOR,
     KIND_FLOOR_PUSH,
+    KIND_KOMBU,
     KIND_POLLING,
     KIND_PUSH,
     KIND_STORE,
@@ -44,7 +47,8 @@ def results() -> Results:
     return Results(mode="smoke", started="now", seconds=0.0, machine={}, config={}, notes=[])
 
 
-KINDS = [KIND_PUSH, worker_kind(1), worker_kind(4), KIND_POLLING, KIND_STORE, KIND_FLOOR]
+KINDS = [KIND_PUSH, worker_kind(1), worker_kind(4), worker_kind(DEFAULT_BATCH), KIND_POLLING,
+         KIND_STORE, KIND_FLOOR, Kind(FLOOR_BATCH, 4), KIND_KOMBU]
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.label)
@@ -151,6 +155,9 @@ def test_report(results: Results, tmp_path: Path) -> None:
     write_plots(results, tmp_path)
     floor = next(r for r in results.throughput if r.kind == "floor" and r.processes == 1)
     assert floor.ratio_to_floor is not None and math.isclose(floor.ratio_to_floor, 1.0)
+    # The scale-out targets found their rows (measured, whatever the verdict).
+    scale_out = [t for t in results.targets if "batched floor" in t.name or "kombu" in t.name]
+    assert len(scale_out) == 2 and all(t.passed is not None for t in scale_out)
 
 
 def test_plans_are_sane() -> None:
