@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -20,6 +21,14 @@ from pymongo.collection import Collection
 
 from streamqueue.storage import Document
 from streamqueue.testing import ReplicaSet
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts background jobs with SIGINT ignored, and children inherit
+    # that: the tests that stop a process with Ctrl-C (the docs examples, the
+    # worker's drain) would then wait in vain when the suite runs in the background.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _docker_answers() -> bool:
