@@ -109,6 +109,8 @@ def plan_fire(rule: TickRule, due: datetime, now: datetime, misfire: str,
 def _ticks_until(rule: TickRule, due: datetime, now: datetime,
                  keep: int) -> tuple[list[datetime], int]:
     """The last ``keep`` ticks in [due, now] (``due`` is one) and how many there are."""
+    if rule.end_at is not None:
+        now = min(now, rule.end_at)
     if rule.every_ms is not None:
         count = _millis(now - due) // rule.every_ms + 1
         last = due + timedelta(milliseconds=(count - 1) * rule.every_ms)
