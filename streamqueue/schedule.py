@@ -153,6 +153,7 @@ class ScheduleInfo:
     last_tick: datetime | None  # the tick the last fire was for
     last_fired_at: datetime | None  # when it was fired
     last_job_id: ObjectId | None
+    last_fired_by: str | None  # the consumer id of the scheduler that fired it
     fired: int  # jobs fired so far
     missed: int  # ticks given up by the misfire policy so far
     revision: str
@@ -169,6 +170,7 @@ class ScheduleInfo:
             start_at=utc(doc.get("start_at")), end_at=utc(doc.get("end_at")),
             next_at=utc(doc.get("next_at")), last_tick=utc(doc.get("last_tick")),
             last_fired_at=utc(doc.get("last_fired_at")), last_job_id=doc.get("last_job_id"),
+            last_fired_by=doc.get("last_fired_by"),
             fired=int(doc.get("fired", 0)), missed=int(doc.get("missed", 0)),
             revision=str(doc.get("revision", "")),
         )

@@ -95,7 +95,7 @@ class Scheduler:
         name = doc["_id"]
         info = ScheduleInfo.from_document(doc)
         plan = plan_fire(info.rule, due, now, info.misfire, info.catch_up)
-        fired = self.store.fire(doc, plan)
+        fired = self.store.fire(doc, plan, self.queue.consumer_id)
         if fired is None:
             seen = (doc.get("next_at"), doc.get("revision"))
             if self._lost.get(name) == seen:

@@ -7,7 +7,8 @@ One document per schedule::
     payload, priority, max_attempts      the definition (``ScheduleSpec``)
     revision      a digest of the definition; a changed definition changes it
     next_at       the next tick not yet fired or given up (server clock); null once ended
-    last_tick, last_fired_at, last_job_id   the last fire: its tick, when ($$NOW), its job
+    last_tick, last_fired_at, last_job_id, last_fired_by   the last fire: its tick, when
+                  ($$NOW), its job, the firing scheduler's consumer id
     fired, missed counts of jobs fired and ticks given up by the misfire policy
 
 Who fires a tick is decided by the database: one transaction moves ``next_at``
@@ -90,9 +91,11 @@ def fire_filter(doc: Document, tick: datetime) -> Document:
             "$expr": {"$lte": [tick, NOW]}}
 
 
-def fire_update(plan: FirePlan, job_ids: Sequence[ObjectId], due: datetime) -> list[Document]:
+def fire_update(plan: FirePlan, job_ids: Sequence[ObjectId], due: datetime,
+                firer: str) -> list[Document]:
     """Move ``next_at`` on and record the fire; ``last_fired_at`` is ``$$NOW``."""
     changes: Document = {
+        "last_fired_by": {"$literal": firer},
         "next_at": plan.next_at,
         "fired": {"$add": [{"$ifNull": ["$fired", 0]}, len(job_ids)]},
         "missed": {"$add": [{"$ifNull": ["$missed", 0]}, plan.missed]},
@@ -196,7 +199,7 @@ class ScheduleStore:
             "remove a schedule", lambda: self.collection.delete_one({"_id": name}).deleted_count)
         return bool(removed)
 
-    def fire(self, doc: Document, plan: FirePlan) -> Fired | None:
+    def fire(self, doc: Document, plan: FirePlan, firer: str) -> Fired | None:
         """One transaction: move ``next_at`` on and insert one job per tick in ``plan.fire``.
 
         None when another scheduler fired it first, the definition changed, or
@@ -206,7 +209,7 @@ class ScheduleStore:
         """
         self.jobs_store.ensure_indexes()  # DDL cannot run inside a transaction
         try:
-            return self._fire_once(doc, plan)
+            return self._fire_once(doc, plan, firer)
         except PyMongoError as exc:
             if is_transient(exc):
                 # A write conflict with another firer's transaction, or a blip:
@@ -215,13 +218,13 @@ class ScheduleStore:
                 return None
             raise translate(exc, f"fire schedule {doc['_id']!r}") from exc
 
-    def _fire_once(self, doc: Document, plan: FirePlan) -> Fired | None:
+    def _fire_once(self, doc: Document, plan: FirePlan, firer: str) -> Fired | None:
         job_ids = tuple(ObjectId() for _ in plan.fire)
         tick = plan.fire[-1] if plan.fire else doc["next_at"]
         client = self.collection.database.client
         with client.start_session() as session, session.start_transaction(**TRANSACTION):
             after = self.collection.find_one_and_update(
-                fire_filter(doc, tick), fire_update(plan, job_ids, doc["next_at"]),
+                fire_filter(doc, tick), fire_update(plan, job_ids, doc["next_at"], firer),
                 projection={"last_fired_at": 1}, return_document=ReturnDocument.AFTER,
                 session=session)
             if after is None:
