@@ -3,6 +3,7 @@ policies after a gap, and the change stream that makes a new schedule take effec
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -106,7 +107,7 @@ def test_three_schedulers_fire_each_tick_exactly_once(
     jobs = fired(queue.collection)
     ticks = [doc["tick"] for doc in jobs]
     assert len(set(ticks)) == len(ticks)
-    assert all(b - a == timedelta(seconds=1) for a, b in zip(ticks, ticks[1:], strict=False))
+    assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(ticks))
     assert all(doc["payload"] == {"n": 1} and doc["key"].startswith("schedule:tick@")
                for doc in jobs)
     assert sum(s.fired for s in schedulers) == len(jobs) == len(recorder.fired)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -74,7 +75,7 @@ def test_frequent_cron_follows_real_time_through_fall_back() -> None:
     found = ticks(rule, utc(2026, 11, 1, 4, 45), 5)
     assert local(found, NEW_YORK) == ["11-01 01:00 EDT", "11-01 01:30 EDT", "11-01 01:00 EST",
                                       "11-01 01:30 EST", "11-01 02:00 EST"]
-    assert all(b - a == timedelta(minutes=30) for a, b in zip(found, found[1:], strict=False))
+    assert all(b - a == timedelta(minutes=30) for a, b in itertools.pairwise(found))
 
 
 def test_month_end_days_skip_short_months() -> None:
