@@ -15,7 +15,7 @@ NEW_YORK = "America/New_York"
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[arg-type, misc]
 
 
 def ticks(rule: TickRule, start: datetime, count: int) -> list[datetime]:
