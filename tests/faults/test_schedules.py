@@ -132,7 +132,7 @@ def test_killing_the_process_that_fired_leaves_the_next_tick_on_time(
     assert wait_until(lambda: len(taken.after(killed_at)) >= 5, timeout=30), fleet.output()[-3000:]
     after = taken.after(killed_at)
     sheet.update({"killed_pid": victim.pid, "ticks_after_kill": len(after),
-                  "lateness_after_kill_max_ms": round(1000 * max(l for _, l in after), 1)})
+                  "lateness_after_kill_max_ms": round(1000 * max(late for _, late in after), 1)})
     log(f"firer killed: {sheet.figures}")
     assert_every_tick_once(taken.ticks)
     assert all(late < 1.0 for _, late in after), after
