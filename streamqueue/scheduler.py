@@ -33,8 +33,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # After a lost attempt whose schedule reads back unchanged (the server's clock
-# had not reached the tick, or another firer's transaction was in flight).
+# had not reached the tick, or another firer's transaction was in flight), the
+# next try waits this long, doubling each time up to LOST_RETRY_MAX: a firer
+# killed inside its transaction leaves it open, its write lock refusing ours,
+# until the server aborts it (transactionLifetimeLimitSeconds), and nobody
+# should hammer the server meanwhile.
 LOST_RETRY = 0.02
+LOST_RETRY_MAX = 1.0
 # After an error: the next pass waits this long (the stream may be down too).
 ERROR_RETRY = 1.0
 
@@ -53,8 +58,9 @@ class Scheduler:
         self._stopping = threading.Event()
         self._stream_open = threading.Event()
         self._threads: list[threading.Thread] = []
-        # (next_at, revision) of the last lost attempt per schedule.
+        # (next_at, revision) of the last lost attempt per schedule, and how many in a row.
         self._lost: dict[str, tuple[object, object]] = {}
+        self._losses: dict[str, int] = {}
         self._failing = False
 
     def start(self) -> None:
@@ -102,10 +108,12 @@ class Scheduler:
                 # Read back unchanged and lost again: this host's estimate of the
                 # server's clock may have drifted ahead; ask the server anew.
                 self.queue.store.clock.refresh()
-                return LOST_RETRY
+                losses = self._losses[name] = self._losses.get(name, 0) + 1
+                return min(LOST_RETRY_MAX, LOST_RETRY * 2 ** (losses - 1))
             self._lost[name] = seen
             return 0.0
         self._lost.pop(name, None)
+        self._losses.pop(name, None)
         self._report(name, fired)
         if plan.next_at is None:
             log.info("schedule %s of %s has ended (past its end_at)", name, self.queue.name)
