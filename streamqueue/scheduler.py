@@ -109,7 +109,7 @@ class Scheduler:
                 # server's clock may have drifted ahead; ask the server anew.
                 self.queue.store.clock.refresh()
                 losses = self._losses[name] = self._losses.get(name, 0) + 1
-                return min(LOST_RETRY_MAX, LOST_RETRY * 2 ** (losses - 1))
+                return min(LOST_RETRY_MAX, LOST_RETRY * 2.0 ** (losses - 1))
             self._lost[name] = seen
             return 0.0
         self._lost.pop(name, None)
