@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from bson import ObjectId
 
 from streamqueue.ticks import MISFIRE_POLICIES, TickRule, check_cron
-from streamqueue.validation import check_payload, check_priority
+from streamqueue.validation import check_payload, check_priority, check_text
 
 MAX_NAME_CHARS = 200
 # misfire="all" fires at most this many missed ticks after a gap (the most recent ones).
@@ -78,12 +78,7 @@ def check_schedule(name: object, *, cron: object = None, every: object = None,
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"a schedule name must be a str, not {type(name).__name__}")
-    if not name or len(name) > MAX_NAME_CHARS or "\x00" in name:
-        raise ValueError(f"a schedule name must be 1 to {MAX_NAME_CHARS} characters without NUL, "
-                         f"not {name!r}")
-    return name
+    return check_text("a schedule name", name, MAX_NAME_CHARS)
 
 
 def check_timezone(name: object) -> str:

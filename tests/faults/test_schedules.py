@@ -84,6 +84,14 @@ def assert_every_tick_once(ticks: list[datetime]) -> None:
     assert not gaps, f"ticks missing between {gaps}"
 
 
+def firing(scene: Scene, queue: Queue, count: int) -> Fleet:
+    """``count`` reaper processes firing one ``every=1`` schedule."""
+    fleet = scene.fleet()
+    reapers(fleet, count)
+    queue.schedule("tick", every=1)
+    return fleet
+
+
 def last_firer(fleet: Fleet, queue: Queue) -> Proc:
     [info] = queue.schedules()
     assert info.last_fired_by is not None
@@ -98,9 +106,7 @@ def test_three_reapers_fire_each_tick_exactly_once_for_20_seconds(
         scene: Scene, consumer: tuple[Queue, Taken]) -> None:
     queue, taken = consumer
     sheet = scene.report("schedules_three_reapers")
-    fleet = scene.fleet()
-    reapers(fleet, 3)
-    queue.schedule("tick", every=1)
+    fleet = firing(scene, queue, 3)
     start = taken.count()
     assert wait_until(lambda: taken.count() >= start + 21, timeout=40), fleet.output()[-3000:]
     ticks = taken.ticks[:]
@@ -122,9 +128,7 @@ def test_killing_the_process_that_fired_leaves_the_next_tick_on_time(
         scene: Scene, consumer: tuple[Queue, Taken]) -> None:
     queue, taken = consumer
     sheet = scene.report("schedules_firer_killed")
-    fleet = scene.fleet()
-    reapers(fleet, 3)
-    queue.schedule("tick", every=1)
+    fleet = firing(scene, queue, 3)
     assert wait_until(lambda: taken.count() >= 3, timeout=30), fleet.output()[-3000:]
     killed_at = queue.store.server_now().replace(tzinfo=timezone.utc)
     victim = last_firer(fleet, queue)
