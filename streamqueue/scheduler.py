@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,11 @@ class Scheduler:
         self._lost: dict[str, tuple[object, object]] = {}
         self._losses: dict[str, int] = {}
         self._failing = False
+        # The schedules as last read; read again after a change, a loss, an error or
+        # a sweep, not on a timer: a due tick then costs the fire's transaction only.
+        self._docs: list[Document] = []
+        self._reread = True
+        self._last_read = 0.0
 
     def start(self) -> None:
         """Refuses a standalone server (``ConfigurationError``); else returns once the stream
@@ -85,7 +91,11 @@ class Scheduler:
         """Fire every due schedule once; seconds until the earliest next tick (or the sweep)."""
         self.passes += 1
         wait = self.sweep
-        for doc in self.store.all():
+        if self._reread or time.monotonic() - self._last_read >= self.sweep:
+            self._reread = False
+            self._last_read = time.monotonic()
+            self._docs = self.store.all()
+        for doc in self._docs:
             next_at = utc(doc.get("next_at"))
             if next_at is None:
                 continue
@@ -108,12 +118,15 @@ class Scheduler:
                 # Read back unchanged and lost again: this host's estimate of the
                 # server's clock may have drifted ahead; ask the server anew.
                 self.queue.store.clock.refresh()
+                self._reread = True
                 losses = self._losses[name] = self._losses.get(name, 0) + 1
                 return min(LOST_RETRY_MAX, LOST_RETRY * 2.0 ** (losses - 1))
             self._lost[name] = seen
+            self._reread = True
             return 0.0
         self._lost.pop(name, None)
         self._losses.pop(name, None)
+        doc["next_at"] = plan.next_at  # committed: the cached copy follows
         self._report(name, fired)
         if plan.next_at is None:
             log.info("schedule %s of %s has ended (past its end_at)", name, self.queue.name)
@@ -142,10 +155,11 @@ class Scheduler:
                 wait = self.run_pass()
                 self._recovered()
             except StreamQueueError as exc:
+                self._reread = True
                 self._failed(exc)
                 wait = ERROR_RETRY
-            if wait > 0:
-                self._changed.wait(wait)
+            if wait > 0 and self._changed.wait(wait):
+                self._reread = True
 
     def _follow(self) -> None:
         """Wake the firing loop on every definition change; reopen the stream when it fails."""
