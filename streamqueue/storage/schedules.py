@@ -81,8 +81,9 @@ def tick_key(name: str, tick: datetime) -> str:
 
 def definition_update(spec: ScheduleSpec, next_at: datetime | None) -> Document:
     """``$set`` for a new or changed definition; its next tick is ``next_at``."""
-    return {"$set": {**spec.stored_fields(), "revision": spec.revision, "next_at": next_at,
-                     "updated_at": NOW}}
+    # $currentDate, not $$NOW: this is a plain update, not a pipeline.
+    return {"$set": {**spec.stored_fields(), "revision": spec.revision, "next_at": next_at},
+            "$currentDate": {"updated_at": True}}
 
 
 def fire_filter(doc: Document, tick: datetime) -> Document:

@@ -73,3 +73,22 @@ def test_a_reaper_fires_and_one_with_no_schedules_does_not(
         started.append(firing)
         assert firing.wait_for_log("firing schedules")
         assert wait_until(lambda: collection.count_documents({"schedule": "tick"}) >= 2, 10)
+
+
+def test_a_worker_with_schedules_fires_and_runs_the_jobs(
+        mongo_uri: str, target: list[str], collection: Collection[Document]) -> None:
+    records = collection.database[f"{collection.name}.records"]
+    env = child_env(STREAMQUEUE_TEST_RECORD_URI=mongo_uri,
+                    STREAMQUEUE_TEST_RECORD_DB=collection.database.name,
+                    STREAMQUEUE_TEST_RECORD_COLLECTION=records.name)
+    run_cli("streamqueue", "schedule", "add", *target, "tick", "--every", "1",
+            "--payload", '{"n": 7}')
+    try:
+        with cli_processes() as started:
+            worker = CliProcess("streamqueue", ["worker", "tests.handlers:record", *target,
+                                                "--schedules"], env)
+            started.append(worker)
+            assert wait_until(lambda: records.count_documents({"n": 7, "event": "done"}) >= 2,
+                              20), worker.describe()
+    finally:
+        collection.database.drop_collection(records.name)

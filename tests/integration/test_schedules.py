@@ -72,6 +72,8 @@ def test_schedule_is_idempotent_and_listed(queue: Queue) -> None:
     assert info.last_fired_at is None and info.fired == 0
     queue.schedule("nightly", cron="0 3 * * *", timezone="Europe/Berlin", payload={"r": 1})
     assert queue.schedules() == [info]
+    stored = queue.collection.database[f"{queue.name}.schedules"].find_one({"_id": "nightly"})
+    assert stored is not None and isinstance(stored["updated_at"], datetime)
     queue.schedule("nightly", cron="0 4 * * *", timezone="Europe/Berlin", payload={"r": 1})
     [changed] = queue.schedules()
     assert changed.revision != info.revision and changed.next_at != info.next_at
