@@ -164,7 +164,8 @@ def test_all_schedulers_stopped_then_restarted_fire_the_latest_tick_once(
     first_tick, first_lateness = min(resumed)
     # One job for the gap, for its most recent tick (less than a tick late), then every
     # tick again: no burst of old ones, nothing twice.
-    assert first_tick >= stopped_at + timedelta(seconds=5), resumed
+    # Down 5 s or more: at least four ticks passed unfired before the first one fired.
+    assert first_tick >= stopped_at + timedelta(seconds=4), resumed
     assert first_lateness < 1.0, resumed
     assert_every_tick_once([tick for tick, _ in resumed])
     assert len(set(taken.ticks)) == len(taken.ticks)
