@@ -54,3 +54,9 @@ class Hooks:
     def changestream_event(self, queue: str) -> None:
         """The change stream delivered an event (a sign of life)."""
 
+
+    def tick_fired(self, queue: str, schedule: str, lateness: float) -> None:
+        """A schedule fired a tick's job ``lateness`` seconds after the tick (server clock)."""
+
+    def ticks_missed(self, queue: str, schedule: str, count: int) -> None:
+        """A schedule gave up ``count`` ticks missed while no scheduler ran (misfire policy)."""

@@ -75,6 +75,9 @@ METRIC_NAMES: frozenset[str] = frozenset({
     "streamqueue_worker_busy_slots",
     "streamqueue_worker_slots",
     "streamqueue_changestream_last_event_age_seconds",
+    "streamqueue_schedule_ticks_fired_total",
+    "streamqueue_schedule_ticks_missed_total",
+    "streamqueue_schedule_lateness_seconds",
 })
 
 
@@ -174,6 +177,9 @@ class _Metrics:
     oldest_available_age: Gauge
     paused: Gauge
     workers: _WorkerCollector
+    ticks_fired: Counter
+    ticks_missed: Counter
+    tick_lateness: Histogram
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> _Metrics:
@@ -232,6 +238,17 @@ class _Metrics:
                 "1 while the queue is paused (Queue.pause()), else 0 (set by the reaper).",
                 ["queue"], registry=registry),
             workers=workers,
+            ticks_fired=Counter(
+                f"{PREFIX}_schedule_ticks_fired", "Schedule ticks fired (one job each).",
+                ["queue", "schedule"], registry=registry),
+            ticks_missed=Counter(
+                f"{PREFIX}_schedule_ticks_missed",
+                "Schedule ticks given up by the misfire policy after a gap with no scheduler.",
+                ["queue", "schedule"], registry=registry),
+            tick_lateness=Histogram(
+                f"{PREFIX}_schedule_lateness_seconds",
+                "Seconds from a tick to its fire, by the server's clock (buckets 1 ms to 1 h).",
+                ["queue", "schedule"], buckets=SECONDS_BUCKETS, registry=registry),
         )
         registry.register(workers)
         return metrics
@@ -306,6 +323,13 @@ class PrometheusHooks(Hooks):
 
     def changestream_event(self, queue: str) -> None:
         """Not a metric by itself: workers export the event age through ``track_worker``."""
+
+    def tick_fired(self, queue: str, schedule: str, lateness: float) -> None:
+        self._m.ticks_fired.labels(queue=queue, schedule=schedule).inc()
+        self._m.tick_lateness.labels(queue=queue, schedule=schedule).observe(max(0.0, lateness))
+
+    def ticks_missed(self, queue: str, schedule: str, count: int) -> None:
+        self._m.ticks_missed.labels(queue=queue, schedule=schedule).inc(count)
 
     def _observe_run(self, queue: str, outcome: str, run_seconds: float) -> None:
         self._m.run_seconds.labels(queue=queue, outcome=outcome).observe(max(0.0, run_seconds))

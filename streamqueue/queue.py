@@ -11,7 +11,7 @@ import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -25,7 +25,9 @@ from streamqueue.hooks import Hooks
 from streamqueue.jobinfo import FINISHED, JOB_STATES, JobInfo
 from streamqueue.pause import PauseFlag
 from streamqueue.retry import RetryPolicy
+from streamqueue.schedule import DEFAULT_CATCH_UP, ScheduleInfo, check_name, check_schedule
 from streamqueue.storage import Document, JobChanges, JobStore, NewJob
+from streamqueue.storage.schedules import ScheduleStore
 from streamqueue.validation import (
     Backoff,
     backoff_seconds,
@@ -531,6 +533,35 @@ class Queue:
     def is_paused(self) -> bool:
         """The stored switch, read now."""
         return self.store.is_paused()
+
+    # -- schedules (docs/SCHEDULES.md) --------------------------------------------------
+
+    def schedule(self, name: str, *, cron: str | None = None, every: float | timedelta | None = None,
+                 payload: Mapping[str, Any] | None = None, priority: int | None = None,
+                 timezone: str = "UTC", misfire: str = "latest", start_at: datetime | None = None,
+                 end_at: datetime | None = None, catch_up: int = DEFAULT_CATCH_UP) -> None:
+        """Create or change the schedule ``name``: a job with ``payload`` at each tick of
+        ``cron`` (in ``timezone``) or of ``every`` seconds, fired by the reapers (and any
+        ``Scheduler``) exactly once per tick. Calling it again with the same arguments
+        changes nothing; with others, the new ticks start after now. Needs a replica set.
+
+        ``misfire``: ticks missed while no scheduler ran: "latest" fires the most recent,
+        "skip" none (unless at most 1 s late), "all" the most recent ``catch_up``.
+        """
+        spec = check_schedule(name, cron=cron, every=every, payload=payload, priority=priority,
+                              timezone=timezone, misfire=misfire, start_at=start_at,
+                              end_at=end_at, catch_up=catch_up, max_attempts=self.max_attempts)
+        store = ScheduleStore(self.store)
+        store.require_transactions()
+        store.save(spec, store.clock_now())
+
+    def unschedule(self, name: str) -> bool:
+        """Remove the schedule ``name``; False if there was none. Fired jobs stay."""
+        return ScheduleStore(self.store).remove(check_name(name))
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule of this queue, by name."""
+        return [ScheduleInfo.from_document(doc) for doc in ScheduleStore(self.store).all()]
 
     def complete_many(self, jobs: Sequence[Job]) -> list[Job]:
         """Complete several held jobs in one round trip; return those whose lease was lost."""

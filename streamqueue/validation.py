@@ -163,12 +163,17 @@ def check_tags(tags: object) -> tuple[str, ...]:
 
 
 def check_tag(tag: object) -> str:
-    if not isinstance(tag, str):
-        raise TypeError(f"a tag must be a str, not {type(tag).__name__}")
-    if not tag or len(tag) > MAX_TAG_CHARS or "\x00" in tag:
-        raise ValueError(f"a tag must be 1 to {MAX_TAG_CHARS} characters without NUL, "
-                         f"not {tag!r}")
-    return tag
+    return check_text("a tag", tag, MAX_TAG_CHARS)
+
+
+def check_text(what: str, value: object, max_chars: int) -> str:
+    """A non-empty str of up to ``max_chars`` without NUL (a label, a key, a name)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if not value or len(value) > max_chars or "\x00" in value:
+        raise ValueError(f"{what} must be 1 to {max_chars} characters without NUL, "
+                         f"not {value!r}")
+    return value
 
 
 # A unique key is an index key: short enough to index on any server version.
@@ -177,11 +182,7 @@ MAX_KEY_CHARS = 512
 
 def check_key(key: object) -> str:
     """A job's unique key: a non-empty str of up to ``MAX_KEY_CHARS`` without NUL."""
-    if not isinstance(key, str):
-        raise TypeError(f"key must be a str, not {type(key).__name__}")
-    if not key or len(key) > MAX_KEY_CHARS or "\x00" in key:
-        raise ValueError(f"key must be 1 to {MAX_KEY_CHARS} characters without NUL, not {key!r}")
-    return key
+    return check_text("key", key, MAX_KEY_CHARS)
 
 
 def check_result(result: object, payload_bytes: int) -> Any:

@@ -117,3 +117,4 @@ def collection(mongo_client: MongoClient[Document]) -> Iterator[Collection[Docum
     yield db[name]
     db.drop_collection(name)
     db.drop_collection(f"{name}.failed")
+    db.drop_collection(f"{name}.schedules")

@@ -37,9 +37,11 @@ from streamqueue.bench.report import (
     write_json,
     write_plots,
 )
+from streamqueue.bench.schedules import schedules
 from streamqueue.testing import ReplicaSet
 
-SCENARIOS = ("latency", "idle", "throughput", "herd", "depth", "lifecycle", "control")
+SCENARIOS = ("latency", "idle", "throughput", "herd", "depth", "lifecycle", "control",
+             "schedules")
 QUIET_LOAD = 1.0
 
 
@@ -279,6 +281,19 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
         def run_control() -> None:
             results.control.extend(control(ctx, samples=config.control_samples))
         attempt("control", run_control)
+
+    if "schedules" in only:
+        ctx.progress(f"schedules: every=1 with 3 schedulers for {config.schedule_seconds:g} s; "
+                     f"idle schedulers for {config.schedule_idle_seconds:g} s")
+
+        def run_schedules() -> None:
+            row = schedules(ctx, seconds=config.schedule_seconds,
+                            idle_seconds=config.schedule_idle_seconds)
+            results.schedules.append(row)
+            ctx.progress(f"  lateness p50 {row.lateness.p50:.2f} ms p99 {row.lateness.p99:.2f} ms "
+                         f"({row.ticks} ticks, {row.duplicates} twice, {row.gaps} gaps); idle "
+                         f"{row.idle_ops_per_s_per_scheduler:.2f} ops/s per scheduler")
+        attempt("schedules", run_schedules)
 
 
 def _run_lifecycle(ctx: BenchContext, config: BenchConfig, attempt: Attempt,

@@ -58,6 +58,9 @@ class BenchConfig:
     herd_queue_per_thread: bool = True
     # Samples of each control latency (pause to stop, resume to claim, cancel to handler).
     control_samples: int = 30
+    # Schedules: seconds of every=1 ticks with 3 schedulers, and of idle schedulers.
+    schedule_seconds: float = 60.0
+    schedule_idle_seconds: float = 30.0
     # The polling consumer (and the floor, which has no push) claims this often when empty.
     poll_interval: float = 0.1
     # A run with no progress for this long stops and reports its losses.
@@ -116,6 +119,8 @@ class BenchConfig:
             retention_jobs=1_000,
             retention_rounds=3,
             control_samples=6,
+            schedule_seconds=8.0,
+            schedule_idle_seconds=5.0,
             stall_timeout=15.0,
             rerun_budget=15.0,
             notes=(

@@ -25,6 +25,7 @@ from streamqueue.bench.consumers import (
 from streamqueue.bench.control import ControlRow
 from streamqueue.bench.lifecycle import ResultWakeRow, RetentionRow, TxnPutRow
 from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
+from streamqueue.bench.schedules import ScheduleRow
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Results:
     retention: list[RetentionRow] = field(default_factory=list)
     txn_put: list[TxnPutRow] = field(default_factory=list)
     control: list[ControlRow] = field(default_factory=list)
+    schedules: list[ScheduleRow] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -381,6 +383,14 @@ def targets_tables(results: Results) -> list[str]:
                       [[r.name, r.requirement, str(r.samples), _num(r.latency.p50),
                         _num(r.latency.p99), _num(r.latency.max), "; ".join(r.errors) or "-"]
                        for r in results.control])
+    if results.schedules:
+        out += ["", "## 9. Schedules (every=1 fired by racing schedulers; idle schedulers)", ""]
+        out += _table(["schedulers", "ticks", "twice / gaps", "lateness p50 ms", "p99 ms",
+                       "max ms", "idle ops/s per scheduler", "errors"],
+                      [[str(r.schedulers), str(r.ticks), f"{r.duplicates} / {r.gaps}",
+                        _num(r.lateness.p50), _num(r.lateness.p99), _num(r.lateness.max),
+                        _num(r.idle_ops_per_s_per_scheduler), "; ".join(r.errors) or "-"]
+                       for r in results.schedules])
     errors = [(r.label, e) for rows in (results.throughput, results.latency, results.idle,
                                          results.depth, results.herd) for r in rows for e in r.errors]
     if errors:

@@ -46,6 +46,12 @@ from streamqueue.cli.options import (
     queue_names,
     seconds,
 )
+from streamqueue.cli.schedules import (
+    cmd_schedule_add,
+    cmd_schedule_list,
+    cmd_schedule_remove,
+    moment,
+)
 from streamqueue.cli.services import cmd_devserver, cmd_reaper, cmd_worker
 from streamqueue.jobinfo import JOB_STATES
 from streamqueue.validation import check_heartbeat
@@ -180,6 +186,20 @@ examples:
   streamqueue failed purge --db app --queue emails --all
 """
 
+SCHEDULE_EPILOG = """\
+examples:
+  streamqueue schedule add --db app --queue reports nightly --cron '0 3 * * *' \\
+      --timezone Europe/Berlin --payload '{"report": "sales"}'
+  streamqueue schedule add --db app --queue pings heartbeat --every 30 --misfire skip
+  streamqueue schedule list --db app --queue reports --json
+  streamqueue schedule remove --db app --queue reports nightly
+
+Each tick fires one job, exactly once, from whichever reaper (or worker run
+with --schedules) gets there first. add with the same options again changes
+nothing; with other options the schedule is changed. remove: exit status 6
+when there is no such schedule. See docs/SCHEDULES.md.
+"""
+
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
@@ -219,6 +239,8 @@ def build_parser() -> ArgumentParser:
     opts.add("--consumer-id", env="CONSUMER_ID", metavar="ID",
              help="name of this consumer in claimed jobs; default host:pid:random")
     _metrics_options(opts)
+    opts.flag("--schedules", env="SCHEDULES",
+              help="also fire the queue's schedules (reapers do by default)")
     opts.flag("--burst", env="BURST",
               help="exit once nothing is due and every slot is idle; retries this worker "
                    "caused that fall due within 10 s are waited for and run first")
@@ -233,6 +255,8 @@ def build_parser() -> ArgumentParser:
              metavar="SECONDS", help="time between passes")
     _metrics_options(opts)
     opts.flag("--once", env="ONCE", help="run one pass and exit (0 if every queue was reaped)")
+    opts.flag("--no-schedules", env="NO_SCHEDULES",
+              help="do not fire the queues' schedules (by default every reaper does)")
     _log_option(opts, "INFO")
     reaper.set_defaults(run=cmd_reaper)
 
@@ -360,7 +384,44 @@ def build_parser() -> ArgumentParser:
     _connection_options(opts, several_queues=False)
     _log_option(opts, "WARNING")
     failed_purge.set_defaults(run=cmd_failed_purge)
+    _schedule_commands(commands)
     return parser
+
+
+def _schedule_commands(commands: Any) -> None:
+    schedule = _subparser(commands, "schedule", "add, list or remove periodic jobs",
+                          SCHEDULE_EPILOG)
+    actions = schedule.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add = _subparser(actions, "add", "create or change a schedule", SCHEDULE_EPILOG)
+    add.add_argument("name", metavar="NAME", help="the schedule's name, unique in the queue")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", metavar="EXPR",
+                      help="a 5-field cron expression or @hourly, @daily, @weekly, ...")
+    when.add_argument("--every", type=positive_seconds, metavar="SECONDS",
+                      help="a tick every SECONDS (at least 1)")
+    add.add_argument("--payload", metavar="JSON", help="each job's payload; default {}")
+    add.add_argument("--priority", type=any_int, metavar="N", help="each job's priority")
+    add.add_argument("--timezone", default="UTC", metavar="TZ",
+                     help="IANA time zone the cron expression is read in; default UTC")
+    add.add_argument("--misfire", choices=("latest", "skip", "all"), default="latest",
+                     help="ticks missed while no scheduler ran: fire the latest (default), "
+                          "skip them, or fire all (up to --catch-up)")
+    add.add_argument("--catch-up", type=positive_int, default=100, metavar="N",
+                     help="with --misfire all, fire at most the N most recent missed ticks")
+    add.add_argument("--start-at", type=moment, metavar="ISO",
+                     help="no tick before this date (with its UTC offset)")
+    add.add_argument("--end-at", type=moment, metavar="ISO", help="no tick after this date")
+    listing = _subparser(actions, "list", "list the queue's schedules", SCHEDULE_EPILOG)
+    remove = _subparser(actions, "remove", "remove a schedule (its fired jobs stay)",
+                        SCHEDULE_EPILOG)
+    remove.add_argument("name", metavar="NAME", help="the schedule's name")
+    for action, run in ((add, cmd_schedule_add), (listing, cmd_schedule_list),
+                        (remove, cmd_schedule_remove)):
+        opts = Options(action)
+        _connection_options(opts, several_queues=False)
+        opts.flag("--json", env="JSON", help="print JSON instead of text")
+        _log_option(opts, "WARNING")
+        action.set_defaults(run=run)
 
 
 def _subparser(commands: Any, name: str, summary: str, epilog: str) -> ArgumentParser:
@@ -427,9 +488,11 @@ def _flatten_queues(values: list[list[str]] | list[str]) -> list[str]:
 
 
 def _check_combinations(args: argparse.Namespace) -> None:
-    command = args.command if args.command != "failed" else f"failed {args.action}"
+    command = (f"{args.command} {args.action}" if args.command in ("failed", "schedule")
+               else args.command)
     queues: list[str] | None = getattr(args, "queue", None)
-    single = command in ("worker", "put", "failed list", "failed retry", "failed purge")
+    single = command in ("worker", "put", "failed list", "failed retry", "failed purge",
+                         "schedule add", "schedule list", "schedule remove")
     if single and queues is not None and len(queues) > 1:
         raise UsageError(f"{command} takes one queue, not {len(queues)} ({', '.join(queues)})")
     if command == "worker" and args.heartbeat is not None:

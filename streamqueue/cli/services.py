@@ -56,6 +56,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     untrack = hooks.track_worker(name, slots=worker.slots, busy=lambda: worker.busy_slots,
                                  last_event_age=queue.watcher.last_event_age)
+    schedulers = _start_schedulers([queue], required=True) if args.schedules else []
     try:
         server = _serve_metrics(args, hooks)
         try:
@@ -68,10 +69,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
             if server is not None:
                 server.close()
     finally:
+        _stop_schedulers(schedulers)
         untrack()
         queue.close()
         session.close()
     return ExitCode.OK
+
+
+def _start_schedulers(queues: list[Any], *, required: bool) -> list[Any]:
+    """A running ``Scheduler`` per queue. Without a replica set: a CONFIG error when the
+    command was asked to fire (``worker --schedules``), else a note and none."""
+    from streamqueue.errors import ConfigurationError
+    from streamqueue.scheduler import Scheduler
+
+    started: list[Any] = []
+    for queue in queues:
+        scheduler = Scheduler(queue)
+        try:
+            scheduler.start()
+        except ConfigurationError as exc:
+            _stop_schedulers(started)
+            if required:
+                raise CliError(str(exc), ExitCode.CONFIG) from None
+            log.info("not firing schedules: %s", exc)
+            return []
+        started.append(scheduler)
+    return started
+
+
+def _stop_schedulers(schedulers: list[Any]) -> None:
+    for scheduler in schedulers:
+        scheduler.stop()
 
 
 def _serve_metrics(args: argparse.Namespace, hooks: Any) -> Any:
@@ -116,10 +144,13 @@ def cmd_reaper(args: argparse.Namespace) -> int:
                                exit_code_for(exc))
             return ExitCode.OK
         server = _serve_metrics(args, hooks)
+        schedulers = [] if args.no_schedules else _start_schedulers(queues, required=False)
         try:
-            log.info("reaper on %s via %s, every %gs", where, redact_uri(args.uri), args.interval)
+            log.info("reaper on %s via %s, every %gs%s", where, redact_uri(args.uri),
+                     args.interval, ", firing schedules" if schedulers else "")
             _run_until_signalled(reaper.run, reaper.stop, "reaper")
         finally:
+            _stop_schedulers(schedulers)
             if server is not None:
                 server.close()
     finally:

@@ -129,7 +129,7 @@ def queue_name(request: pytest.FixtureRequest, fault_client: MongoClient[Documen
     name = f"{base}_{uuid.uuid4().hex[:6]}"
     yield name
     db = fault_client[FAULT_DB]
-    for suffix in ("", ".failed", ".records"):
+    for suffix in ("", ".failed", ".records", ".schedules"):
         db.drop_collection(name + suffix)
 
 

@@ -48,11 +48,13 @@ CONCURRENCY = 4
 # A worker's queue client: the claim loop, one per slot, the heartbeat, the
 # bulk completer and the change stream, plus the driver's two monitoring
 # connections; the handler's record client: one per slot plus two; the
-# reaper: one plus two. A leak grows with the jobs run and crosses these.
+# reaper: its passes, plus the schedules' change stream and their firing
+# (a reaper fires the queue's schedules by default), plus two. A leak grows
+# with the jobs run and crosses these.
 CONNECTION_BOUND = {
     "streamqueue-worker": WORKERS * (CONCURRENCY + 4 + 2),
     "sqfault-recorder": WORKERS * (CONCURRENCY + 2),
-    "streamqueue-reaper": 1 + 2,
+    "streamqueue-reaper": 1 + 2 + 2,
 }
 # After warm-up a pool still opens a connection now and then, the first time
 # more of its threads than ever before talk to the server at once (seen: +5

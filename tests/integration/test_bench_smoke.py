@@ -33,6 +33,7 @@ from streamqueue.bench.consumers import (
 )
 from streamqueue.bench.control import control
 from streamqueue.bench.report import Results, evaluate, markdown, write_json, write_plots
+from streamqueue.bench.schedules import schedules
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,14 @@ def test_control(ctx: BenchContext, results: Results) -> None:
     for row in rows:
         assert row.errors == [] and row.samples == 2 and row.latency.p50 >= 0
     results.control.extend(rows)
+
+
+def test_schedules(ctx: BenchContext, results: Results) -> None:
+    row = schedules(ctx, seconds=3.0, idle_seconds=1.0)
+    assert row.ticks >= 2 and row.duplicates == 0 and row.gaps == 0
+    assert row.lateness.count == row.ticks and row.lateness.p50 >= 0
+    assert row.idle_ops_per_s_per_scheduler >= 0
+    results.schedules.append(row)
 
 
 def test_report(results: Results, tmp_path: Path) -> None:

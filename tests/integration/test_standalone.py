@@ -273,3 +273,14 @@ def test_a_dead_job_whose_key_is_taken_stays_dead_on_retry_without_transactions(
     assert queue.failed.count_documents({"_id": dead}) == 1
     assert standalone.count_documents({"key": "k"}) == 1
     assert queue.put({"n": 3}, key="k") == live
+
+
+def test_schedules_are_refused_without_a_replica_set(
+        make_queue: QueueFactory, standalone: Collection[Document]) -> None:
+    from streamqueue.scheduler import Scheduler
+
+    queue = make_queue(standalone)
+    with pytest.raises(ConfigurationError, match="need a replica set"):
+        queue.schedule("tick", every=1)
+    with pytest.raises(ConfigurationError, match="need a replica set"):
+        Scheduler(queue).start()
