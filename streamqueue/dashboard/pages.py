@@ -160,7 +160,7 @@ class JobView:
                   (f"finished: {self.info.state}", doc.get("finished_at")),
                   ("moved to the error queue", doc.get("failed_at"))]
         dated = [(label, moment) for label, moment in events if isinstance(moment, datetime)]
-        dated.sort(key=lambda item: fmt.seconds_between(item[1], dated[0][1]) or 0.0)
+        dated.sort(key=lambda item: fmt.when(item[1]))  # ISO 8601 UTC sorts as time does
         return [(label, fmt.when(moment)) for label, moment in dated]
 
 
