@@ -20,7 +20,7 @@ SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # "no-referrer" makes form posts send Origin: null
     (b"cache-control", b"no-store"),
 ]
 #: Paths anyone may fetch: the login form and the stylesheet and script it uses.

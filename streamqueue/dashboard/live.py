@@ -64,7 +64,9 @@ class Listener:
         self._feed = feed
         self._loop = loop
         self._changed = asyncio.Event()
-        self._seen = -1
+        # The page was drawn from a fresh read: a snapshot made before it joined may be
+        # older than what it shows, so it waits for the next one.
+        self._seen = feed.latest()[0]
 
     def wake(self) -> None:
         """From the feed's thread."""
@@ -151,6 +153,7 @@ class LiveFeed:
             return False
 
     def _run(self) -> None:
+        self.rates.restart()
         while self._wanted():
             try:
                 self._follow()

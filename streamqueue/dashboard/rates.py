@@ -26,6 +26,11 @@ class RateWindow:
         self._started = clock()
         self._buckets: deque[tuple[int, Counter[tuple[str, str]]]] = deque(maxlen=self._size)
 
+    def restart(self) -> None:
+        """Forget everything: the feed was closed, so the gap since holds no counted events."""
+        self._started = self._clock()
+        self._buckets.clear()
+
     def add(self, queue: str, kind: str, count: int = 1) -> None:
         index = self._index()
         if not self._buckets or self._buckets[-1][0] != index:

@@ -45,6 +45,8 @@ function start() {
   source.addEventListener("error", () => { if (live) { live.hidden = true; } });
   source.addEventListener("summary", (event) => {
     const rows = JSON.parse(event.data);
+    // How many updates this page applied: lets a test (or a curious operator) see it is live.
+    document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
     let unknown = false;
     for (const row of rows) {
       if (!applyRow(table, row)) { unknown = true; }
