@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
+from typing import Any, Protocol
 
 import pytest
 from pymongo import MongoClient
@@ -59,17 +60,22 @@ def dash(mongo_client: MongoClient[Document], db: str, driver: WebDriver) -> Ite
         driver.get("about:blank")  # closes the page's event stream before the server stops
 
 
+class MakeQueue(Protocol):
+    def __call__(self, name: str | None = None, /, **options: Any) -> Queue: ...
+
+
 @pytest.fixture
-def make(mongo_client: MongoClient[Document], db: str) -> Iterator[type[Queue]]:
+def make(mongo_client: MongoClient[Document], db: str) -> Iterator[MakeQueue]:
+    """Queues in the dashboard's database (a fresh name unless given one), closed afterwards."""
     made: list[Queue] = []
 
-    class Made(Queue):
-        def __init__(self, name: str | None = None, **options: object) -> None:
-            super().__init__(mongo_client[db][name or f"q_{uuid.uuid4().hex[:8]}"],
-                             max_await=1.0, **options)  # type: ignore[arg-type]
-            made.append(self)
+    def build(name: str | None = None, /, **options: Any) -> Queue:
+        queue = Queue(mongo_client[db][name or f"q_{uuid.uuid4().hex[:8]}"], max_await=1.0,
+                      **options)
+        made.append(queue)
+        return queue
 
-    yield Made
+    yield build
     for queue in made:
         queue.close()
 
@@ -109,7 +115,8 @@ def _no_alert(driver: WebDriver) -> bool:
 
 
 def test_the_overview_shows_a_job_put_by_another_client_within_a_second(
-        driver: WebDriver, dash: Running, make: type[Queue]) -> None:
+        driver: WebDriver, dash: Running, make: MakeQueue, db: str,
+        other_client: MongoClient[Document]) -> None:
     queue, busy = make("emails"), make("reports")
     queue.put({"to": "a@example.com"})
     busy.put_many([{"n": i} for i in range(12)])
@@ -120,14 +127,15 @@ def test_the_overview_shows_a_job_put_by_another_client_within_a_second(
                                     .get_attribute("data-updates"))
     driver.execute_script("window.__sameDocument = true;")
     assert _cell(driver, "emails", "counts.ready") == "1"
-    Queue(queue.collection).put({"to": "b@example.com"})  # another client's put
+    with Queue(other_client[db]["emails"]) as producer:  # another client, as another process
+        producer.put({"to": "b@example.com"})
     WebDriverWait(driver, 1.0, poll_frequency=0.02).until(
         lambda d: _cell(d, "emails", "counts.ready") == "2")
     assert driver.execute_script("return window.__sameDocument === true;")  # no reload
     _shot(driver, "overview")
 
 
-def test_filter_and_paging(driver: WebDriver, dash: Running, make: type[Queue]) -> None:
+def test_filter_and_paging(driver: WebDriver, dash: Running, make: MakeQueue) -> None:
     queue = make()
     ids = queue.put_many([{"n": i} for i in range(53)])
     vip = queue.put({"vip": True}, tags=["vip"], priority=9)
@@ -153,7 +161,7 @@ def test_filter_and_paging(driver: WebDriver, dash: Running, make: type[Queue]) 
 
 
 def test_a_failed_jobs_page_shows_its_error_and_retry_brings_it_back(
-        driver: WebDriver, dash: Running, make: type[Queue]) -> None:
+        driver: WebDriver, dash: Running, make: MakeQueue) -> None:
     queue = make(max_attempts=1)
     job_id = queue.put({"invoice": 1042, "customer": {"id": 7, "plan": "pro"}}, tags=["billing"])
     job = queue.claim(1)[0]
@@ -176,7 +184,7 @@ def test_a_failed_jobs_page_shows_its_error_and_retry_brings_it_back(
 
 
 def test_cancel_from_the_job_page_removes_the_job(driver: WebDriver, dash: Running,
-                                                  make: type[Queue]) -> None:
+                                                  make: MakeQueue) -> None:
     queue = make()
     job_id = queue.put({"n": 1})
     driver.get(f"{dash.url}/queues/{queue.name}/jobs/{job_id}")
@@ -187,7 +195,7 @@ def test_cancel_from_the_job_page_removes_the_job(driver: WebDriver, dash: Runni
 
 
 def test_pause_shows_and_takes_effect_then_resume(driver: WebDriver, dash: Running,
-                                                  make: type[Queue]) -> None:
+                                                  make: MakeQueue) -> None:
     queue = make()
     consumer = make(queue.name)
     queue.put({"n": 1})
@@ -207,7 +215,7 @@ def test_pause_shows_and_takes_effect_then_resume(driver: WebDriver, dash: Runni
 
 
 def test_bulk_retry_goes_through_a_confirmation(driver: WebDriver, dash: Running,
-                                                make: type[Queue]) -> None:
+                                                make: MakeQueue) -> None:
     queue = make(max_attempts=1)
     queue.put_many([{"n": i} for i in range(3)])
     for job in queue.claim(3):
@@ -221,7 +229,7 @@ def test_bulk_retry_goes_through_a_confirmation(driver: WebDriver, dash: Running
 
 
 def test_hostile_payloads_and_errors_render_as_text_and_run_nothing(
-        driver: WebDriver, dash: Running, make: type[Queue]) -> None:
+        driver: WebDriver, dash: Running, make: MakeQueue) -> None:
     queue = make(max_attempts=1)
     job_id = queue.put(dict(HOSTILE), tags=["<b>tag</b>"], key="<i>key</i>")
     dead_id = queue.put(dict(HOSTILE))
@@ -244,7 +252,7 @@ def test_hostile_payloads_and_errors_render_as_text_and_run_nothing(
 
 
 def test_read_only_mode_has_no_controls(driver: WebDriver, mongo_client: MongoClient[Document],
-                                        db: str, make: type[Queue]) -> None:
+                                        db: str, make: MakeQueue) -> None:
     queue = make(max_attempts=1)
     job_id = queue.put({"n": 1})
     queue.claim(1)[0].error("boom")
@@ -267,7 +275,7 @@ def test_read_only_mode_has_no_controls(driver: WebDriver, mongo_client: MongoCl
 
 
 def test_token_login_and_a_forged_post_from_the_page(
-        driver: WebDriver, mongo_client: MongoClient[Document], db: str, make: type[Queue],
+        driver: WebDriver, mongo_client: MongoClient[Document], db: str, make: MakeQueue,
         caplog: pytest.LogCaptureFixture) -> None:
     for name in SERVER_LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
