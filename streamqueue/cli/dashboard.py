@@ -38,7 +38,7 @@ def add_dashboard_command(commands: Any, subparser: Any, log_option: Any) -> Non
              help="port to listen on")
     opts.flag("--read-only", env="DASHBOARD_READ_ONLY",
               help="show no action controls and refuse every change")
-    parser.add_argument("--auth", choices=("token", "basic"),
+    parser.add_argument("--auth", type=auth_scheme, metavar="{token,basic}",
                         help="require a token (login form, or Authorization: Bearer) or basic "
                              "auth (secret user:password); the secret comes from "
                              "STREAMQUEUE_DASHBOARD_SECRET or --auth-file")
@@ -48,6 +48,15 @@ def add_dashboard_command(commands: Any, subparser: Any, log_option: Any) -> Non
              metavar="SECONDS", help="give up on an unreachable server after this long")
     log_option(opts, "INFO")
     parser.set_defaults(run=cmd_dashboard)
+
+
+def auth_scheme(text: str) -> str:
+    """``token`` or ``basic``; anything else is refused without echoing it (it may be a secret)."""
+    if text in ("token", "basic"):
+        return text
+    raise argparse.ArgumentTypeError(
+        "must be token or basic; the secret itself comes from STREAMQUEUE_DASHBOARD_SECRET "
+        "or --auth-file, never from the command line")
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
+from bson.errors import InvalidId
 
 from streamqueue.dashboard import format as fmt
 from streamqueue.dashboard.queues import QueueRegistry
@@ -126,7 +127,7 @@ def decode_key(text: str | None) -> PageKey | None:
         oid, priority, due = parts
         return PageKey(ObjectId(oid), int(priority),
                        None if not due else _EPOCH + timedelta(milliseconds=int(due)))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, InvalidId) as exc:
         raise BadRequest("the page cursor is malformed") from exc
 
 
