@@ -28,6 +28,7 @@ from streamqueue.bench.consumers import (
     worker_kind,
 )
 from streamqueue.bench.control import control
+from streamqueue.bench.dashboard import dashboard_reads
 from streamqueue.bench.report import (
     Results,
     evaluate,
@@ -38,7 +39,8 @@ from streamqueue.bench.report import (
 )
 from streamqueue.testing import ReplicaSet
 
-SCENARIOS = ("latency", "idle", "throughput", "herd", "depth", "lifecycle", "control")
+SCENARIOS = ("latency", "idle", "throughput", "herd", "depth", "lifecycle", "control",
+             "dashboard")
 QUIET_LOAD = 1.0
 
 
@@ -278,6 +280,18 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
         def run_control() -> None:
             results.control.extend(control(ctx, samples=config.control_samples))
         attempt("control", run_control)
+
+    if "dashboard" in only:
+        ctx.progress(f"dashboard: the pages' reads on a queue of {config.dashboard_jobs:,} jobs, "
+                     f"{config.dashboard_samples} samples each")
+
+        def run_dashboard() -> None:
+            rows = dashboard_reads(ctx, jobs=config.dashboard_jobs, samples=config.dashboard_samples)
+            results.dashboard.extend(rows)
+            for row in rows:
+                ctx.progress(f"  {row.name:55} p50 {row.latency.p50:8.2f} ms  "
+                             f"p99 {row.latency.p99:8.2f} ms  ({row.shows})")
+        attempt("dashboard", run_dashboard)
 
 
 def _run_lifecycle(ctx: BenchContext, config: BenchConfig, attempt: Attempt,

@@ -54,6 +54,9 @@ class BenchConfig:
     herd_queue_per_thread: bool = True
     # Samples of each control latency (pause to stop, resume to claim, cancel to handler).
     control_samples: int = 30
+    # The dashboard's reads on a queue this deep (issue 15: <= 300 ms with 1,000,000 jobs).
+    dashboard_jobs: int = 1_000_000
+    dashboard_samples: int = 20
     # The polling consumer (and the floor, which has no push) claims this often when empty.
     poll_interval: float = 0.1
     # A run with no progress for this long stops and reports its losses.
@@ -112,6 +115,8 @@ class BenchConfig:
             retention_jobs=1_000,
             retention_rounds=3,
             control_samples=6,
+            dashboard_jobs=20_000,
+            dashboard_samples=5,
             stall_timeout=15.0,
             rerun_budget=15.0,
             notes=(

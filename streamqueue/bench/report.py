@@ -13,6 +13,7 @@ from typing import Any
 from streamqueue.bench.common import jsonable
 from streamqueue.bench.consumers import FLOOR, FLOOR_PUSH, POLLING, PUSH, STORE, WORKER
 from streamqueue.bench.control import ControlRow
+from streamqueue.bench.dashboard import DashboardRow
 from streamqueue.bench.lifecycle import ResultWakeRow, RetentionRow, TxnPutRow
 from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
 
@@ -42,6 +43,7 @@ class Results:
     retention: list[RetentionRow] = field(default_factory=list)
     txn_put: list[TxnPutRow] = field(default_factory=list)
     control: list[ControlRow] = field(default_factory=list)
+    dashboard: list[DashboardRow] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -347,6 +349,12 @@ def targets_tables(results: Results) -> list[str]:
                       [[r.name, r.requirement, str(r.samples), _num(r.latency.p50),
                         _num(r.latency.p99), _num(r.latency.max), "; ".join(r.errors) or "-"]
                        for r in results.control])
+    if results.dashboard:
+        out += ["", f"## 9. Dashboard reads on a queue of {results.dashboard[0].jobs:,} jobs "
+                "(client-side on loopback: server time plus one round trip)", ""]
+        out += _table(["read", "samples", "p50 ms", "p99 ms", "max ms", "shows"],
+                      [[r.name, str(r.latency.count), _num(r.latency.p50), _num(r.latency.p99),
+                        _num(r.latency.max), r.shows] for r in results.dashboard])
     errors = [(r.label, e) for rows in (results.throughput, results.latency, results.idle,
                                          results.depth, results.herd) for r in rows for e in r.errors]
     if errors:
