@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+from types import FrameType
 
 import uvicorn
 from pymongo import MongoClient
@@ -31,8 +33,17 @@ class _Server(uvicorn.Server):
         config = self.dashboard
         mode = " (read-only)" if config.read_only else ""
         auth = f", {config.auth.scheme} auth" if config.auth is not None else ""
+        # --port 0 takes any free port: say which.
+        port = self.servers[0].sockets[0].getsockname()[1] if self.servers else self.config.port
         log.info("dashboard for database %s serving on http://%s:%d/%s%s", config.db,
-                 self.config.host, self.config.port, mode, auth)
+                 self.config.host, port, mode, auth)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # SIGINT/SIGTERM is how this service is asked to stop: stop, then exit 0 (uvicorn's
+        # own handler raises the signal again once stopped). A second Ctrl-C forces it.
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
 
 
 def serve(client: MongoClient[Document], config: DashboardConfig) -> None:
@@ -47,3 +58,4 @@ def serve(client: MongoClient[Document], config: DashboardConfig) -> None:
     if not server.started:
         raise ConfigurationError(f"the dashboard could not listen on {config.host}:{config.port} "
                                  "(see the log above)")
+    log.info("dashboard stopped")
