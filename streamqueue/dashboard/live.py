@@ -73,7 +73,8 @@ class Listener:
         self._loop.call_soon_threadsafe(self._changed.set)
 
     async def next(self, timeout: float) -> Snapshot | None:
-        """The newest snapshot once there is one this listener has not sent; None on timeout."""
+        """The newest snapshot once there is one this listener has not sent; None on timeout
+        or once the feed stopped (``LiveFeed.closed``)."""
         version, snapshot = self._feed.latest()
         if snapshot is not None and version != self._seen:
             self._seen = version
@@ -82,6 +83,8 @@ class Listener:
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
         except asyncio.TimeoutError:
+            return None
+        if self._feed.closed:
             return None
         self._seen, snapshot = self._feed.latest()
         return snapshot
@@ -134,9 +137,22 @@ class LiveFeed:
         with self._lock:
             return self._version, self._snapshot
 
-    def close(self) -> None:
-        """Stop the thread within ``MAX_AWAIT`` (the stream's wait) and forget every listener."""
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def stop(self) -> None:
+        """Without blocking: wake every listener, whose page then ends its event stream (so a
+        server stopping has no open response to wait for), and let the thread end."""
         self._closed.set()
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener.wake()
+
+    def close(self) -> None:
+        """``stop``, then wait for the thread (at most ``MAX_AWAIT``, the stream's wait)."""
+        self.stop()
         with self._lock:
             self._listeners.clear()
             thread = self._thread

@@ -133,8 +133,10 @@ async def events(request: Request) -> Response:
 
     async def stream() -> AsyncIterator[str]:
         try:
-            while True:
+            while not dash.feed.closed:  # the server is stopping: end the response
                 snapshot = await listener.next(KEEPALIVE)
+                if dash.feed.closed:
+                    break
                 if snapshot is None:
                     yield ": keep-alive\n\n"
                     continue
@@ -159,12 +161,16 @@ async def _checked_form(request: Request) -> FormData | None:
     return form
 
 
+def _csrf_refused(request: Request) -> Response:
+    return _problem(request, 403, "Refused: the form's CSRF token is missing or wrong. "
+                                  "Reload the page and try again.")
+
+
 async def queue_action(request: Request) -> Response:
     dash = _dash(request)
     form = await _checked_form(request)
     if form is None:
-        return _problem(request, 403, "Refused: the form's CSRF token is missing or wrong. "
-                                      "Reload the page and try again.")
+        return _csrf_refused(request)
     name = await _queue_name(request)
     if name is None:
         return _problem(request, 404, "No such queue in this database.")
@@ -190,8 +196,7 @@ async def job_action(request: Request) -> Response:
     dash = _dash(request)
     form = await _checked_form(request)
     if form is None:
-        return _problem(request, 403, "Refused: the form's CSRF token is missing or wrong. "
-                                      "Reload the page and try again.")
+        return _csrf_refused(request)
     name, job_id = await _queue_name(request), _job_id(request)
     if name is None or job_id is None:
         return _problem(request, 404, "No such queue or job.")
@@ -232,7 +237,7 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     if await _checked_form(request) is None:
-        return _problem(request, 403, "Refused: the form's CSRF token is missing or wrong.")
+        return _csrf_refused(request)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response

@@ -9,9 +9,11 @@ from types import FrameType
 
 import uvicorn
 from pymongo import MongoClient
+from starlette.applications import Starlette
 
 from streamqueue.dashboard.app import create_app
 from streamqueue.dashboard.config import DashboardConfig
+from streamqueue.dashboard.routes import Dashboard
 from streamqueue.errors import ConfigurationError
 from streamqueue.storage import Document
 
@@ -21,10 +23,16 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 2
 
 
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, dashboard: DashboardConfig) -> None:
-        super().__init__(config)
-        self.dashboard = dashboard
+class DashboardServer(uvicorn.Server):
+    """uvicorn's server, told how to stop the dashboard's event streams when asked to exit."""
+
+    def __init__(self, app: Starlette, host: str, port: int) -> None:
+        super().__init__(uvicorn.Config(
+            app, host=host, port=port, log_config=None, lifespan="on",
+            timeout_graceful_shutdown=SHUTDOWN_GRACE, server_header=False))
+        dash: Dashboard = app.state.dashboard
+        self.dashboard = dash.config
+        self.feed = dash.feed
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -44,13 +52,11 @@ class _Server(uvicorn.Server):
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         self.should_exit = True
+        self.feed.stop()  # open pages end their event streams, so nothing holds the exit
 
 
 def serve(client: MongoClient[Document], config: DashboardConfig) -> None:
-    app = create_app(client, config)
-    server = _Server(uvicorn.Config(
-        app, host=config.host, port=config.port, log_config=None, lifespan="on",
-        timeout_graceful_shutdown=SHUTDOWN_GRACE, server_header=False), config)
+    server = DashboardServer(create_app(client, config), config.host, config.port)
     try:
         server.run()
     except SystemExit:  # uvicorn's answer to a port it cannot bind, logged already

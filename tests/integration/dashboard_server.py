@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import uvicorn
 from pymongo import MongoClient
 from starlette.applications import Starlette
 
 from streamqueue.dashboard.app import create_app
 from streamqueue.dashboard.config import DashboardConfig
 from streamqueue.dashboard.routes import Dashboard
+from streamqueue.dashboard.server import DashboardServer
 from streamqueue.storage import Document
 from tests.helpers import wait_until
 
@@ -33,8 +34,7 @@ class Running:
 def running_dashboard(client: MongoClient[Document], config: DashboardConfig) -> Iterator[Running]:
     """Serve ``config`` on a free loopback port; stop the server (and its feed) afterwards."""
     app = create_app(client, config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None,
-                                           lifespan="on", timeout_graceful_shutdown=1))
+    server = DashboardServer(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, name="test-dashboard", daemon=True)
     thread.start()
     assert wait_until(lambda: server.started, timeout=15), "the dashboard did not start"
@@ -42,7 +42,7 @@ def running_dashboard(client: MongoClient[Document], config: DashboardConfig) ->
     try:
         yield Running(f"http://127.0.0.1:{port}", app)
     finally:
-        server.should_exit = True
+        server.handle_exit(signal.SIGTERM, None)  # as the command's signal handler does
         thread.join(timeout=15)
         assert not thread.is_alive(), "the dashboard did not stop"
 

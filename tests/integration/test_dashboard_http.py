@@ -207,3 +207,18 @@ def test_a_put_reaches_an_open_event_stream_without_asking(
         seen = Background(lambda: _next_summary(lines)).start()
         assert '"ready": "2"' in seen.join(timeout=15)
     other.close()
+
+
+def test_stopping_the_server_ends_open_event_streams_at_once(
+        mongo_client: MongoClient[Document], db: str, queue: Queue,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="uvicorn")
+    with running_dashboard(mongo_client, DashboardConfig(db=db)) as running, \
+            httpx.Client(base_url=running.url, timeout=20) as client, \
+            client.stream("GET", "/events") as response:
+        lines = response.iter_lines()
+        assert queue.name in _next_summary(lines)
+        rest = Background(lambda: list(lines)).start()
+        running.dashboard.feed.stop()  # what the server's signal handler does first
+        assert not any(rest.join(timeout=5))  # the stream ended, with nothing more
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
