@@ -20,7 +20,6 @@ class QueueSummary:
     paused: bool
     oldest_ready_age: float
     rates: dict[str, float]
-    rate_span: float
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +44,5 @@ def summarize(reads: DashboardStore, registry: QueueRegistry, names: list[str],
             paused=store.is_paused(),
             oldest_ready_age=store.oldest_available_age(),
             rates={kind: rates.per_second(name, kind) for kind in RATE_KINDS},
-            rate_span=rates.span(),
         ))
     return summaries
