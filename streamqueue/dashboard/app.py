@@ -33,6 +33,9 @@ def templates() -> Jinja2Templates:
                              undefined=jinja2.StrictUndefined)
     env.filters.update(duration=fmt.duration, when=fmt.when, pretty_json=fmt.pretty_json,
                        short_json=fmt.short_json)
+    # Compiled now: a broken template fails at start-up, and no request compiles one.
+    for name in env.list_templates():
+        env.get_template(name)
     return Jinja2Templates(env=env)
 
 

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import anyio
 from pymongo import MongoClient
 from starlette.applications import Starlette
 
@@ -33,6 +34,10 @@ class Running:
 @contextlib.contextmanager
 def running_dashboard(client: MongoClient[Document], config: DashboardConfig) -> Iterator[Running]:
     """Serve ``config`` on a free loopback port; stop the server (and its feed) afterwards."""
+    # anyio imports its file module on the first static file, and pytest rewrites anyio (a
+    # plugin) as it imports it: two threads parsing at once trip CPython 3.11.7's AST
+    # recursion check (SystemError). Imported here, in the test's thread, first.
+    assert anyio.open_file is not None
     app = create_app(client, config)
     server = DashboardServer(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, name="test-dashboard", daemon=True)

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from streamqueue import cli
 from streamqueue.exitcodes import ExitCode
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging() -> Iterator[None]:
+    """``main`` points the root logger at this test's stderr, which pytest closes after it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
 
 # Nothing listens here: a command that got as far as connecting would fail differently.
 URI = "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200"
