@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test unit integration faults lint bench demo devserver clean system-deps
+.PHONY: test unit integration faults lint bench demo devserver dashboard clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,16 +14,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
-# faketime (clock-skew tests) and prometheus/promtool (deploy checks, the live
-# Prometheus test) come from Debian; tests that need them skip with a reason
-# where they cannot be installed.
+# faketime (clock-skew tests), prometheus/promtool (deploy checks, the live
+# Prometheus test) and chromium/chromium-driver (the dashboard's browser tests)
+# come from Debian; tests that need them skip with a reason where they cannot
+# be installed.
 system-deps:
 	@if ! command -v faketime >/dev/null || ! command -v promtool >/dev/null \
-		|| ! command -v prometheus >/dev/null; then \
+		|| ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null \
+		|| ! command -v chromedriver >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime prometheus >/dev/null) \
-			|| echo "warning: could not install faketime/prometheus; those tests will skip"; \
-		else echo "note: faketime/promtool missing and not root; those tests will skip"; fi; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				faketime prometheus chromium chromium-driver >/dev/null) \
+			|| echo "warning: could not install faketime/prometheus/chromium; those tests will skip"; \
+		else echo "note: faketime/promtool/chromium missing and not root; those tests will skip"; fi; \
 	fi
 
 test: $(STAMP) system-deps
@@ -32,7 +35,7 @@ test: $(STAMP) system-deps
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/integration
 
 faults: $(STAMP) system-deps
@@ -49,6 +52,10 @@ demo: $(STAMP)
 
 devserver: $(STAMP)
 	$(BIN)/python -m streamqueue.devserver --nodes 3
+
+# The web dashboard on http://127.0.0.1:8080/ (STREAMQUEUE_URI, STREAMQUEUE_DB set).
+dashboard: $(STAMP)
+	$(BIN)/python -m streamqueue.dashboard $(DASHBOARD_ARGS)
 
 # Throughput, latency, idle load, depth and herd, each against polling and the
 # raw-pymongo floor, on a replica set of its own (~15 min; BENCH_ARGS=--quick: < 2 min).

@@ -29,6 +29,7 @@ from streamqueue.bench.consumers import (
     worker_kind,
 )
 from streamqueue.bench.control import control
+from streamqueue.bench.dashboard import dashboard_reads
 from streamqueue.bench.report import (
     Results,
     evaluate,
@@ -41,7 +42,7 @@ from streamqueue.bench.schedules import schedules
 from streamqueue.testing import ReplicaSet
 
 SCENARIOS = ("latency", "idle", "throughput", "herd", "depth", "lifecycle", "control",
-             "schedules")
+             "schedules", "dashboard")
 QUIET_LOAD = 1.0
 
 
@@ -294,6 +295,17 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
                          f"({row.ticks} ticks, {row.duplicates} twice, {row.gaps} gaps); idle "
                          f"{row.idle_ops_per_s_per_scheduler:.2f} ops/s per scheduler")
         attempt("schedules", run_schedules)
+    if "dashboard" in only:
+        ctx.progress(f"dashboard: the pages' reads on a queue of {config.dashboard_jobs:,} jobs, "
+                     f"{config.dashboard_samples} samples each")
+
+        def run_dashboard() -> None:
+            rows = dashboard_reads(ctx, jobs=config.dashboard_jobs, samples=config.dashboard_samples)
+            results.dashboard.extend(rows)
+            for row in rows:
+                ctx.progress(f"  {row.name:55} p50 {row.latency.p50:8.2f} ms  "
+                             f"p99 {row.latency.p99:8.2f} ms  ({row.shows})")
+        attempt("dashboard", run_dashboard)
 
 
 def _run_lifecycle(ctx: BenchContext, config: BenchConfig, attempt: Attempt,

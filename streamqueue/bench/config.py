@@ -61,6 +61,9 @@ class BenchConfig:
     # Schedules: seconds of every=1 ticks with 3 schedulers, and of idle schedulers.
     schedule_seconds: float = 60.0
     schedule_idle_seconds: float = 30.0
+    # The dashboard's reads on a queue this deep (issue 15: <= 300 ms with 1,000,000 jobs).
+    dashboard_jobs: int = 1_000_000
+    dashboard_samples: int = 20
     # The polling consumer (and the floor, which has no push) claims this often when empty.
     poll_interval: float = 0.1
     # A run with no progress for this long stops and reports its losses.
@@ -121,6 +124,8 @@ class BenchConfig:
             control_samples=6,
             schedule_seconds=8.0,
             schedule_idle_seconds=5.0,
+            dashboard_jobs=20_000,
+            dashboard_samples=5,
             stall_timeout=15.0,
             rerun_budget=15.0,
             notes=(

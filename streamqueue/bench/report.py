@@ -23,6 +23,7 @@ from streamqueue.bench.consumers import (
     WORKER,
 )
 from streamqueue.bench.control import ControlRow
+from streamqueue.bench.dashboard import DashboardRow
 from streamqueue.bench.lifecycle import ResultWakeRow, RetentionRow, TxnPutRow
 from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
 from streamqueue.bench.schedules import ScheduleRow
@@ -54,6 +55,7 @@ class Results:
     txn_put: list[TxnPutRow] = field(default_factory=list)
     control: list[ControlRow] = field(default_factory=list)
     schedules: list[ScheduleRow] = field(default_factory=list)
+    dashboard: list[DashboardRow] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -391,6 +393,12 @@ def targets_tables(results: Results) -> list[str]:
                         _num(r.lateness.p50), _num(r.lateness.p99), _num(r.lateness.max),
                         _num(r.idle_ops_per_s_per_scheduler), "; ".join(r.errors) or "-"]
                        for r in results.schedules])
+    if results.dashboard:
+        out += ["", f"## 10. Dashboard reads on a queue of {results.dashboard[0].jobs:,} jobs "
+                "(client-side on loopback: server time plus one round trip)", ""]
+        out += _table(["read", "samples", "p50 ms", "p99 ms", "max ms", "shows"],
+                      [[r.name, str(r.latency.count), _num(r.latency.p50), _num(r.latency.p99),
+                        _num(r.latency.max), r.shows] for r in results.dashboard])
     errors = [(r.label, e) for rows in (results.throughput, results.latency, results.idle,
                                          results.depth, results.herd) for r in rows for e in r.errors]
     if errors:

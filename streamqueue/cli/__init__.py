@@ -1,7 +1,7 @@
 """The ``streamqueue`` command line (also ``python -m streamqueue``).
 
 Subcommands: ``worker``, ``reaper``, ``devserver``, ``put``, ``stats``, ``show``,
-``jobs``, ``cancel``, ``pause``, ``resume`` and ``failed list|retry|purge``.
+``jobs``, ``cancel``, ``pause``, ``resume``, ``failed list|retry|purge`` and ``dashboard``.
 Every option can also come from an environment variable
 (``STREAMQUEUE_URI``, ``STREAMQUEUE_DB``, ...; the option wins), so a
 URI with a password never has to appear in ``ps``. Errors are one line on
@@ -58,7 +58,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-COMMANDS = ("worker", "reaper", "devserver", "put", "stats", "failed", "cancel", "pause", "resume")
+COMMANDS = ("worker", "reaper", "devserver", "put", "stats", "failed", "cancel", "pause", "resume",
+            "dashboard")
 FAILED_ACTIONS = ("list", "retry", "purge")
 
 

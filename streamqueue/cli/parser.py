@@ -30,6 +30,7 @@ from streamqueue.cli.admin import (
     cmd_show,
     cmd_stats,
 )
+from streamqueue.cli.dashboard import add_dashboard_command
 from streamqueue.cli.options import (
     LOG_LEVELS,
     PROG,
@@ -69,6 +70,7 @@ examples:
   streamqueue jobs --db app --queue emails --state failed
   streamqueue show --db app --queue emails 65f1c0ffee0123456789abcd
   streamqueue failed list --db app --queue emails
+  streamqueue dashboard --db app                        # http://127.0.0.1:8080/
 
 Every option also reads an environment variable, shown in each command's --help;
 the command line wins. Exit status: 0 ok, 1 error, 2 usage, 3 configuration,
@@ -181,6 +183,7 @@ finish and put still works. Exit status 6 when the queue does not exist.
 FAILED_EPILOG = """\
 examples:
   streamqueue failed list --db app --queue emails
+  streamqueue dashboard --db app                        # http://127.0.0.1:8080/
   streamqueue failed retry --db app --queue emails 65f1c0ffee0123456789abcd
   streamqueue failed retry --db app --queue emails            # every dead job
   streamqueue failed purge --db app --queue emails --all
@@ -385,6 +388,8 @@ def build_parser() -> ArgumentParser:
     _log_option(opts, "WARNING")
     failed_purge.set_defaults(run=cmd_failed_purge)
     _schedule_commands(commands)
+
+    add_dashboard_command(commands, _subparser, _log_option)
     return parser
 
 

@@ -980,20 +980,11 @@ class JobStore:
 
     def counts(self) -> QueueCounts:
         def count() -> QueueCounts:
-            # A literal date (the server's own clock) keeps each count a pure
-            # index count; a $expr would fetch every ready document to re-check it.
+            # One instant of the server's clock splits every count (count_filters).
             now = self.jobs.database.command("hello")["localTime"]
-            return QueueCounts(
-                available=self.jobs.count_documents({"state": READY, "available_at": {"$lte": now}}),
-                # Split at the same literal date, so an expired lease the reaper has
-                # not handed on yet is not shown as held (issue 12, item 9).
-                locked=self.jobs.count_documents({"state": LOCKED, "locked_until": {"$gte": now}}),
-                expired=self.jobs.count_documents({"state": LOCKED, "locked_until": {"$lt": now}}),
-                delayed=self.jobs.count_documents({"state": READY, "available_at": {"$gt": now}}),
-                failed=self.failed.count_documents({}),
-                completed=self.jobs.count_documents({"state": COMPLETED}),
-                cancelled=self.jobs.count_documents({"state": CANCELLED}),
-            )
+            live = {name: self.jobs.count_documents(query)
+                    for name, query in count_filters(now).items()}
+            return QueueCounts(**live, failed=self.failed.count_documents({}))
 
         result: QueueCounts = self._call("count", count)
         return result
@@ -1219,6 +1210,24 @@ def _state_filter(state: str | None, now: datetime) -> Document:
     if state in FINISHED_STATES:
         return {"state": state, **HAS_FINISHED}
     return {"state": state}
+
+
+def count_filters(now: datetime) -> dict[str, Document]:
+    """The filter of each state counted in the queue's own collection, by ``QueueCounts`` field.
+
+    A literal date (the server's own clock) keeps each count a pure index
+    count; a $expr would fetch every ready document to re-check it. Locked
+    jobs are split at the same date, so an expired lease the reaper has not
+    handed on yet is not shown as held (issue 12, item 9).
+    """
+    return {
+        "available": {"state": READY, "available_at": {"$lte": now}},
+        "locked": {"state": LOCKED, "locked_until": {"$gte": now}},
+        "expired": {"state": LOCKED, "locked_until": {"$lt": now}},
+        "delayed": {"state": READY, "available_at": {"$gt": now}},
+        "completed": {"state": COMPLETED},
+        "cancelled": {"state": CANCELLED},
+    }
 
 
 def _completed_by(job_id: ObjectId, token: str) -> Document:

@@ -32,6 +32,7 @@ from streamqueue.bench.consumers import (
     worker_kind,
 )
 from streamqueue.bench.control import control
+from streamqueue.bench.dashboard import dashboard_reads
 from streamqueue.bench.report import Results, evaluate, markdown, write_json, write_plots
 from streamqueue.bench.schedules import schedules
 
@@ -143,6 +144,15 @@ def test_schedules(ctx: BenchContext, results: Results) -> None:
     results.schedules.append(row)
 
 
+def test_dashboard(ctx: BenchContext, results: Results) -> None:
+    rows = dashboard_reads(ctx, jobs=1_000, samples=2)
+    assert len(rows) == 8 and all(r.latency.count == 2 and r.latency.p50 >= 0 for r in rows)
+    assert rows[0].shows.startswith("ready 400, delayed 1,000, locked 100")
+    assert "failed 500" in rows[0].shows and "locked 100" in rows[0].shows
+    assert rows[1].shows == "50 rows"
+    results.dashboard.extend(rows)
+
+
 def test_report(results: Results, tmp_path: Path) -> None:
     """Runs last in this module: the rows gathered above make a complete report."""
     if not results.throughput:
@@ -159,6 +169,7 @@ def test_report(results: Results, tmp_path: Path) -> None:
     assert all(t["passed"] in (True, False, None) for t in data["targets"])
     text = markdown(results)
     assert "## Targets" in text and "## 5. Herd" in text and "## 8. Control" in text
+    assert "## 9. Dashboard" in text
     assert "## 6. result() wake-up" in text and "## 7. Throughput with keep_completed" in text
     assert "the queue's own claim and complete called bare" in text
     write_plots(results, tmp_path)

@@ -58,6 +58,7 @@ NOT_RUN: frozenset[tuple[str, str]] = frozenset({
                   "of its own (tests/integration/test_demo.py runs the demo)"),
     ("README.md", "installs into the current environment; make test does this install"),
     ("docs/OPERATIONS.md", "needs Docker, which these machines lack"),
+    ("docs/DASHBOARD.md", "installs into the current environment; make test installs the extra"),
 })
 
 #: Longest any block may run (its own output explains a timeout).
