@@ -169,7 +169,7 @@ def test_report(results: Results, tmp_path: Path) -> None:
     assert all(t["passed"] in (True, False, None) for t in data["targets"])
     text = markdown(results)
     assert "## Targets" in text and "## 5. Herd" in text and "## 8. Control" in text
-    assert "## 9. Dashboard" in text
+    assert "## 9. Schedules" in text and "## 10. Dashboard" in text
     assert "## 6. result() wake-up" in text and "## 7. Throughput with keep_completed" in text
     assert "the queue's own claim and complete called bare" in text
     write_plots(results, tmp_path)
