@@ -1,0 +1,37 @@
+"""Runs plans (``streamqueue.plan``) with pymongo's synchronous driver."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TypeVar
+
+from streamqueue.plan import Call, Invoke, Op, Plan, Sleep, Transaction, step
+
+T = TypeVar("T")
+
+
+def run(plan: Plan[T]) -> T:
+    """Drive ``plan`` to its end; each operation's error is raised inside the plan."""
+    done, item = step(plan, None, None)
+    while not done:
+        try:
+            value, error = execute(item), None
+        except BaseException as exc:  # the plan decides, as if it had made the call itself
+            value, error = None, exc
+        done, item = step(plan, value, error)
+    result: T = item
+    return result
+
+
+def execute(op: Op) -> Any:
+    if isinstance(op, Call):
+        result = getattr(op.target, op.method)(*op.args, **op.kwargs)
+        return list(result) if op.listed else result
+    if isinstance(op, Sleep):
+        time.sleep(op.seconds)
+        return None
+    if isinstance(op, Transaction):
+        with op.client.start_session() as session:
+            return session.with_transaction(lambda s: run(op.body(s)), **op.options)
+    assert isinstance(op, Invoke)
+    return op.fn()
