@@ -47,12 +47,22 @@ class Transaction:
 
 @dataclass(frozen=True)
 class Invoke:
-    """A plain synchronous callable (for callers of ``RetryPolicy.call``)."""
+    """A step of the caller's own, not the database's: a callable such as a wait on the
+    wake-up board or a method a subclass may override. The async runner awaits what it
+    returns when that is awaitable."""
 
     fn: Callable[[], Any]
 
 
-Op = Call | Sleep | Transaction | Invoke
+@dataclass(frozen=True)
+class Detach:
+    """Clean-up the plan's caller will not wait for (it was cancelled): the async runner
+    runs ``plan`` as a task of its own; the sync runner has no such caller and skips it."""
+
+    plan: Plan[Any]
+
+
+Op = Call | Sleep | Transaction | Invoke | Detach
 Plan = Generator[Op, Any, T]
 
 

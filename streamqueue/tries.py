@@ -85,6 +85,10 @@ class BoundedTries:
             return None
         return self._earlier_try_left() or 0.0
 
+    def time_left(self) -> float:
+        """Seconds until the last try is over on the server, whatever became of its reply."""
+        return max(0.0, self._over_at - self._clock()) if self.count else 0.0
+
     def _earlier_try_left(self) -> float | None:
         if self._broken and self._primary() == self._last_primary:
             return max(0.0, self._over_at - self._clock())

@@ -57,7 +57,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from streamqueue.errors import ConfigurationError, InvalidJob, QueueUnavailable, StorageError
-from streamqueue.plan import Call, Op, Plan, Sleep, Transaction, call, listed, once
+from streamqueue.plan import Call, Detach, Op, Plan, Sleep, Transaction, call, listed, once
 from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_transient_bounded
 from streamqueue.servertime import ServerClock
 from streamqueue.storage.runner import run
@@ -500,7 +500,7 @@ class StorePlans:
                         return found
                     found.add(event["documentKey"]["_id"])
             finally:
-                yield call(stream, "close")
+                yield from self.close_stream(stream)
         except OperationFailure as exc:
             if not is_change_stream_unsupported(exc):
                 raise
@@ -526,7 +526,8 @@ class StorePlans:
         token = new_token()
         update = _claim_pipeline(consumer_id, token, lease)
         tries = self._tries()
-        held = call(self.jobs, "find_one", {"state": LOCKED, "lease_token": token})
+        mine = {"state": LOCKED, "lease_token": token}
+        held = call(self.jobs, "find_one", mine)
 
         def attempt() -> Plan[Document | None]:
             if (yield from _retrying(tries)) and (job := (yield held)) is not None:
@@ -541,7 +542,7 @@ class StorePlans:
                     claimed = yield held
                 return claimed
 
-        return (yield from self._retry("claim", attempt, transient=is_transient_bounded))
+        return (yield from self._claimed_or_released("claim", attempt, mine, tries))
 
     def release_claim(self, job_id: ObjectId, token: str) -> Plan[bool]:
         """Undo a claim nobody will use (its caller went away): ready again, attempt uncounted."""
@@ -554,8 +555,8 @@ class StorePlans:
         # token, a colon, and the job's id; found again by that prefix.
         per_job = {"$concat": [f"{token}:", {"$toString": "$_id"}]}
         update = _claim_pipeline(consumer_id, per_job, lease)
-        mine = listed(self.jobs, "find", {"state": LOCKED, "lease_token": {"$regex": f"^{token}:"}},
-                      sort=CLAIM_SORT)
+        query = {"state": LOCKED, "lease_token": {"$regex": f"^{token}:"}}
+        mine = listed(self.jobs, "find", query, sort=CLAIM_SORT)
         tries = self._tries(limit)
 
         def attempt() -> Plan[list[Document]]:
@@ -569,7 +570,35 @@ class StorePlans:
             mine_now: list[Document] = (yield mine) if locked else []
             return mine_now
 
-        return (yield from self._retry("claim many", attempt, transient=is_transient_bounded))
+        return (yield from self._claimed_or_released("claim many", attempt, query, tries))
+
+    def _claimed_or_released(self, action: str, attempt: Callable[[], Plan[T]], mine: Document,
+                             tries: BoundedTries) -> Plan[T]:
+        """Run a claim; if its caller is cancelled meanwhile (asyncio), release what it locked.
+
+        A claim whose reply arrives after the cancellation would otherwise
+        stay locked by nobody until its lease ran out.
+        """
+        try:
+            return (yield from self._retry(action, attempt, transient=is_transient_bounded))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                yield Detach(self._release_abandoned(mine, tries))
+            raise
+
+    def _release_abandoned(self, mine: Document, tries: BoundedTries) -> Plan[None]:
+        """Hand back (uncounted) every job locked under a cancelled claim's token: now, and
+        again once no try of it can still lock anything on the server."""
+        while True:
+            left = tries.time_left()
+            found = yield from self._retry_op("release a cancelled claim", listed(
+                self.jobs, "find", mine, {"_id": 1, "lease_token": 1}))
+            for doc in found:
+                yield from self.release_claim(doc["_id"], doc["lease_token"])
+                log.info("job %s: released, its claim's caller was cancelled", doc["_id"])
+            if left <= 0:
+                return
+            yield Sleep(left)
 
     def _lock_due(self, update: list[Document], limit: int) -> Plan[int]:
         """Lock up to ``limit`` due jobs with ``update``; return how many."""
@@ -1153,6 +1182,14 @@ class StorePlans:
 
         return (yield from self._retry("watch a job", watch))
 
+    def next_change(self, stream: Any) -> Plan[Document | None]:
+        """One wait (up to the stream's ``max_await``) for the next event; None if none came."""
+        event: Document | None = yield call(stream, "try_next")
+        return event
+
+    def close_stream(self, stream: Any) -> Plan[None]:
+        yield call(stream, "close")
+
     def wait_job(self, stream: Any, deadline: float) -> Plan[bool]:
         """Until the job's stream shows a change (True) or the monotonic ``deadline`` passes (False)."""
         while time.monotonic() < deadline:
@@ -1330,24 +1367,6 @@ class JobStore:
               max_await: float) -> ChangeStream[Document]:
         stream: ChangeStream[Document] = run(self.plans.watch(resume_after, max_await))
         return stream
-
-
-class JobChanges:
-    """The change stream of one job, in the queue and the error queue; a context manager."""
-
-    def __init__(self, store: JobStore, job_id: ObjectId) -> None:
-        self._plans = store.plans
-        self._stream: ChangeStream[Document] = run(store.plans.watch_job(job_id))
-
-    def wait(self, deadline: float) -> bool:
-        """Block until the job changes (True) or the monotonic ``deadline`` passes (False)."""
-        return run(self._plans.wait_job(self._stream, deadline))
-
-    def __enter__(self) -> JobChanges:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stream.close()
 
 
 def _retrying(tries: BoundedTries) -> Plan[bool]:

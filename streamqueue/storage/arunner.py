@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from typing import Any, TypeVar
 
-from streamqueue.plan import Call, Invoke, Op, Plan, Sleep, Transaction, step
+from streamqueue.plan import Call, Detach, Invoke, Op, Plan, Sleep, Transaction, step
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 async def arun(plan: Plan[T]) -> T:
@@ -40,5 +42,21 @@ async def aexecute(op: Op) -> Any:
     if isinstance(op, Transaction):
         async with op.client.start_session() as session:
             return await session.with_transaction(lambda s: arun(op.body(s)), **op.options)
+    if isinstance(op, Detach):
+        task = asyncio.get_running_loop().create_task(_detached(op.plan))
+        _DETACHED.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(_DETACHED.discard)
+        return None
     assert isinstance(op, Invoke)
-    return op.fn()
+    result = op.fn()
+    return await result if inspect.isawaitable(result) else result
+
+
+_DETACHED: set[asyncio.Task[Any]] = set()
+
+
+async def _detached(plan: Plan[Any]) -> None:
+    try:
+        await arun(plan)
+    except Exception:
+        log.warning("clean-up after a cancelled operation failed", exc_info=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, TypeVar
 
-from streamqueue.plan import Call, Invoke, Op, Plan, Sleep, Transaction, step
+from streamqueue.plan import Call, Detach, Invoke, Op, Plan, Sleep, Transaction, step
 
 T = TypeVar("T")
 
@@ -33,5 +33,10 @@ def execute(op: Op) -> Any:
     if isinstance(op, Transaction):
         with op.client.start_session() as session:
             return session.with_transaction(lambda s: run(op.body(s)), **op.options)
+    if isinstance(op, Detach):
+        # Only a cancelled asyncio caller leaves work behind; a thread interrupted by
+        # KeyboardInterrupt is going away, and its lease covers whatever it held.
+        op.plan.close()
+        return None
     assert isinstance(op, Invoke)
     return op.fn()
