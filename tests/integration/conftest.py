@@ -45,8 +45,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``sync_only`` run only as their sync variant."""
     items[:] = [item for item in items if not (
         item.get_closest_marker("sync_only") is not None
-        and getattr(item, "callspec", None) is not None
-        and item.callspec.params.get("api") == "async")]
+        and getattr(getattr(item, "callspec", None), "params", {}).get("api") == "async")]
 
 
 @pytest.fixture
