@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 AsyncHandler = Callable[..., Awaitable[object]]
 # A claim loop that found nothing waits this long at most before it looks again.
 CLAIM_WAIT = 30.0
+# The most free places the claim loop waits for before it claims (see _refill).
+REFILL_CAP = 100
 
 
 class AsyncWorker:
@@ -57,6 +59,9 @@ class AsyncWorker:
         self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
         self.backoff = ExponentialBackoff() if backoff is None else check_backoff(backoff)
         self._pass_job = wants_job(handler)
+        # Claim once this many places are free (while handlers run): one round trip
+        # fills many places instead of one.
+        self._refill = max(1, min(REFILL_CAP, concurrency // 4))
         self._tasks: dict[asyncio.Task[None], AsyncJob] = {}
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -116,21 +121,29 @@ class AsyncWorker:
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
             free = self.slots - len(self._tasks)
-            if free == 0:
+            if free < self._refill and self._tasks:
+                # The claim loop is one coroutine: claiming one job per finished
+                # handler would make its round trips the limit. Claim in batches.
                 self._room.clear()
                 await self._room.wait()
                 continue
             idle_before = not self._tasks
-            jobs = await self._claim(free, wait=not (self.burst and idle_before))
+            # Burst mode never waits on the stream: it stops at the first empty
+            # claim made while no handler ran (one that fails requeues its job).
+            jobs = await self._claim(free, wait=not self.burst)
             if jobs is None:
                 continue
             for job in jobs:
                 task = asyncio.create_task(self._run_job(job))
                 self._tasks[task] = job
                 task.add_done_callback(self._finished)
-            if self.burst and not jobs and idle_before:
-                log.info("burst mode: nothing due and no handler running; stopping")
-                return
+            if self.burst and not jobs:
+                if idle_before:
+                    log.info("burst mode: nothing due and no handler running; stopping")
+                    return
+                if self._tasks:  # else they all finished during the claim: claim again
+                    self._room.clear()
+                    await self._room.wait()
 
     async def _claim(self, want: int, *, wait: bool) -> list[AsyncJob] | None:
         """Up to ``want`` jobs, waiting on the stream for the first; None if interrupted."""

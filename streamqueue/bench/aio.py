@@ -5,7 +5,10 @@ against the sync one, in the same run and on the same server.
   loop against ``Queue.next`` on 4 threads; rounds alternate, medians reported;
 - latency: enqueue (from another client, one job every 20 ms) to claim by a waiting
   consumer, p50 and p99, for each API;
-- idle: commands per second an idle ``AsyncQueue`` consumer (``next(timeout=None)``) sends.
+- idle: commands per second an idle ``AsyncQueue`` consumer (``next(timeout=None)``) sends;
+- worker: an ``AsyncWorker`` at concurrency 500 draining N jobs whose handlers await
+  0.1 s, against the same with handlers that return at once; and the process's RSS
+  while 500 handlers are in flight.
 
 Prints one JSON object; without ``--uri`` it starts a single-node replica set of its own.
 """
@@ -27,12 +30,16 @@ from typing import Any
 from pymongo import AsyncMongoClient, MongoClient, monitoring
 
 from streamqueue.aio import AsyncQueue
+from streamqueue.aio.worker import AsyncWorker
 from streamqueue.bench.common import percentile
 from streamqueue.queue import Queue
 from streamqueue.storage import Document
 from streamqueue.testing import ReplicaSet
 
 CONSUMERS = 4
+# The async worker: handlers that await this long (I/O-bound), this many in flight.
+WORKER_NAP = 0.1
+WORKER_CONCURRENCY = 500
 
 
 class Commands(monitoring.CommandListener):
@@ -50,7 +57,8 @@ class Commands(monitoring.CommandListener):
 
 
 def _fill(uri: str, db: str, name: str, jobs: int) -> None:
-    with Queue(MongoClient(uri)[db][name]) as queue:
+    client: MongoClient[Document]
+    with MongoClient(uri) as client, Queue(client[db][name]) as queue:
         for start in range(0, jobs, 1000):
             queue.put_many([{"n": n} for n in range(start, min(jobs, start + 1000))])
 
@@ -112,7 +120,8 @@ async def async_drain(uri: str, db: str, name: str, jobs: int) -> float:
 
 def _produce(uri: str, db: str, name: str, count: int, gap: float,
              stop: threading.Event) -> None:
-    with Queue(MongoClient(uri)[db][name]) as producer:
+    client: MongoClient[Document]
+    with MongoClient(uri) as client, Queue(client[db][name]) as producer:
         for _ in range(count):
             if stop.wait(gap):
                 return
@@ -174,6 +183,42 @@ async def async_idle(uri: str, db: str, name: str, seconds: float) -> float:
     return sent / seconds
 
 
+def rss_mib() -> float:
+    """This process's resident memory now (Linux), in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def worker_drain(uri: str, db: str, name: str, jobs: int, nap: float,
+                       concurrency: int) -> tuple[float, int, float]:
+    """(jobs/s, most handlers in flight, RSS MiB then) of an AsyncWorker draining ``jobs``."""
+    await asyncio.to_thread(_fill, uri, db, name, jobs)
+    client: AsyncMongoClient[Document] = AsyncMongoClient(uri)
+    in_flight = most = 0
+    peak_rss = 0.0
+
+    async def handler(payload: dict[str, Any]) -> None:
+        nonlocal in_flight, most, peak_rss
+        in_flight += 1
+        if in_flight > most:
+            most = in_flight
+            peak_rss = rss_mib()
+        if nap:
+            await asyncio.sleep(nap)
+        in_flight -= 1
+
+    async with AsyncQueue(client[db][name]) as queue:
+        worker = AsyncWorker(queue, handler, concurrency=concurrency, burst=True)
+        started = time.monotonic()
+        await worker.run()
+        elapsed = time.monotonic() - started
+    await client.close()
+    return jobs / elapsed, most, peak_rss
+
+
 def run(uri: str, jobs: int, rounds: int, latency_jobs: int, idle_seconds: float,
         say: Callable[[str], None]) -> dict[str, Any]:
     db = f"streamqueue_bench_aio_{uuid.uuid4().hex[:6]}"
@@ -192,7 +237,19 @@ def run(uri: str, jobs: int, rounds: int, latency_jobs: int, idle_seconds: float
     sync_waits = sync_latency(uri, db, name(), latency_jobs)
     async_waits = asyncio.run(async_latency(uri, db, name(), latency_jobs))
     idle = asyncio.run(async_idle(uri, db, name(), idle_seconds))
-    MongoClient(uri).drop_database(db)
+    instant: list[float] = []
+    napping: list[float] = []
+    most, rss = 0, 0.0
+    for round_no in range(rounds):
+        instant.append(asyncio.run(worker_drain(uri, db, name(), jobs, 0.0, WORKER_CONCURRENCY))[0])
+        rate, most, rss = asyncio.run(worker_drain(uri, db, name(), jobs, WORKER_NAP,
+                                                   WORKER_CONCURRENCY))
+        napping.append(rate)
+        say(f"worker round {round_no + 1}: instant {instant[-1]:.0f} jobs/s, "
+            f"awaiting {WORKER_NAP}s {napping[-1]:.0f} jobs/s, {most} in flight, {rss:.0f} MiB")
+    dropper: MongoClient[Document]
+    with MongoClient(uri) as dropper:
+        dropper.drop_database(db)
     sync_rate, async_rate = statistics.median(sync_rates), statistics.median(async_rates)
     return {
         "jobs": jobs, "rounds": rounds, "consumers": CONSUMERS,
@@ -205,6 +262,16 @@ def run(uri: str, jobs: int, rounds: int, latency_jobs: int, idle_seconds: float
                   "p99": round(percentile(sorted(waits), 99) * 1000, 1)}
             for api, waits in (("sync", sync_waits), ("async", async_waits))},
         "idle_async_ops_per_s": round(idle, 2),
+        "worker": {
+            "concurrency": WORKER_CONCURRENCY,
+            "instant_jobs_per_s": round(statistics.median(instant)),
+            "awaiting_jobs_per_s": round(statistics.median(napping)),
+            "awaiting_to_instant": round(statistics.median(napping) / statistics.median(instant), 2),
+            "instant_rounds": [round(rate) for rate in instant],
+            "awaiting_rounds": [round(rate) for rate in napping],
+            "most_in_flight": most,
+            "rss_mib_at_most_in_flight": round(rss, 1),
+        },
     }
 
 
