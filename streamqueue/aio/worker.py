@@ -18,12 +18,18 @@ import time
 from collections.abc import Awaitable, Callable
 
 from streamqueue.aio.queue import AsyncJob, AsyncQueue
-from streamqueue.backoff import ExponentialBackoff
 from streamqueue.errors import LeaseLost, PermissionDenied, StreamQueueError
 from streamqueue.queuebase import traceback_text
 from streamqueue.storage.arunner import arun
-from streamqueue.validation import Backoff, check_backoff, check_heartbeat, check_seconds
-from streamqueue.worker import CANCEL_TICK, CANCEL_WATCH_AFTER, OUTAGE_PAUSE, wants_job
+from streamqueue.validation import Backoff
+from streamqueue.worker import (
+    CANCEL_TICK,
+    CANCEL_WATCH_AFTER,
+    OUTAGE_PAUSE,
+    check_count,
+    lease_keeping,
+    wants_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +54,12 @@ class AsyncWorker:
         if not asyncio.iscoroutinefunction(handler):
             raise TypeError("AsyncWorker runs coroutine functions (async def); "
                             "use Worker for plain functions")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be a positive int, not {concurrency!r}")
         self.queue = queue
         self.handler = handler
-        self.slots = concurrency
+        self.slots = check_count("concurrency", concurrency)
         self.burst = burst
-        self.heartbeat = check_heartbeat(
-            queue.lease / 3 if heartbeat is None else heartbeat, queue.lease)
-        self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
-        self.backoff = ExponentialBackoff() if backoff is None else check_backoff(backoff)
+        self.heartbeat, self.shutdown_grace, self.backoff = lease_keeping(
+            queue.lease, heartbeat, shutdown_grace, backoff)
         self._pass_job = wants_job(handler)
         # Claim once this many places are free (while handlers run): one round trip
         # fills many places instead of one.
