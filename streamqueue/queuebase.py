@@ -328,6 +328,10 @@ class QueueBase(Generic[J]):
         """The client of ``session`` if it is a session of this flavour; else TypeError."""
         raise NotImplementedError
 
+    def _closing(self) -> bool:
+        """True once waiters should stop waiting (an ``AsyncQueue`` after ``close``)."""
+        return False
+
     # -- producing ------------------------------------------------------------------
 
     def _put(self, payload: Mapping[str, Any], priority: int | None, delay: float,
@@ -416,7 +420,7 @@ class QueueBase(Generic[J]):
             if woken:
                 self.hooks.claim_empty(self.name)
             wake = yield from self._wait_for_wakeup(deadline)
-            if wake is Wake.TIMEOUT and time.monotonic() >= deadline:
+            if wake is Wake.TIMEOUT and (time.monotonic() >= deadline or self._closing()):
                 return []
             # After a resume the claim is the one made before waiting, not a wake-up.
             woken = wake is not Wake.RESUME

@@ -129,6 +129,9 @@ class AsyncQueue(QueueBase[AsyncJob]):
     def _resume_step(self) -> Invoke:
         return Invoke(self.watcher.resume)
 
+    def _closing(self) -> bool:
+        return self._closed
+
     def _session_client(self, session: object) -> Any:
         if not isinstance(session, AsyncClientSession):
             raise TypeError(f"session must be a pymongo AsyncClientSession, not "
@@ -164,7 +167,7 @@ class AsyncQueue(QueueBase[AsyncJob]):
     async def next_batch(self, limit: int, timeout: float | None = 0) -> list[AsyncJob]:
         """Claim up to ``limit`` due jobs, waiting as ``next`` does for the first."""
         deadline = self._deadline(limit, timeout)
-        if timeout == 0:
+        if timeout == 0 or self._closed:
             return await self.claim(limit)
         await self.watcher.start()
         with self.board.waiting():

@@ -16,6 +16,7 @@ from pymongo.collection import Collection
 from streamqueue import Queue
 from streamqueue.aio import AsyncJob, AsyncQueue
 from streamqueue.storage import Document
+from tests.helpers import CommandCounter
 from tests.integration.failpoints import app_name, fail_point
 from tests.integration.processes import CliProcess, child_env, cli_processes
 
@@ -161,3 +162,24 @@ def test_a_sync_producer_and_an_async_consumer_share_a_queue(
 def test_async_queue_refuses_a_sync_collection(collection: Collection[Document]) -> None:
     with pytest.raises(TypeError, match="AsyncCollection"):
         AsyncQueue(collection)  # type: ignore[arg-type]
+
+
+def test_close_ends_a_waiting_next_without_claiming_over_and_over(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    counter = CommandCounter()
+
+    async def scenario() -> int:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_uri, event_listeners=[counter])
+        queue = AsyncQueue(client[collection.database.name][collection.name], max_await=1.0)
+        waiting = asyncio.create_task(queue.next(timeout=30))
+        await asyncio.sleep(0.3)
+        before = counter.count("findAndModify", collection.name)
+        await queue.close()
+        assert await asyncio.wait_for(waiting, 20) is None
+        claims = counter.count("findAndModify", collection.name) - before
+        await client.close()
+        return claims
+
+    # The close wakes the waiter once: one claim, then it returns instead of waiting on.
+    assert asyncio.run(scenario()) <= 1
