@@ -52,7 +52,9 @@ from streamqueue.validation import (
 from streamqueue.wakeups import Wake, WakeupBoard
 from streamqueue.watcher import StreamEvents
 
-log = logging.getLogger(__name__)
+# Job outcomes have always been logged as "streamqueue.queue": logging set up by
+# that name keeps working for Queue and AsyncQueue alike.
+log = logging.getLogger("streamqueue.queue")
 
 J = TypeVar("J", bound="JobBase")
 
