@@ -32,15 +32,26 @@ class PauseFlag:
 
     def paused(self) -> bool:
         """The switch as known now, reading it when the known value may be stale."""
+        known, seen = self.known()
+        if known is not None:
+            return known
+        return self.learned(self._read(), seen)
+
+    def known(self) -> tuple[bool | None, tuple[int | None, int]]:
+        """The value if it can be trusted now, else None and what to pass to ``learned``
+        with the value read next (for callers that read it themselves, such as plans)."""
         with self._lock:
             epoch = self._stream_epoch()
-            events = self._events
             if self._read_at is not None and (
                     (epoch is not None and epoch == self._epoch)
                     or self._clock() - self._read_at < RECHECK):
-                return self._value
-        # The epoch is taken before the read: a change after it comes as an event.
-        value = self._read()
+                return self._value, (epoch, self._events)
+            # The epoch is taken before the read: a change after it comes as an event.
+            return None, (epoch, self._events)
+
+    def learned(self, value: bool, seen: tuple[int | None, int]) -> bool:
+        """The switch was read as ``value`` after ``known`` returned ``seen``; the value to use."""
+        epoch, events = seen
         with self._lock:
             if self._events != events:
                 # An event came during the read and may be newer than it: it wins.

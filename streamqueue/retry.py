@@ -1,6 +1,6 @@
 """Which MongoDB errors are worth another try, and what callers see when they are not.
 
-The storage layer runs every operation through ``RetryPolicy.call`` and turns
+The storage layer runs every operation through ``RetryPolicy.plan`` and turns
 what escapes into the ``streamqueue.errors`` hierarchy with ``translate``.
 """
 
@@ -24,13 +24,6 @@ from pymongo.errors import (
     WriteConcernError,
     WriteError,
 )
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
 from streamqueue.errors import (
     InvalidJob,
@@ -39,6 +32,7 @@ from streamqueue.errors import (
     StorageError,
     StreamQueueError,
 )
+from streamqueue.plan import Invoke, Plan, Sleep, once
 
 log = logging.getLogger(__name__)
 
@@ -140,36 +134,32 @@ class RetryPolicy:
         transient: Callable[[BaseException], bool] = is_transient,
     ) -> T:
         """Run ``fn``; retry errors ``transient`` accepts; translate the rest into StreamQueueError."""
-        # Nearly every call succeeds at once: the first try skips building the
-        # retry machinery (~14 us a call, on every claim and completion).
-        try:
-            return fn()
-        except (PyMongoError, DocumentTooLarge) as exc:
-            if not transient(exc):
-                raise translate(exc, action) from exc
-            log.warning("%s failed (try 1), retrying: %s", action, exc)
-        time.sleep(random.uniform(0, self.initial))
-        retrying = Retrying(
-            retry=retry_if_exception(transient),
-            wait=wait_random_exponential(multiplier=self.initial, max=self.cap),
-            stop=stop_after_delay(self.max_delay),
-            before_sleep=_log_retry(action, tries_before=1),
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return fn()
-        # DocumentTooLarge derives from bson's InvalidDocument, not PyMongoError.
-        except (PyMongoError, DocumentTooLarge) as exc:
-            raise translate(exc, action) from exc
-        raise AssertionError("unreachable: tenacity either returns or raises")
+        from streamqueue.storage.runner import run  # the storage layer imports this module
 
+        result: T = run(self.plan(action, lambda: once(Invoke(fn)), transient))
+        return result
 
-def _log_retry(action: str, tries_before: int = 0) -> Callable[[RetryCallState], None]:
-    def log_it(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning("%s failed (try %d), retrying: %s", action,
-                    tries_before + state.attempt_number, exc)
+    def plan(
+        self,
+        action: str,
+        attempt: Callable[[], Plan[T]],
+        transient: Callable[[BaseException], bool] = is_transient,
+    ) -> Plan[T]:
+        """Run the plan ``attempt()`` makes, again after each transient error, as a plan.
 
-    return log_it
+        Full-jitter exponential waits (``initial`` doubling up to ``cap``);
+        gives up once ``max_delay`` has passed since the first try. The one
+        retry loop of both the sync and the async API.
+        """
+        started = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return (yield from attempt())
+            # DocumentTooLarge derives from bson's InvalidDocument, not PyMongoError.
+            except (PyMongoError, DocumentTooLarge) as exc:
+                if not transient(exc) or time.monotonic() - started >= self.max_delay:
+                    raise translate(exc, action) from exc
+                log.warning("%s failed (try %d), retrying: %s", action, tries, exc)
+            yield Sleep(random.uniform(0, min(self.cap, self.initial * 2 ** (tries - 1))))

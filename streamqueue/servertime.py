@@ -123,12 +123,19 @@ class ServerClock:
         return self._server_id is not None and self._server_id() != anchor.server
 
     def _fetch(self) -> Anchor:
+        server, sent = self.begin_fetch()
+        return self.accept(self._hello(), server, sent)
+
+    def begin_fetch(self) -> tuple[Hashable | None, float]:
+        """Before sending ``hello`` yourself (a plan does): the server meant, and when it was sent."""
         # Named before asking: if the primary changes in between, the next
         # call sees a different name and asks again, rather than trusting a
         # reply from a server it did not mean.
         server = self._server_id() if self._server_id is not None else None
-        sent = self._monotonic()
-        reply = self._hello()
+        return server, self._monotonic()
+
+    def accept(self, reply: Mapping[str, Any], server: Hashable | None, sent: float) -> Anchor:
+        """Anchor the estimate on a ``hello`` reply; return it."""
         # Anchored at arrival, not at sending nor half-way: the server's
         # localTime is then at most this old, so the estimate errs low.
         received = self._monotonic()
@@ -141,6 +148,10 @@ class ServerClock:
                         round_trip=max(0.0, received - sent), server=server)
         self._anchor = anchor
         return anchor
+
+    def estimate(self, anchor: Anchor) -> datetime:
+        """The server's time now, carried forward from ``anchor``."""
+        return self._estimate(anchor)
 
 
 def _utc(moment: datetime) -> datetime:

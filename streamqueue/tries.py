@@ -71,6 +71,25 @@ class BoundedTries:
         """False before the first try; on a retry, True once every earlier try is over."""
         if self.count == 0:
             return False
-        if self._broken and self._primary() == self._last_primary:
-            self._sleep(max(0.0, self._over_at - self._clock()))
+        wait = self._earlier_try_left()
+        if wait is not None:
+            self._sleep(wait)
         return True
+
+    def retry_wait(self) -> float | None:
+        """None before the first try; on a retry, how long until every earlier try is over.
+
+        For plans, which yield the wait instead of blocking on it.
+        """
+        if self.count == 0:
+            return None
+        return self._earlier_try_left() or 0.0
+
+    def time_left(self) -> float:
+        """Seconds until the last try is over on the server, whatever became of its reply."""
+        return max(0.0, self._over_at - self._clock()) if self.count else 0.0
+
+    def _earlier_try_left(self) -> float | None:
+        if self._broken and self._primary() == self._last_primary:
+            return max(0.0, self._over_at - self._clock())
+        return None

@@ -21,6 +21,8 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Protocol
 
 
 class Wake(enum.Enum):
@@ -31,13 +33,23 @@ class Wake(enum.Enum):
     RESUME = "resume"  # the stream was paused: reopen it, then claim before waiting
 
 
+class Signal(Protocol):
+    """What the board needs of its lock and wake-up: ``threading.Condition``'s shape."""
+
+    def __enter__(self) -> object: ...
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None, /) -> object: ...
+    def notify(self, n: int = 1) -> None: ...
+    def notify_all(self) -> None: ...
+
+
 class WakeupBoard:
     # Due times closer than this are one wake-up: the same job learnt twice.
     DUE_TOLERANCE = 0.05
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._cond = threading.Condition()
+        self._cond: Signal = threading.Condition()
         self._waiters = 0
         self._permits = 0
         self._due: list[float] = []  # sorted monotonic times
@@ -155,30 +167,41 @@ class WakeupBoard:
         with self._cond:
             started = self._clock()
             while True:
-                if self._permits > 0:
-                    self._permits -= 1
-                    return Wake.EVENT
-                now = self._clock()
-                if self._due and self._due[0] <= now:
-                    del self._due[0]
-                    return Wake.DUE
-                if now >= until:
-                    return Wake.TIMEOUT
-                if self._paused:
-                    return Wake.RESUME
-                timeout = until - now
-                if self._due:
-                    timeout = min(timeout, self._due[0] - now)
-                if self._poll_interval is not None:
-                    poll_at = started + self._poll_interval
-                    if now >= poll_at:
-                        return Wake.POLL
-                    timeout = min(timeout, poll_at - now)
-                self._block(timeout)
+                decided = self._decide(started, until)
+                if isinstance(decided, Wake):
+                    return decided
+                self._block(decided)
+
+    def _decide(self, started: float, until: float) -> Wake | float:
+        """The wake-up a waiter takes now, or how long it may block before asking again.
+
+        Called under the board's lock; shared by the thread and the asyncio boards.
+        """
+        if self._permits > 0:
+            self._permits -= 1
+            return Wake.EVENT
+        now = self._clock()
+        if self._due and self._due[0] <= now:
+            del self._due[0]
+            return Wake.DUE
+        if now >= until:
+            return Wake.TIMEOUT
+        if self._paused:
+            return Wake.RESUME
+        timeout = until - now
+        if self._due:
+            timeout = min(timeout, self._due[0] - now)
+        if self._poll_interval is not None:
+            poll_at = started + self._poll_interval
+            if now >= poll_at:
+                return Wake.POLL
+            timeout = min(timeout, poll_at - now)
+        return timeout
 
     def _block(self, timeout: float) -> None:
         self._blocked += 1
         try:
+            assert isinstance(self._cond, threading.Condition)
             self._cond.wait(timeout)
         finally:
             self._blocked -= 1

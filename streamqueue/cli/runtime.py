@@ -76,9 +76,8 @@ def configure_logging(level: str, secret_uri: str | None = None,
 # -- MongoDB ------------------------------------------------------------------------------------
 
 
-def connect(uri: str, server_timeout: float, appname: str) -> MongoClient[Document]:
-    """A client that has answered a ping, or a ``CliError`` saying why not (one line)."""
-    shown = redact_uri(uri)
+def client_options(uri: str, server_timeout: float, appname: str) -> dict[str, Any]:
+    """The client options of every command (the async worker's client takes them too)."""
     timeout_ms = max(1, round(server_timeout * 1000))
     options: dict[str, Any] = {"appname": appname}
     # Timeouts written in the URI win over the command line's default.
@@ -87,6 +86,13 @@ def connect(uri: str, server_timeout: float, appname: str) -> MongoClient[Docume
         options["serverSelectionTimeoutMS"] = timeout_ms
     if "connecttimeoutms=" not in lowered:
         options["connectTimeoutMS"] = min(timeout_ms, 20000)
+    return options
+
+
+def connect(uri: str, server_timeout: float, appname: str) -> MongoClient[Document]:
+    """A client that has answered a ping, or a ``CliError`` saying why not (one line)."""
+    shown = redact_uri(uri)
+    options = client_options(uri, server_timeout, appname)
     try:
         with warnings.catch_warnings():
             # The driver warns and ignores an invalid option; a command line

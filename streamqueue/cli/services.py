@@ -8,6 +8,7 @@ queue machinery is imported inside each command so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import signal
@@ -44,6 +45,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     session = open_session(args, "streamqueue-worker")
     name = session.queues[0]
     hooks.touch_queue(name)
+    if inspect.iscoroutinefunction(handler):
+        # async def handlers run on an event loop: --concurrency coroutines in flight.
+        session.close()
+        return _run_async_worker(args, handler, hooks, session.db, name)
     try:
         # No max_attempts: each job carries the one it was enqueued with, and
         # the reaper (another process) judges by that same number.
@@ -100,6 +105,52 @@ def _start_schedulers(queues: list[Any], *, required: bool) -> list[Any]:
 def _stop_schedulers(schedulers: list[Any]) -> None:
     for scheduler in schedulers:
         scheduler.stop()
+
+
+def _run_async_worker(args: argparse.Namespace, handler: Callable[..., Any], hooks: Any,
+                      db: str, name: str) -> int:
+    import asyncio
+
+    from pymongo import AsyncMongoClient
+
+    from streamqueue.aio import AsyncQueue
+    from streamqueue.aio.worker import AsyncWorker
+    from streamqueue.backoff import ExponentialBackoff
+    from streamqueue.cli.runtime import client_options
+
+    async def main() -> None:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            args.uri, **client_options(args.uri, args.server_timeout, "streamqueue-worker"))
+        try:
+            try:
+                queue = AsyncQueue(client[db][name], args.consumer_id, lease=args.lease,
+                                   hooks=hooks)
+                worker = AsyncWorker(
+                    queue, handler, concurrency=args.concurrency, heartbeat=args.heartbeat,
+                    shutdown_grace=args.shutdown_grace, burst=args.burst,
+                    backoff=ExponentialBackoff(base=args.backoff, cap=args.backoff_cap))
+            except (TypeError, ValueError) as exc:
+                raise UsageError(str(exc)) from None
+            untrack = hooks.track_worker(name, slots=worker.slots,
+                                         busy=lambda: worker.busy_slots,
+                                         last_event_age=queue.watcher.last_event_age)
+            server = _serve_metrics(args, hooks)
+            try:
+                log.info("async worker %s: %s on %s.%s via %s, %d in flight, lease %gs",
+                         queue.consumer_id, args.handler, db, name, redact_uri(args.uri),
+                         worker.slots, queue.lease)
+                worker.install_signal_handlers()
+                await worker.run()
+            finally:
+                if server is not None:
+                    server.close()
+                untrack()
+                await queue.close()
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+    return ExitCode.OK
 
 
 def _serve_metrics(args: argparse.Namespace, hooks: Any) -> Any:

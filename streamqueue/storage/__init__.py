@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from bson import ObjectId, Timestamp
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReadPreference, ReturnDocument
@@ -57,9 +57,13 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from streamqueue.errors import ConfigurationError, InvalidJob, QueueUnavailable, StorageError
+from streamqueue.plan import Call, Detach, Op, Plan, Sleep, Transaction, call, listed, once
 from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_transient_bounded
 from streamqueue.servertime import ServerClock
+from streamqueue.storage.runner import run
 from streamqueue.tries import BoundedTries, time_limit
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +231,18 @@ class ReapResult:
         return self.requeued + len(self.dead) + self.cancelled
 
 
-class JobStore:
-    """The queue's collection and its error queue, behind named operations."""
+class StorePlans:
+    """Every storage operation as a plan (``streamqueue.plan``), defined once.
 
-    def __init__(self, collection: Collection[Document], retry: RetryPolicy | None = None,
-                 *, keep_completed: float = 0.0) -> None:
+    ``JobStore`` runs them with pymongo's sync driver, ``AsyncJobStore``
+    (``streamqueue.storage.aio``) with its asyncio driver: the two share every
+    filter, pipeline, sort, index, retry and reconciliation below. ``collection``
+    is a ``Collection`` or an ``AsyncCollection``: their option methods
+    (``with_options``, ``get_collection``) are the same and do no I/O.
+    """
+
+    def __init__(self, collection: Any, retry: RetryPolicy | None, *, keep_completed: float,
+                 primary: Callable[[], object], hello: Callable[[], Mapping[str, Any]]) -> None:
         if collection.write_concern.is_server_default:
             # An acknowledged w:1 write can roll back on failover and hand a
             # claimed job to a second consumer: majority is the safe default.
@@ -245,51 +256,47 @@ class JobStore:
         reads: dict[str, Any] = {"read_preference": ReadPreference.PRIMARY,
                                  "read_concern": ReadConcern("local")}
         collection = collection.with_options(**reads)
-        self.jobs = collection
-        self.failed = collection.database.get_collection(
+        self.jobs: Any = collection
+        self.failed: Any = collection.database.get_collection(
             f"{collection.name}.failed", write_concern=collection.write_concern, **reads)
         # A change stream takes no explicit read concern (it reads majority-committed
         # changes by itself) and refuses "local".
-        self._streams = collection.with_options(read_concern=ReadConcern())
+        self.streams: Any = collection.with_options(read_concern=ReadConcern())
         self.retry = retry or RetryPolicy()
-        client = collection.database.client
-        self._client = client
-        self._socket_timeout: float | None = client.options.pool_options.socket_timeout
+        self.client: Any = collection.database.client
+        self._socket_timeout: float | None = self.client.options.pool_options.socket_timeout
+        self._primary = primary
         # The primary's clock dates new jobs (see ServerClock); a new primary
         # after a failover is asked again rather than trusted to agree.
-        self.clock = ServerClock(lambda: client.admin.command("hello"),
-                                 server_id=lambda: client.primary)
-        self._indexes_ready = False
+        self.clock = ServerClock(hello, server_id=primary)
+        self.indexes_ready = False
         # Seconds a completed job stays readable; 0 deletes it on completion.
         self.keep_completed = keep_completed
         self._transactions: bool | None = None
-        self._lock = threading.Lock()
 
-    @property
-    def name(self) -> str:
-        return self.jobs.name
+    def _retry(self, action: str, attempt: Callable[[], Plan[T]],
+               transient: Callable[[BaseException], bool] = is_transient) -> Plan[T]:
+        return self.retry.plan(f"{action} on {self.jobs.full_name}", attempt, transient)
 
-    def _call(self, action: str, fn: Callable[[], Any],
-              transient: Callable[[BaseException], bool] = is_transient) -> Any:
-        return self.retry.call(f"{action} on {self.jobs.full_name}", fn, transient)
+    def _retry_op(self, action: str, op: Op) -> Plan[Any]:
+        return self._retry(action, lambda: once(op))
 
     # -- set-up ---------------------------------------------------------------
 
-    def ensure_indexes(self) -> None:
+    def ensure_indexes(self) -> Plan[None]:
         """Create the indexes once per store; harmless when they exist already."""
-        if self._indexes_ready:
+        if self.indexes_ready:
             return
-        with self._lock:
-            if not self._indexes_ready:
-                self._call("create indexes", lambda: (
-                    self.jobs.create_indexes(INDEXES + LISTING_INDEXES + KEY_INDEXES),
-                    self.failed.create_indexes(FAILED_INDEXES),
-                ))
-                if self.keep_completed > 0:
-                    self._call("create the TTL index", self._ensure_ttl)
-                self._indexes_ready = True
+        yield from self._retry("create indexes", self._create_indexes)
+        if self.keep_completed > 0:
+            yield from self._retry("create the TTL index", self._ensure_ttl)
+        self.indexes_ready = True
 
-    def _ensure_ttl(self) -> None:
+    def _create_indexes(self) -> Plan[None]:
+        yield call(self.jobs, "create_indexes", INDEXES + LISTING_INDEXES + KEY_INDEXES)
+        yield call(self.failed, "create_indexes", FAILED_INDEXES)
+
+    def _ensure_ttl(self) -> Plan[None]:
         """The TTL index that removes kept finished jobs; the longest retention asked for wins.
 
         A collection has one ``expireAfterSeconds`` for the index, so Queue
@@ -297,64 +304,71 @@ class JobStore:
         as long as it asked. Lowering it is an operator's ``collMod``.
         """
         wanted = max(1, math.ceil(self.keep_completed))
-        current = self.jobs.index_information().get(TTL_INDEX)
+        current = (yield call(self.jobs, "index_information")).get(TTL_INDEX)
         if current is None:
             try:
-                self.jobs.create_index([("finished_at", ASCENDING)], name=TTL_INDEX,
-                                       expireAfterSeconds=wanted,
-                                       partialFilterExpression=HAS_FINISHED)
+                yield call(self.jobs, "create_index", [("finished_at", ASCENDING)],
+                           name=TTL_INDEX, expireAfterSeconds=wanted,
+                           partialFilterExpression=HAS_FINISHED)
                 return
             except OperationFailure as exc:
                 if exc.code not in INDEX_CONFLICT_CODES:
                     raise
-                current = self.jobs.index_information().get(TTL_INDEX) or {}
+                current = (yield call(self.jobs, "index_information")).get(TTL_INDEX) or {}
         kept = int(current.get("expireAfterSeconds", 0))
         if kept < wanted:
             log.info("raising the retention of finished jobs on %s from %ds to %ds",
                      self.jobs.full_name, kept, wanted)
-            self.jobs.database.command("collMod", self.jobs.name, index={
+            yield call(self.jobs.database, "command", "collMod", self.jobs.name, index={
                 "name": TTL_INDEX, "expireAfterSeconds": wanted})
         elif kept > wanted:
             log.warning("%s keeps finished jobs %ds (asked by another queue), more than this "
                         "queue's keep_completed=%gs: the longest retention wins",
                         self.jobs.full_name, kept, self.keep_completed)
 
-    def retention(self) -> float:
+    def retention(self) -> Plan[float]:
         """Seconds the collection's TTL index keeps finished jobs; 0 when it has none.
 
         For tools (the CLI) that act on a queue without knowing the
         ``keep_completed`` its application uses.
         """
-        info = self._call("read indexes", self.jobs.index_information)
+        info = yield from self._retry_op("read indexes", call(self.jobs, "index_information"))
         return float(info.get(TTL_INDEX, {}).get("expireAfterSeconds", 0))
 
-    def forget_indexes(self) -> None:
-        """The collection was dropped: create the indexes again on next use."""
-        self._indexes_ready = False
-
-    def supports_transactions(self) -> bool:
+    def supports_transactions(self) -> Plan[bool]:
         if self._transactions is None:
-            hello = self._call("hello", lambda: self.jobs.database.client.admin.command("hello"))
+            hello = yield from self._retry_op("hello", call(self.client.admin, "command", "hello"))
             self._transactions = "setName" in hello or hello.get("msg") == "isdbgrid"
         return self._transactions
 
+    def now(self) -> Plan[datetime]:
+        """The server's clock (``ServerClock``), asking the server only when the estimate is stale."""
+        cached = self.clock.cached()
+        if cached is not None:
+            return cached
+        return (yield from self._retry("read the server clock", self._ask_clock))
+
+    def _ask_clock(self) -> Plan[datetime]:
+        server, sent = self.clock.begin_fetch()
+        reply = yield call(self.client.admin, "command", "hello")
+        return self.clock.estimate(self.clock.accept(reply, server, sent))
+
     # -- producing --------------------------------------------------------------
 
-    def insert(self, new_jobs: Sequence[NewJob]) -> list[ObjectId]:
+    def insert(self, new_jobs: Sequence[NewJob]) -> Plan[list[ObjectId]]:
         """Write new jobs with plain inserts, dated by the server's clock; return their ids.
 
         Every document (ids and dates included) is made before the first try,
         so a retry sends the same documents again. A job that cannot be dated
         is refused before anything, indexes included, is written.
         """
-        # The retry wrapper only when the clock has to ask the server (once a minute).
-        now: datetime = self.clock.cached() or self._call("read the server clock", self.clock.now)
+        now = yield from self.now()
         documents = [new_document(job, now) for job in new_jobs]
-        self.ensure_indexes()
-        self.insert_documents(documents)
+        yield from self.ensure_indexes()
+        yield from self.insert_documents(documents)
         return [doc["_id"] for doc in documents]
 
-    def insert_keyed(self, job: NewJob) -> tuple[ObjectId, bool]:
+    def insert_keyed(self, job: NewJob) -> Plan[tuple[ObjectId, bool]]:
         """Write a job with a unique key; return (its id, True), or the active holder's (id, False).
 
         The unique index decides, not a read. After a refusal the holder is
@@ -362,26 +376,25 @@ class JobStore:
         tried again with the same document, which was never written.
         """
         assert job.key is not None
-        now: datetime = self.clock.cached() or self._call("read the server clock", self.clock.now)
-        document = new_document(job, now)
-        self.ensure_indexes()
+        document = new_document(job, (yield from self.now()))
+        yield from self.ensure_indexes()
         holder_query = {"key": job.key, **ACTIVE_KEY}
         for _ in range(KEY_ROUNDS):
             try:
-                self.insert_documents([document])
+                yield from self.insert_documents([document])
                 return document["_id"], True
             except StorageError as exc:
                 if not _is_duplicate_key(exc.__cause__):
                     raise
-            holder = self._call("find a job by key", lambda: self.jobs.find_one(
-                holder_query, {"_id": 1}, hint="key_active"))
+            holder = yield from self._retry_op("find a job by key", call(
+                self.jobs, "find_one", holder_query, {"_id": 1}, hint="key_active"))
             if holder is not None:
                 return holder["_id"], False
         raise QueueUnavailable(f"enqueue on {self.jobs.full_name}: the key {job.key!r} was "
                                f"taken and freed {KEY_ROUNDS} times in a row")
 
     def insert_in_transaction(self, new_jobs: Sequence[NewJob],
-                              session: ClientSession) -> list[tuple[ObjectId, bool]]:
+                              session: Any) -> Plan[list[tuple[ObjectId, bool]]]:
         """Write jobs inside the caller's transaction: one try, no reconciliation.
 
         The caller's ``with_transaction`` retries the whole transaction, so a
@@ -393,22 +406,22 @@ class JobStore:
         is safe, because a holder committed after the snapshot makes the insert
         a write conflict, which the caller's retry answers by reading again.
         """
-        now: datetime = self.clock.cached() or self._call("read the server clock", self.clock.now)
-        self.ensure_indexes()  # outside the transaction: DDL cannot run in one
+        now = yield from self.now()
+        yield from self.ensure_indexes()  # outside the transaction: DDL cannot run in one
         written: list[tuple[ObjectId, bool]] = []
         for job in new_jobs:
             if job.key is not None:
-                holder = self.jobs.find_one({"key": job.key, **ACTIVE_KEY}, {"_id": 1},
-                                            session=session)
+                holder = yield call(self.jobs, "find_one", {"key": job.key, **ACTIVE_KEY},
+                                    {"_id": 1}, session=session)
                 if holder is not None:
                     written.append((holder["_id"], False))
                     continue
             document = new_document(job, now)
-            self.jobs.insert_one(document, session=session)
+            yield call(self.jobs, "insert_one", document, session=session)
             written.append((document["_id"], True))
         return written
 
-    def insert_documents(self, documents: Sequence[Document]) -> None:
+    def insert_documents(self, documents: Sequence[Document]) -> Plan[None]:
         """Insert documents whose ``_id`` is set, exactly once however many tries it takes.
 
         A try whose reply was lost may have written some documents, and a
@@ -420,44 +433,46 @@ class JobStore:
         """
         if not documents:
             return
-        since = self._history_start()
+        since = yield from self._history_start()
         tries = self._tries(len(documents))
         pending = list(documents)
 
-        def write() -> None:
+        def write() -> Plan[None]:
             nonlocal pending
-            if tries.retrying():
-                pending = self._unwritten(pending, since)
+            if (yield from _retrying(tries)):
+                pending = yield from self._unwritten(pending, since)
                 if not pending:
                     return
             with tries.bounded():
-                _insert_ignoring_duplicate_ids(self.jobs, pending)
+                yield from _insert_ignoring_duplicate_ids(self.jobs, pending)
 
-        self._call("enqueue", write, transient=is_transient_bounded)
+        yield from self._retry("enqueue", write, transient=is_transient_bounded)
 
-    def _history_start(self) -> Timestamp:
+    def _history_start(self) -> Plan[Timestamp]:
         """A cluster time safely before any try of a write starting now."""
-        now: datetime = self.clock.cached() or self._call("read the server clock", self.clock.now)
+        now = yield from self.now()
         # The cluster time's seconds never lag the primary's wall clock, which
         # ServerClock never runs ahead of; the margin covers another member's clock.
         return Timestamp(max(1, int(now.timestamp()) - ENQUEUE_LOOKBACK), 0)
 
-    def _unwritten(self, documents: Sequence[Document], since: Timestamp) -> list[Document]:
+    def _unwritten(self, documents: Sequence[Document], since: Timestamp) -> Plan[list[Document]]:
         """The documents no earlier try wrote: neither stored now nor inserted since ``since``."""
         ids = [doc["_id"] for doc in documents]
         # Majority: a copy a failover may still roll back does not count as written.
         majority = ReadConcern("majority")
-        stored = {doc["_id"] for collection in (self.jobs, self.failed) for doc in
-                  collection.with_options(read_concern=majority).find(
-                      {"_id": {"$in": ids}}, {"_id": 1})}
+        stored: set[ObjectId] = set()
+        for collection in (self.jobs, self.failed):
+            found = yield listed(collection.with_options(read_concern=majority), "find",
+                                 {"_id": {"$in": ids}}, {"_id": 1})
+            stored |= {doc["_id"] for doc in found}
         missing = [oid for oid in ids if oid not in stored]
         if missing:
             # Gone is not the same as never written: a consumer may have
             # completed them already. The oplog remembers the inserts.
-            stored |= self._inserted_since(since, missing)
+            stored |= yield from self._inserted_since(since, missing)
         return [doc for doc in documents if doc["_id"] not in stored]
 
-    def _inserted_since(self, since: Timestamp, ids: Sequence[ObjectId]) -> set[ObjectId]:
+    def _inserted_since(self, since: Timestamp, ids: Sequence[ObjectId]) -> Plan[set[ObjectId]]:
         """Which of ``ids`` were inserted (majority-committed) since ``since``, by the change stream.
 
         A marker inserted after the stream opens ends the search: every
@@ -472,17 +487,20 @@ class JobStore:
         found: set[ObjectId] = set()
         deadline = time.monotonic() + ENQUEUE_CHECK_TIMEOUT
         try:
-            with self._streams.watch(pipeline, start_at_operation_time=since,
-                                     max_await_time_ms=500) as stream:
-                self.jobs.insert_one({"_id": marker, "state": "enqueue-check"})
-                self.jobs.delete_one({"_id": marker})
+            stream = yield call(self.streams, "watch", pipeline, start_at_operation_time=since,
+                                max_await_time_ms=500)
+            try:
+                yield call(self.jobs, "insert_one", {"_id": marker, "state": "enqueue-check"})
+                yield call(self.jobs, "delete_one", {"_id": marker})
                 while time.monotonic() < deadline:
-                    event = stream.try_next()
+                    event = yield call(stream, "try_next")
                     if event is None:
                         continue
                     if event["documentKey"]["_id"] == marker:
                         return found
                     found.add(event["documentKey"]["_id"])
+            finally:
+                yield from self.close_stream(stream)
         except OperationFailure as exc:
             if not is_change_stream_unsupported(exc):
                 raise
@@ -494,12 +512,11 @@ class JobStore:
                                f"{ENQUEUE_CHECK_TIMEOUT:.0f}s whether a failed try wrote its jobs")
 
     def _tries(self, documents: int = 1) -> BoundedTries:
-        return BoundedTries(time_limit(self._socket_timeout, documents),
-                            lambda: self._client.primary)
+        return BoundedTries(time_limit(self._socket_timeout, documents), self._primary)
 
     # -- claiming ---------------------------------------------------------------
 
-    def claim(self, consumer_id: str, lease: float) -> Document | None:
+    def claim(self, consumer_id: str, lease: float) -> Plan[Document | None]:
         """Lock the first due job for ``consumer_id``; ``None`` when nothing is due.
 
         Every try carries the same token, and each is bounded on the server
@@ -509,66 +526,93 @@ class JobStore:
         token = new_token()
         update = _claim_pipeline(consumer_id, token, lease)
         tries = self._tries()
+        mine = {"state": LOCKED, "lease_token": token}
+        held = call(self.jobs, "find_one", mine)
 
-        def held() -> Document | None:
-            return self.jobs.find_one({"state": LOCKED, "lease_token": token})
-
-        def attempt() -> Document | None:
-            if tries.retrying() and (job := held()) is not None:
-                return job  # the failed try committed after all
+        def attempt() -> Plan[Document | None]:
+            if (yield from _retrying(tries)) and (job := (yield held)) is not None:
+                return job  # type: ignore[no-any-return]  # the failed try committed after all
             with tries.bounded():
                 try:
-                    return self.jobs.find_one_and_update(
-                        READY_AND_DUE, update, sort=CLAIM_SORT,
-                        return_document=ReturnDocument.AFTER,
-                    )
+                    claimed: Document | None = yield call(
+                        self.jobs, "find_one_and_update", READY_AND_DUE, update,
+                        sort=CLAIM_SORT, return_document=ReturnDocument.AFTER)
                 except DuplicateKeyError:
                     # An earlier try of this claim committed meanwhile (the token is unique).
-                    return held()
+                    claimed = yield held
+                return claimed
 
-        result: Document | None = self._call("claim", attempt, transient=is_transient_bounded)
-        return result
+        return (yield from self._claimed_or_released("claim", attempt, mine, tries))
 
-    def claim_many(self, consumer_id: str, lease: float, limit: int) -> list[Document]:
+    def release_claim(self, job_id: ObjectId, token: str) -> Plan[bool]:
+        """Undo a claim nobody will use (its caller went away): ready again, attempt uncounted."""
+        return (yield from self.requeue(job_id, token, delay=0.0, error=None, count_attempt=False))
+
+    def claim_many(self, consumer_id: str, lease: float, limit: int) -> Plan[list[Document]]:
         """Lock up to ``limit`` due jobs in three round trips (two more per round lost to a race)."""
         token = new_token()
         # Each job gets its own token (the token index is unique): this claim's
         # token, a colon, and the job's id; found again by that prefix.
         per_job = {"$concat": [f"{token}:", {"$toString": "$_id"}]}
         update = _claim_pipeline(consumer_id, per_job, lease)
-        mine = {"state": LOCKED, "lease_token": {"$regex": f"^{token}:"}}
+        query = {"state": LOCKED, "lease_token": {"$regex": f"^{token}:"}}
+        mine = listed(self.jobs, "find", query, sort=CLAIM_SORT)
         tries = self._tries(limit)
 
-        def attempt() -> list[Document]:
+        def attempt() -> Plan[list[Document]]:
             # Only a retry can find jobs under this fresh token: an earlier try
             # committed (partly, perhaps: update_many is not atomic). Once
             # retrying() returns, no earlier try can lock more.
-            if tries.retrying() and (held := list(self.jobs.find(mine, sort=CLAIM_SORT))):
-                return held
+            if (yield from _retrying(tries)) and (held := (yield mine)):
+                return held  # type: ignore[no-any-return]
             with tries.bounded():
-                locked = self._lock_due(update, limit)
-            if not locked:
-                return []
-            return list(self.jobs.find(mine, sort=CLAIM_SORT))
+                locked = yield from self._lock_due(update, limit)
+            mine_now: list[Document] = (yield mine) if locked else []
+            return mine_now
 
-        result: list[Document] = self._call("claim many", attempt, transient=is_transient_bounded)
-        return result
+        return (yield from self._claimed_or_released("claim many", attempt, query, tries))
 
-    def _lock_due(self, update: list[Document], limit: int) -> int:
+    def _claimed_or_released(self, action: str, attempt: Callable[[], Plan[T]], mine: Document,
+                             tries: BoundedTries) -> Plan[T]:
+        """Run a claim; if its caller is cancelled meanwhile (asyncio), release what it locked.
+
+        A claim whose reply arrives after the cancellation would otherwise
+        stay locked by nobody until its lease ran out.
+        """
+        try:
+            return (yield from self._retry(action, attempt, transient=is_transient_bounded))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                yield Detach(self._release_abandoned(mine, tries))
+            raise
+
+    def _release_abandoned(self, mine: Document, tries: BoundedTries) -> Plan[None]:
+        """Hand back (uncounted) every job locked under a cancelled claim's token: now, and
+        again once no try of it can still lock anything on the server."""
+        while True:
+            left = tries.time_left()
+            found = yield from self._retry_op("release a cancelled claim", listed(
+                self.jobs, "find", mine, {"_id": 1, "lease_token": 1}))
+            for doc in found:
+                yield from self.release_claim(doc["_id"], doc["lease_token"])
+                log.info("job %s: released, its claim's caller was cancelled", doc["_id"])
+            if left <= 0:
+                return
+            yield Sleep(left)
+
+    def _lock_due(self, update: list[Document], limit: int) -> Plan[int]:
         """Lock up to ``limit`` due jobs with ``update``; return how many."""
         locked = 0
         for _ in range(CLAIM_MANY_ROUNDS):
-            candidates = [
-                doc["_id"]
-                for doc in self.jobs.find(READY_AND_DUE, {"_id": 1}, sort=CLAIM_SORT,
-                                          limit=limit - locked)
-            ]
+            found = yield listed(self.jobs, "find", READY_AND_DUE, {"_id": 1}, sort=CLAIM_SORT,
+                                 limit=limit - locked)
+            candidates = [doc["_id"] for doc in found]
             if not candidates:
                 break
             # Another consumer may take some candidates first; the filter
             # re-checks each, so a job is locked by exactly one claim.
-            won = self.jobs.update_many(
-                {"_id": {"$in": candidates}, **READY_AND_DUE}, update).modified_count
+            won = (yield call(self.jobs, "update_many",
+                              {"_id": {"$in": candidates}, **READY_AND_DUE}, update)).modified_count
             locked += won
             if won == len(candidates):
                 break  # the claim is full, or every due job was a candidate
@@ -580,68 +624,64 @@ class JobStore:
 
     # -- settling a claim ---------------------------------------------------------
 
-    def complete(self, job_id: ObjectId, token: str, result: Any = None) -> bool:
+    def complete(self, job_id: ObjectId, token: str, result: Any = None) -> Plan[bool]:
         """Finish a held job: delete it, or (keeping) mark it completed with ``result``."""
         if self.keep_completed <= 0:
-            def gone() -> bool:
-                # Still there means another claim holds it now. Gone means a lost
-                # try deleted it, or its next holder completed it: done either way.
-                return self.jobs.find_one({"_id": job_id}, {"_id": 1}) is None
-
-            return self._settle(
+            # Still there means another claim holds it now. Gone means a lost
+            # try deleted it, or its next holder completed it: done either way.
+            return (yield from self._settle(
                 "complete",
-                lambda: self.jobs.delete_one(_held(job_id, token)).deleted_count,
-                gone,
-            )
+                lambda: _deleted(call(self.jobs, "delete_one", _held(job_id, token))),
+                lambda: _absent_found(call(self.jobs, "find_one", {"_id": job_id}, {"_id": 1})),
+            ))
         pipeline = _completed_pipeline(result)
-        return self._settle(
+        return (yield from self._settle(
             "complete",
-            lambda: self.jobs.update_one(_held(job_id, token), pipeline).modified_count,
+            lambda: _modified(call(self.jobs, "update_one", _held(job_id, token), pipeline)),
             # Only this claim's completion writes its token: anything else is another claim's.
-            lambda: self.jobs.find_one(_completed_by(job_id, token), {"_id": 1}) is not None,
-        )
+            lambda: _found(call(self.jobs, "find_one", _completed_by(job_id, token), {"_id": 1})),
+        ))
 
     def complete_in_transaction(self, job_id: ObjectId, token: str, result: Any,
-                                session: ClientSession) -> bool:
+                                session: Any) -> Plan[bool]:
         """``complete`` inside the caller's transaction: one try, False if the lease is gone.
 
         No retry and no reading back: the caller's ``with_transaction`` retries
         the whole transaction, and a miss inside a snapshot is a plain miss.
         """
         if self.keep_completed <= 0:
-            done = self.jobs.delete_one(_held(job_id, token), session=session).deleted_count
+            done = yield from _deleted(call(self.jobs, "delete_one", _held(job_id, token),
+                                            session=session))
         else:
-            done = self.jobs.update_one(_held(job_id, token), _completed_pipeline(result),
-                                        session=session).modified_count
+            done = yield from _modified(call(self.jobs, "update_one", _held(job_id, token),
+                                             _completed_pipeline(result), session=session))
         return bool(done)
 
-    def complete_many(self, held: Sequence[tuple[ObjectId, str]]) -> int:
+    def complete_many(self, held: Sequence[tuple[ObjectId, str]]) -> Plan[int]:
         """Finish every listed job still held by its token (as ``complete``); return how many."""
         if not held:
             return 0
         query = {"$or": [_held(job_id, token) for job_id, token in held]}
         if self.keep_completed <= 0:
-            deleted: int = self._call("complete many",
-                                      lambda: self.jobs.delete_many(query).deleted_count)
-            return deleted
+            return (yield from self._retry("complete many", lambda: _deleted(
+                call(self.jobs, "delete_many", query))))
         pipeline = _completed_pipeline(None)
-        kept: int = self._call("complete many",
-                               lambda: self.jobs.update_many(query, pipeline).modified_count)
-        return kept
+        return (yield from self._retry("complete many", lambda: _modified(
+            call(self.jobs, "update_many", query, pipeline))))
 
-    def completed_by(self, held: Sequence[tuple[ObjectId, str]]) -> set[ObjectId]:
+    def completed_by(self, held: Sequence[tuple[ObjectId, str]]) -> Plan[set[ObjectId]]:
         """Which of these claims' completions took effect (after a short ``complete_many``)."""
         ids = [job_id for job_id, _ in held]
         if self.keep_completed <= 0:
             # Still there means re-claimed by someone else after our lease ran out.
-            return set(ids) - self.present(ids)
+            return set(ids) - (yield from self.present(ids))
         query = {"$or": [_completed_by(job_id, token) for job_id, token in held]}
-        found: list[Document] = self._call("find", lambda: list(self.jobs.find(query, {"_id": 1})))
+        found = yield from self._retry_op("find", listed(self.jobs, "find", query, {"_id": 1}))
         return {doc["_id"] for doc in found}
 
     def requeue(
         self, job_id: ObjectId, token: str, *, delay: float, error: str | None, count_attempt: bool
-    ) -> bool:
+    ) -> Plan[bool]:
         """Hand a held job back: ready after ``delay``; ``count_attempt=False`` undoes the claim's count."""
         changes: Document = {"state": READY, "available_at": {"$add": [NOW, millis(delay)]}}
         if error is not None:
@@ -650,47 +690,49 @@ class JobStore:
             changes["attempts"] = {"$max": [0, {"$subtract": ["$attempts", 1]}]}
         changes[SETTLED_BY] = {"$literal": token}
         pipeline: list[Document] = [{"$set": changes}, {"$unset": LOCK_FIELDS}]
-        return self._settle(
-            "requeue",
-            lambda: (self.jobs.update_one({**_held(job_id, token), **NOT_CANCELLING},
-                                          pipeline).modified_count
-                     or self._cancel_held(job_id, token)),
-            lambda: self._settled_by(job_id, token),
-        )
 
-    def _cancel_held(self, job_id: ObjectId, token: str) -> bool:
+        def write() -> Plan[bool]:
+            query = {**_held(job_id, token), **NOT_CANCELLING}
+            return (bool((yield from _modified(call(self.jobs, "update_one", query, pipeline))))
+                    or (yield from self._cancel_held(job_id, token)))
+
+        return (yield from self._settle("requeue", write, lambda: self._settled_by(job_id, token)))
+
+    def _cancel_held(self, job_id: ObjectId, token: str) -> Plan[bool]:
         """End a held job whose cancel was requested: cancelled (kept) or deleted. True if it was."""
         query = {**_held(job_id, token), "cancel_requested": True}
         if self.keep_completed <= 0:
-            return bool(self.jobs.delete_one(query).deleted_count)
-        return bool(self.jobs.update_one(query, _cancelled_pipeline("$lease_token")).modified_count)
+            return bool((yield from _deleted(call(self.jobs, "delete_one", query))))
+        return bool((yield from _modified(call(self.jobs, "update_one", query,
+                                               _cancelled_pipeline("$lease_token")))))
 
-    def _settled_by(self, job_id: ObjectId, token: str) -> bool:
+    def _settled_by(self, job_id: ObjectId, token: str) -> Plan[bool]:
         """After a lost reply: did this claim's requeue or kept cancel apply?
 
         A cancel that deleted the job (``keep_completed == 0``) leaves no trace, and
         gone may also be another claim's completion: that rare case reads as
         ``LeaseLost``, as before cancels existed, never as a settle that did not happen.
         """
-        return self.jobs.find_one({"_id": job_id, SETTLED_BY: token}, {"_id": 1}) is not None
+        return (yield from _found(call(self.jobs, "find_one", {"_id": job_id, SETTLED_BY: token},
+                                       {"_id": 1})))
 
     # -- cancelling ---------------------------------------------------------------------
 
-    def cancel(self, job_id: ObjectId) -> bool:
+    def cancel(self, job_id: ObjectId) -> Plan[bool]:
         """Cancel a ready or delayed job now, or ask its holder to; False once it finished.
 
         Each write is filtered by the state it expects, so a cancel racing a
         claim has one winner: the claim (then the cancel becomes a request)
         or the cancel (then no claim can match the job).
         """
-        def attempt() -> bool:
+        def attempt() -> Plan[bool]:
             for _ in range(CANCEL_ROUNDS):
-                if self._cancel_ready(job_id):
+                if (yield from self._cancel_ready(job_id)):
                     return True
-                if self.jobs.update_one({"_id": job_id, "state": LOCKED},
-                                        {"$set": {"cancel_requested": True}}).matched_count:
+                if (yield call(self.jobs, "update_one", {"_id": job_id, "state": LOCKED},
+                               {"$set": {"cancel_requested": True}})).matched_count:
                     return True
-                doc = self.jobs.find_one({"_id": job_id}, {"state": 1})
+                doc = yield call(self.jobs, "find_one", {"_id": job_id}, {"state": 1})
                 if doc is None or doc.get("state") not in (READY, LOCKED):
                     return False
             raise QueueUnavailable(f"cancel of job {job_id} on {self.jobs.full_name}: the job "
@@ -698,87 +740,88 @@ class JobStore:
 
         # Each write is idempotent: a retry after a lost reply finds the job
         # cancelled (False, though the first try did it) or its request set (True).
-        cancelled: bool = self._call("cancel", attempt)
-        return cancelled
+        return (yield from self._retry("cancel", attempt))
 
-    def _cancel_ready(self, job_id: ObjectId) -> bool:
+    def _cancel_ready(self, job_id: ObjectId) -> Plan[bool]:
         query = {"_id": job_id, "state": READY}
         if self.keep_completed <= 0:
-            return bool(self.jobs.delete_one(query).deleted_count)
-        return bool(self.jobs.update_one(query, _cancelled_pipeline(None)).modified_count)
+            return bool((yield from _deleted(call(self.jobs, "delete_one", query))))
+        return bool((yield from _modified(call(self.jobs, "update_one", query,
+                                               _cancelled_pipeline(None)))))
 
-    def cancel_requests(self, held: Sequence[tuple[ObjectId, str]]) -> set[ObjectId]:
+    def cancel_requests(self, held: Sequence[tuple[ObjectId, str]]) -> Plan[set[ObjectId]]:
         """Which of these claims' jobs have a cancel request."""
         if not held:
             return set()
         query = {"$or": [{**_held(job_id, token), "cancel_requested": True}
                          for job_id, token in held]}
-        found: list[Document] = self._call("read cancel requests", lambda: list(
-            self.jobs.find(query, {"_id": 1})))
+        found = yield from self._retry_op("read cancel requests",
+                                          listed(self.jobs, "find", query, {"_id": 1}))
         return {doc["_id"] for doc in found}
 
     # -- pausing ------------------------------------------------------------------------
 
-    def set_paused(self, paused: bool) -> None:
+    def set_paused(self, paused: bool) -> Plan[None]:
         """Switch the queue's persistent pause flag (the control document)."""
-        self._call("pause" if paused else "resume", lambda: self.jobs.update_one(
-            {"_id": CONTROL_ID}, {"$set": {"paused": paused, "state": CONTROL}}, upsert=True))
+        yield from self._retry_op("pause" if paused else "resume", call(
+            self.jobs, "update_one", {"_id": CONTROL_ID},
+            {"$set": {"paused": paused, "state": CONTROL}}, upsert=True))
 
-    def is_paused(self) -> bool:
-        doc = self._call("read the pause flag", lambda: self.jobs.find_one(
-            {"_id": CONTROL_ID}, {"paused": 1}))
+    def is_paused(self) -> Plan[bool]:
+        doc = yield from self._retry_op("read the pause flag", call(
+            self.jobs, "find_one", {"_id": CONTROL_ID}, {"paused": 1}))
         return bool(doc and doc.get("paused"))
 
-    def extend(self, job_id: ObjectId, token: str, lease: float, progress: int | None) -> datetime | None:
-        """Push the lease ``lease`` seconds past now; return the new expiry, or None if lost."""
-        doc = self.extend_lease(job_id, token, lease, progress)
-        return None if doc is None else doc["locked_until"]
-
     def extend_lease(self, job_id: ObjectId, token: str, lease: float,
-                     progress: int | None) -> Document | None:
-        """As ``extend``; the job's ``locked_until`` and ``cancel_requested`` after it, or None."""
+                     progress: int | None) -> Plan[Document | None]:
+        """Push the lease ``lease`` seconds past now; the job's ``locked_until`` and
+        ``cancel_requested`` after it, or None if the lease is lost."""
         changes: Document = {"locked_until": {"$add": [NOW, millis(lease)]}}
         if progress is not None:
             changes["progress"] = {"$literal": progress}
-        doc: Document | None = self._call("extend lease", lambda: self.jobs.find_one_and_update(
-            _held(job_id, token), [{"$set": changes}],
+        doc: Document | None = yield from self._retry_op("extend lease", call(
+            self.jobs, "find_one_and_update", _held(job_id, token), [{"$set": changes}],
             projection={"locked_until": 1, "cancel_requested": 1},
             return_document=ReturnDocument.AFTER,
         ))
         return doc
 
-    def heartbeat(self, held: Sequence[tuple[ObjectId, str]], lease: float) -> dict[ObjectId, bool]:
+    def heartbeat(self, held: Sequence[tuple[ObjectId, str]],
+                  lease: float) -> Plan[dict[ObjectId, bool]]:
         """Extend every listed lease; map each id still held to its ``cancel_requested``."""
         if not held:
             return {}
         query = {"$or": [_held(job_id, token) for job_id, token in held]}
         pipeline = [{"$set": {"locked_until": {"$add": [NOW, millis(lease)]}}}]
 
-        def beat() -> dict[ObjectId, bool]:
-            self.jobs.update_many(query, pipeline)
-            return {doc["_id"]: bool(doc.get("cancel_requested"))
-                    for doc in self.jobs.find(query, {"_id": 1, "cancel_requested": 1})}
+        def beat() -> Plan[dict[ObjectId, bool]]:
+            yield call(self.jobs, "update_many", query, pipeline)
+            found = yield listed(self.jobs, "find", query, {"_id": 1, "cancel_requested": 1})
+            return {doc["_id"]: bool(doc.get("cancel_requested")) for doc in found}
 
-        result: dict[ObjectId, bool] = self._call("heartbeat", beat)
-        return result
+        return (yield from self._retry("heartbeat", beat))
 
-    def bury(self, job_id: ObjectId, token: str, error: str | None) -> bool:
+    def bury(self, job_id: ObjectId, token: str, error: str | None) -> Plan[bool]:
         """Move a held job to the error queue."""
         changes: Document = {"state": FAILED, "failed_at": NOW, SETTLED_BY: {"$literal": token}}
         if error is not None:
             changes["last_error"] = {"$literal": error}
         marker = new_token()
-        return self._settle(
-            "bury",
-            lambda: (self._move({**_held(job_id, token), **NOT_CANCELLING}, changes,
-                                marker=marker) is not None
-                     or self._cancel_held(job_id, token)),
-            lambda: (self.failed.find_one({"_id": job_id, SETTLED_BY: token}, {"_id": 1}) is not None
-                     or self._settled_by(job_id, token)),
-        )
 
-    def _settle(self, action: str, write: Callable[[], int | bool],
-                applied: Callable[[], bool]) -> bool:
+        def write() -> Plan[bool]:
+            query = {**_held(job_id, token), **NOT_CANCELLING}
+            return ((yield from self._move(query, changes, marker=marker)) is not None
+                    or (yield from self._cancel_held(job_id, token)))
+
+        def applied() -> Plan[bool]:
+            return ((yield from _found(call(self.failed, "find_one",
+                                            {"_id": job_id, SETTLED_BY: token}, {"_id": 1})))
+                    or (yield from self._settled_by(job_id, token)))
+
+        return (yield from self._settle("bury", write, applied))
+
+    def _settle(self, action: str, write: Callable[[], Plan[int | bool]],
+                applied: Callable[[], Plan[bool]]) -> Plan[bool]:
         """Run a write filtered by a lease token; True if it (or a lost earlier try) took effect.
 
         A miss on the first try means the lease is gone. A miss on a retry is
@@ -787,57 +830,54 @@ class JobStore:
         """
         tries = 0
 
-        def attempt() -> bool:
+        def attempt() -> Plan[bool]:
             nonlocal tries
             tries += 1
-            return bool(write()) or (tries > 1 and applied())
+            return bool((yield from write())) or (tries > 1 and (yield from applied()))
 
-        result: bool = self._call(action, attempt)
-        return result
+        return (yield from self._retry(action, attempt))
 
     # -- the reaper -----------------------------------------------------------------
 
-    def reap(self, limit: int = 1000) -> ReapResult:
+    def reap(self, limit: int = 1000) -> Plan[ReapResult]:
         """Requeue expired leases with attempts left; bury the rest. Safe to run anywhere, often."""
         expired_note = {"$concat": ["lease expired while held by ",
                                     {"$ifNull": ["$consumer_id", "?"]}]}
-        cancelled = self._reap_cancelled()
+        cancelled = yield from self._reap_cancelled()
         retryable = {"state": LOCKED, **NOT_CANCELLING, "$expr": {"$and": [
             LEASE_EXPIRED, {"$lt": ["$attempts", "$max_attempts"]}]}}
         requeue: list[Document] = [
             {"$set": {"state": READY, "available_at": NOW, "last_error": expired_note}},
             {"$unset": LOCK_FIELDS},
         ]
-        requeued: int = self._call(
-            "reap", lambda: self.jobs.update_many(retryable, requeue).modified_count
-        )
+        requeued = yield from self._retry("reap", lambda: _modified(
+            call(self.jobs, "update_many", retryable, requeue)))
         exhausted = {"state": LOCKED, **NOT_CANCELLING, "$expr": {"$and": [
             LEASE_EXPIRED, {"$gte": ["$attempts", "$max_attempts"]}]}}
-        candidates = self._call("reap", lambda: list(
-            self.jobs.find(exhausted, {"_id": 1, "lease_token": 1}, limit=limit)))
+        candidates = yield from self._retry_op("reap", listed(
+            self.jobs, "find", exhausted, {"_id": 1, "lease_token": 1}, limit=limit))
         dead = []
         changes = {"state": FAILED, "failed_at": NOW, "last_error": expired_note}
         for doc in candidates:
             still_expired = {**_held(doc["_id"], doc["lease_token"]), "$expr": LEASE_EXPIRED}
-            moved = self._move_retried("reap", still_expired, changes)
+            moved = yield from self._move_retried("reap", still_expired, changes)
             if moved:
                 dead.append(moved)
-        dead += self._finish_stale_moves()
+        dead += yield from self._finish_stale_moves()
         return ReapResult(requeued=requeued, dead=dead, cancelled=cancelled)
 
-    def _reap_cancelled(self) -> int:
+    def _reap_cancelled(self) -> Plan[int]:
         """Expired leases of jobs whose cancel was requested end cancelled, never retried."""
         query = {"state": LOCKED, "cancel_requested": True, "$expr": LEASE_EXPIRED}
         if self.keep_completed <= 0:
-            deleted: int = self._call("reap", lambda: self.jobs.delete_many(query).deleted_count)
-            return deleted
-        ended: int = self._call("reap", lambda: self.jobs.update_many(
-            query, _cancelled_pipeline("$lease_token")).modified_count)
-        return ended
+            return (yield from self._retry("reap", lambda: _deleted(
+                call(self.jobs, "delete_many", query))))
+        return (yield from self._retry("reap", lambda: _modified(
+            call(self.jobs, "update_many", query, _cancelled_pipeline("$lease_token")))))
 
     # -- the error queue ------------------------------------------------------------
 
-    def retry_failed(self, job_id: ObjectId | None = None) -> int:
+    def retry_failed(self, job_id: ObjectId | None = None) -> Plan[int]:
         """Move one dead job (or all) back to the queue with a fresh set of attempts.
 
         Never overwrites: a job whose ``_id`` or unique key is in the queue
@@ -846,57 +886,58 @@ class JobStore:
         if job_id is not None:
             ids = [job_id]
         else:
-            ids = self._call("list failed", lambda: self.failed.distinct("_id"))
-        return sum(1 for oid in ids if self._revive_retried(oid))
-
-    def _revive_retried(self, job_id: ObjectId) -> bool:
-        revived: bool = self._call("retry failed", lambda: self._revive(job_id))
+            ids = yield from self._retry_op("list failed", call(self.failed, "distinct", "_id"))
+        revived = 0
+        for oid in ids:
+            revived += (yield from self._revive_retried(oid))
         return revived
 
-    def purge_failed(self, job_id: ObjectId | None = None) -> int:
+    def _revive_retried(self, job_id: ObjectId) -> Plan[bool]:
+        return (yield from self._retry("retry failed", lambda: self._revive(job_id)))
+
+    def purge_failed(self, job_id: ObjectId | None = None) -> Plan[int]:
         query = {} if job_id is None else {"_id": job_id}
-        purged: int = self._call("purge failed", lambda: self.failed.delete_many(query).deleted_count)
-        return purged
+        return (yield from self._retry("purge failed", lambda: _deleted(
+            call(self.failed, "delete_many", query))))
 
-    def list_failed(self, limit: int = 100) -> list[Document]:
-        result: list[Document] = self._call("list failed", lambda: list(
-            self.failed.find({}, sort=[("failed_at", DESCENDING)], limit=limit)))
-        return result
+    def list_failed(self, limit: int = 100) -> Plan[list[Document]]:
+        docs: list[Document] = yield from self._retry_op("list failed", listed(
+            self.failed, "find", {}, sort=[("failed_at", DESCENDING)], limit=limit))
+        return docs
 
-    def _move(self, query: Document, changes: Document, *, marker: str) -> Document | None:
+    def _move(self, query: Document, changes: Document, *, marker: str) -> Plan[Document | None]:
         """Move the job matching ``query`` to the error queue (same ``_id``), changed.
 
         None if nothing matched. Runs once: callers retry with the same
         ``marker`` (it names the move when there are no transactions).
         """
-        if not self.supports_transactions():
-            return self._move_in_steps(query, changes, marker)
+        if not (yield from self.supports_transactions()):
+            return (yield from self._move_in_steps(query, changes, marker))
 
-        def in_transaction(session: ClientSession) -> Document | None:
-            doc = self.jobs.find_one_and_update(query, _changed(changes, LOCK_FIELDS),
-                                                session=session,
-                                                return_document=ReturnDocument.AFTER)
+        def in_transaction(session: Any) -> Plan[Document | None]:
+            doc = yield call(self.jobs, "find_one_and_update", query, _changed(changes, LOCK_FIELDS),
+                             session=session, return_document=ReturnDocument.AFTER)
             if doc is not None:
-                self.failed.replace_one({"_id": doc["_id"]}, doc, upsert=True, session=session)
-                self.jobs.delete_one({"_id": doc["_id"]}, session=session)
-            return doc
+                yield call(self.failed, "replace_one", {"_id": doc["_id"]}, doc, upsert=True,
+                           session=session)
+                yield call(self.jobs, "delete_one", {"_id": doc["_id"]}, session=session)
+            return doc  # type: ignore[no-any-return]
 
-        moved: Document | None = self._in_transaction(in_transaction)
-        return moved
+        return (yield from self._in_transaction(in_transaction))
 
-    def _in_transaction(self, callback: Callable[[ClientSession], Any]) -> Any:
-        with self._client.start_session() as session:
-            return session.with_transaction(
-                callback, read_concern=ReadConcern("majority"),
-                write_concern=WriteConcern("majority"), read_preference=ReadPreference.PRIMARY)
+    def _in_transaction(self, body: Callable[[Any], Plan[T]]) -> Plan[T]:
+        result: T = yield Transaction(self.client, body, {
+            "read_concern": ReadConcern("majority"), "write_concern": WriteConcern("majority"),
+            "read_preference": ReadPreference.PRIMARY})
+        return result
 
-    def _move_retried(self, action: str, query: Document, changes: Document) -> Document | None:
+    def _move_retried(self, action: str, query: Document,
+                      changes: Document) -> Plan[Document | None]:
         marker = new_token()
-        moved: Document | None = self._call(
-            action, lambda: self._move(query, changes, marker=marker))
-        return moved
+        return (yield from self._retry(action, lambda: self._move(query, changes, marker=marker)))
 
-    def _move_in_steps(self, query: Document, changes: Document, marker: str) -> Document | None:
+    def _move_in_steps(self, query: Document, changes: Document,
+                       marker: str) -> Plan[Document | None]:
         """A move without transactions: mark and change the job, copy it, delete it.
 
         The mark is one atomic write, so exactly one mover wins the job, and a
@@ -906,40 +947,41 @@ class JobStore:
         interleaving of movers can lose the job.
         """
         mark = {**changes, "_move": marker, "_move_at": NOW}
-        doc = self.jobs.find_one_and_update(query, _changed(mark, LOCK_FIELDS),
-                                            return_document=ReturnDocument.AFTER)
+        doc = yield call(self.jobs, "find_one_and_update", query, _changed(mark, LOCK_FIELDS),
+                         return_document=ReturnDocument.AFTER)
         if doc is None:
             # An earlier try of this move may have marked it before its reply was lost.
-            doc = self.jobs.find_one({"_move": marker})
+            doc = yield call(self.jobs, "find_one", {"_move": marker})
         if doc is None:
             return None
         copy = {key: value for key, value in doc.items() if key not in MOVE_FIELDS}
-        self.failed.replace_one({"_id": doc["_id"]}, copy, upsert=True)
+        yield call(self.failed, "replace_one", {"_id": doc["_id"]}, copy, upsert=True)
         # Guarded by this mover's mark: if another mover took the move over, it deletes.
-        self.jobs.delete_one({"_id": doc["_id"], "_move": doc["_move"]})
-        return doc
+        yield call(self.jobs, "delete_one", {"_id": doc["_id"], "_move": doc["_move"]})
+        return doc  # type: ignore[no-any-return]
 
-    def _finish_stale_moves(self) -> list[Document]:
+    def _finish_stale_moves(self) -> Plan[list[Document]]:
         """Complete two-step moves whose movers went quiet; return the documents moved.
 
         Only servers without transactions make such moves; elsewhere this
         sends nothing (the look is a scan: fine for the standalone dev server).
         """
-        if self.supports_transactions():
+        if (yield from self.supports_transactions()):
             return []
         stale = {"_move": {"$exists": True}, "$expr": {
             "$lt": ["$_move_at", {"$subtract": [NOW, STALE_MOVE_MS]}]}}
-        found = self._call("find stale moves", lambda: list(self.jobs.find(stale, {"_move": 1})))
+        found = yield from self._retry_op("find stale moves", listed(
+            self.jobs, "find", stale, {"_move": 1}))
         finished = []
         for doc in found:
             # Taken over with a fresh mark, so a mover that was only slow stops.
             again = {"_id": doc["_id"], "_move": doc["_move"]}
-            moved = self._move_retried("finish a move", again, {})
+            moved = yield from self._move_retried("finish a move", again, {})
             if moved is not None:
                 finished.append(moved)
         return finished
 
-    def _revive(self, job_id: ObjectId) -> bool:
+    def _revive(self, job_id: ObjectId) -> Plan[bool]:
         """Copy one dead job back into the queue with fresh attempts, then drop it from ``.failed``.
 
         The copy is insert-only: it never overwrites a job in the queue, and a
@@ -949,18 +991,17 @@ class JobStore:
         its ``_id`` and only deletes.
         """
         try:
-            if not self.supports_transactions():
-                return self._revive_steps(job_id)
-            revived: bool = self._in_transaction(
-                lambda session: self._revive_steps(job_id, session))
-            return revived
+            if not (yield from self.supports_transactions()):
+                return (yield from self._revive_steps(job_id))
+            return (yield from self._in_transaction(
+                lambda session: self._revive_steps(job_id, session)))
         except DuplicateKeyError:
             log.warning("dead job %s stays in %s: a job with its _id or unique key is in the "
                         "queue", job_id, self.failed.full_name)
             return False
 
-    def _revive_steps(self, job_id: ObjectId, session: ClientSession | None = None) -> bool:
-        doc = self.failed.find_one({"_id": job_id}, session=session)
+    def _revive_steps(self, job_id: ObjectId, session: Any = None) -> Plan[bool]:
+        doc = yield call(self.failed, "find_one", {"_id": job_id}, session=session)
         if doc is None:
             return False
         dead_only = {"failed_at", *LOCK_FIELDS, *MOVE_FIELDS}
@@ -968,34 +1009,34 @@ class JobStore:
                                                if key not in dead_only}}},
                 {"$set": {"state": READY, "attempts": 0, "available_at": NOW}}]
         try:
-            self.jobs.update_one(_absent(job_id), copy, upsert=True, session=session)
+            yield call(self.jobs, "update_one", _absent(job_id), copy, upsert=True, session=session)
         except DuplicateKeyError as exc:
             if session is not None or not _is_duplicate_id(exc.details or {}):
                 raise
             # Its _id is in the queue: an earlier try of this revival copied it.
-        self.failed.delete_one({"_id": job_id}, session=session)
+        yield call(self.failed, "delete_one", {"_id": job_id}, session=session)
         return True
 
     # -- looking -------------------------------------------------------------------
 
-    def counts(self) -> QueueCounts:
-        def count() -> QueueCounts:
+    def counts(self) -> Plan[QueueCounts]:
+        def count() -> Plan[QueueCounts]:
             # One instant of the server's clock splits every count (count_filters).
-            now = self.jobs.database.command("hello")["localTime"]
-            live = {name: self.jobs.count_documents(query)
-                    for name, query in count_filters(now).items()}
-            return QueueCounts(**live, failed=self.failed.count_documents({}))
+            now = (yield call(self.jobs.database, "command", "hello"))["localTime"]
+            live = {}
+            for name, query in count_filters(now).items():
+                live[name] = yield call(self.jobs, "count_documents", query)
+            return QueueCounts(**live, failed=(yield call(self.failed, "count_documents", {})))
 
-        result: QueueCounts = self._call("count", count)
-        return result
+        return (yield from self._retry("count", count))
 
-    def size(self) -> int:
+    def size(self) -> Plan[int]:
         # Kept finished jobs are history, not queued work.
-        size: int = self._call("size", lambda: self.jobs.count_documents(
-            {"state": {"$in": [READY, LOCKED]}}))
+        size: int = yield from self._retry_op("size", call(
+            self.jobs, "count_documents", {"state": {"$in": [READY, LOCKED]}}))
         return size
 
-    def oldest_available_age(self) -> float:
+    def oldest_available_age(self) -> Plan[float]:
         """Seconds the longest-waiting due job has been due (server clock); 0 when none."""
         pipeline: list[Document] = [
             {"$match": READY_AND_DUE},
@@ -1003,10 +1044,11 @@ class JobStore:
             {"$limit": 1},
             {"$project": {"age": {"$subtract": [NOW, "$available_at"]}}},
         ]
-        docs = self._call("oldest available", lambda: list(self.jobs.aggregate(pipeline)))
+        docs = yield from self._retry_op("oldest available",
+                                         listed(self.jobs, "aggregate", pipeline))
         return docs[0]["age"] / 1000.0 if docs else 0.0
 
-    def next_due_in(self) -> float | None:
+    def next_due_in(self) -> Plan[float | None]:
         """Seconds until the earliest delayed job falls due (server clock); None when none."""
         pipeline: list[Document] = [
             {"$match": READY_NOT_DUE},
@@ -1014,41 +1056,41 @@ class JobStore:
             {"$limit": 1},
             {"$project": {"due_in": {"$subtract": ["$available_at", NOW]}}},
         ]
-        docs = self._call("next due", lambda: list(self.jobs.aggregate(pipeline)))
+        docs = yield from self._retry_op("next due", listed(self.jobs, "aggregate", pipeline))
         return max(0.0, docs[0]["due_in"] / 1000.0) if docs else None
 
-    def present(self, ids: Sequence[ObjectId]) -> set[ObjectId]:
+    def present(self, ids: Sequence[ObjectId]) -> Plan[set[ObjectId]]:
         """Which of these jobs are still in the queue."""
-        found: list[Document] = self._call("find", lambda: list(
-            self.jobs.find({"_id": {"$in": list(ids)}}, {"_id": 1})))
+        found = yield from self._retry_op("find", listed(
+            self.jobs, "find", {"_id": {"$in": list(ids)}}, {"_id": 1}))
         return {doc["_id"] for doc in found}
 
-    def get(self, job_id: ObjectId) -> Document | None:
-        doc: Document | None = self._call("get", lambda: self.jobs.find_one({"_id": job_id}))
+    def get(self, job_id: ObjectId) -> Plan[Document | None]:
+        doc: Document | None = yield from self._retry_op("get", call(
+            self.jobs, "find_one", {"_id": job_id}))
         return doc
 
-    def server_now(self) -> datetime:
+    def server_now(self) -> Plan[datetime]:
         """The server's clock now (``hello.localTime``), to judge ready against delayed."""
-        now: datetime = self._call("read the server clock",
-                                   lambda: self.jobs.database.command("hello")["localTime"])
-        return now
+        reply = yield from self._retry_op("read the server clock",
+                                          call(self.jobs.database, "command", "hello"))
+        return reply["localTime"]  # type: ignore[no-any-return]
 
-    def find_job(self, job_id: ObjectId) -> tuple[Document, bool] | None:
+    def find_job(self, job_id: ObjectId) -> Plan[tuple[Document, bool] | None]:
         """The job in the queue or the error queue; True when in the error queue."""
-        def find() -> tuple[Document, bool] | None:
+        def find() -> Plan[tuple[Document, bool] | None]:
             # The queue again last: a retry_failed moving it back between the
             # two reads would otherwise hide it from both.
             for collection, dead in ((self.jobs, False), (self.failed, True), (self.jobs, False)):
-                doc = collection.find_one({"_id": job_id})
+                doc = yield call(collection, "find_one", {"_id": job_id})
                 if doc is not None:
                     return doc, dead
             return None
 
-        found: tuple[Document, bool] | None = self._call("get", find)
-        return found
+        return (yield from self._retry("get", find))
 
     def list_jobs(self, state: str | None, *, tag: str | None, key: str | None, limit: int,
-                  after: ObjectId | None, now: datetime) -> list[tuple[Document, bool]]:
+                  after: ObjectId | None, now: datetime) -> Plan[list[tuple[Document, bool]]]:
         """Up to ``limit`` jobs newest first (``_id`` descending), each flagged when dead.
 
         ``now`` (the server's clock) splits ready from delayed. Every listing
@@ -1065,16 +1107,18 @@ class JobStore:
             query["key"] = {"$eq": key, "$exists": True}
         found: list[tuple[Document, bool]] = []
         if state in (None, FAILED):
-            found += [(doc, True) for doc in self._newest(self.failed, query, limit, tag)]
+            dead = yield from self._newest(self.failed, query, limit, tag)
+            found += [(doc, True) for doc in dead]
         if state != FAILED:
             live = {**query, **_state_filter(state, now)}
-            found += [(doc, False) for doc in self._newest(self.jobs, live, limit, tag, state, key)]
+            docs = yield from self._newest(self.jobs, live, limit, tag, state, key)
+            found += [(doc, False) for doc in docs]
         found.sort(key=lambda item: item[0]["_id"], reverse=True)
         return found[:limit]
 
-    def _newest(self, collection: Collection[Document], query: Document, limit: int,
+    def _newest(self, collection: Any, query: Document, limit: int,
                 tag: str | None, state: str | None = None,
-                key: str | None = None) -> list[Document]:
+                key: str | None = None) -> Plan[list[Document]]:
         # The partial indexes match by themselves (the query implies their
         # filter, the sort is theirs) and may not exist yet on an old queue,
         # so only the _id index, which always does, is hinted: without it the
@@ -1084,64 +1128,257 @@ class JobStore:
         if key is not None and collection is self.jobs:
             # The partial "key" index matches by itself (the query implies its filter).
             options = {}
-        docs: list[Document] = self._call("list jobs", lambda: list(collection.find(
-            query, sort=[("_id", DESCENDING)], limit=limit, **options)))
+        docs: list[Document] = yield from self._retry_op("list jobs", listed(
+            collection, "find", query, sort=[("_id", DESCENDING)], limit=limit, **options))
         return docs
 
-    def clear(self) -> None:
+    def clear(self) -> Plan[None]:
         # The pause switch is no job: clearing the jobs leaves a paused queue paused.
-        self._call("clear", lambda: (self.jobs.delete_many({"_id": {"$ne": CONTROL_ID}}),
-                                     self.failed.delete_many({})))
+        def both() -> Plan[None]:
+            yield call(self.jobs, "delete_many", {"_id": {"$ne": CONTROL_ID}})
+            yield call(self.failed, "delete_many", {})
+
+        yield from self._retry("clear", both)
 
     # -- change streams --------------------------------------------------------------
 
-    def watch(self, resume_after: Mapping[str, Any] | None, max_await: float) -> ChangeStream[Document]:
+    def watch(self, resume_after: Mapping[str, Any] | None, max_await: float) -> Plan[Any]:
         """Open the wake-up stream; driver errors are left to the watcher, which resumes."""
-        return self._streams.watch(
-            WAKE_PIPELINE,
-            resume_after=resume_after,
-            max_await_time_ms=millis(max_await),
-        )
+        return (yield call(self.streams, "watch", WAKE_PIPELINE, resume_after=resume_after,
+                           max_await_time_ms=millis(max_await)))
 
-
-class JobChanges:
-    """The change stream of one job, in the queue and the error queue; a context manager."""
-
-    def __init__(self, store: JobStore, job_id: ObjectId) -> None:
-        database = store._streams.database.with_options(read_concern=ReadConcern())
+    def watch_job(self, job_id: ObjectId) -> Plan[Any]:
+        """Open the change stream of one job, in the queue and the error queue."""
+        database = self.streams.database.with_options(read_concern=ReadConcern())
         pipeline: list[Document] = [
             {"$match": {"documentKey._id": job_id,
-                        "ns.coll": {"$in": [store.jobs.name, store.failed.name]}}},
+                        "ns.coll": {"$in": [self.jobs.name, self.failed.name]}}},
             {"$project": {"_id": 1}},
         ]
-        self._store = store
 
-        def watch() -> ChangeStream[Document]:
+        def watch() -> Plan[Any]:
             try:
-                return database.watch(pipeline, max_await_time_ms=JOB_WAIT_SLICE_MS)
+                return (yield call(database, "watch", pipeline,
+                                   max_await_time_ms=JOB_WAIT_SLICE_MS))
             except OperationFailure as exc:
                 if is_change_stream_unsupported(exc):
                     # Waiting without a stream would mean polling, which result() never does.
                     raise ConfigurationError(
-                        f"waiting for a job on {store.jobs.full_name} needs change streams "
+                        f"waiting for a job on {self.jobs.full_name} needs change streams "
                         "(a replica set); this server is standalone") from exc
                 raise
 
-        self._stream: ChangeStream[Document] = store._call("watch a job", watch)
+        return (yield from self._retry("watch a job", watch))
 
-    def wait(self, deadline: float) -> bool:
-        """Block until the job changes (True) or the monotonic ``deadline`` passes (False)."""
+    def next_change(self, stream: Any) -> Plan[Document | None]:
+        """One wait (up to the stream's ``max_await``) for the next event; None if none came."""
+        event: Document | None = yield call(stream, "try_next")
+        return event
+
+    def close_stream(self, stream: Any) -> Plan[None]:
+        yield call(stream, "close")
+
+    def wait_job(self, stream: Any, deadline: float) -> Plan[bool]:
+        """Until the job's stream shows a change (True) or the monotonic ``deadline`` passes (False)."""
         while time.monotonic() < deadline:
-            event = self._store._call("wait for a job", self._stream.try_next)
+            event = yield from self._retry_op("wait for a job", call(stream, "try_next"))
             if event is not None:
                 return True
         return False
 
-    def __enter__(self) -> JobChanges:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stream.close()
+class JobStore:
+    """The queue's collection and its error queue, behind named operations (sync driver).
+
+    Each method runs the plan of the same name (``StorePlans``).
+    """
+
+    def __init__(self, collection: Collection[Document], retry: RetryPolicy | None = None,
+                 *, keep_completed: float = 0.0) -> None:
+        client = collection.database.client
+        self.plans = StorePlans(collection, retry, keep_completed=keep_completed,
+                                primary=lambda: client.primary,
+                                hello=lambda: client.admin.command("hello"))
+        self._lock = threading.Lock()
+
+    @property
+    def jobs(self) -> Collection[Document]:
+        jobs: Collection[Document] = self.plans.jobs
+        return jobs
+
+    @property
+    def failed(self) -> Collection[Document]:
+        failed: Collection[Document] = self.plans.failed
+        return failed
+
+    @property
+    def name(self) -> str:
+        return self.jobs.name
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self.plans.retry
+
+    @property
+    def clock(self) -> ServerClock:
+        return self.plans.clock
+
+    @property
+    def keep_completed(self) -> float:
+        return self.plans.keep_completed
+
+    def ensure_indexes(self) -> None:
+        if not self.plans.indexes_ready:
+            with self._lock:  # one creator per process, not one per thread
+                run(self.plans.ensure_indexes())
+
+    def forget_indexes(self) -> None:
+        """The collection was dropped: create the indexes again on next use."""
+        self.plans.indexes_ready = False
+
+    def retention(self) -> float:
+        return run(self.plans.retention())
+
+    def supports_transactions(self) -> bool:
+        return run(self.plans.supports_transactions())
+
+    def insert(self, new_jobs: Sequence[NewJob]) -> list[ObjectId]:
+        return run(self.plans.insert(new_jobs))
+
+    def insert_keyed(self, job: NewJob) -> tuple[ObjectId, bool]:
+        return run(self.plans.insert_keyed(job))
+
+    def insert_in_transaction(self, new_jobs: Sequence[NewJob],
+                              session: ClientSession) -> list[tuple[ObjectId, bool]]:
+        return run(self.plans.insert_in_transaction(new_jobs, session))
+
+    def insert_documents(self, documents: Sequence[Document]) -> None:
+        run(self.plans.insert_documents(documents))
+
+    def claim(self, consumer_id: str, lease: float) -> Document | None:
+        return run(self.plans.claim(consumer_id, lease))
+
+    def claim_many(self, consumer_id: str, lease: float, limit: int) -> list[Document]:
+        return run(self.plans.claim_many(consumer_id, lease, limit))
+
+    def complete(self, job_id: ObjectId, token: str, result: Any = None) -> bool:
+        return run(self.plans.complete(job_id, token, result))
+
+    def complete_in_transaction(self, job_id: ObjectId, token: str, result: Any,
+                                session: ClientSession) -> bool:
+        return run(self.plans.complete_in_transaction(job_id, token, result, session))
+
+    def complete_many(self, held: Sequence[tuple[ObjectId, str]]) -> int:
+        return run(self.plans.complete_many(held))
+
+    def completed_by(self, held: Sequence[tuple[ObjectId, str]]) -> set[ObjectId]:
+        return run(self.plans.completed_by(held))
+
+    def requeue(self, job_id: ObjectId, token: str, *, delay: float, error: str | None,
+                count_attempt: bool) -> bool:
+        return run(self.plans.requeue(job_id, token, delay=delay, error=error,
+                                      count_attempt=count_attempt))
+
+    def cancel(self, job_id: ObjectId) -> bool:
+        return run(self.plans.cancel(job_id))
+
+    def cancel_requests(self, held: Sequence[tuple[ObjectId, str]]) -> set[ObjectId]:
+        return run(self.plans.cancel_requests(held))
+
+    def set_paused(self, paused: bool) -> None:
+        run(self.plans.set_paused(paused))
+
+    def is_paused(self) -> bool:
+        return run(self.plans.is_paused())
+
+    def extend(self, job_id: ObjectId, token: str, lease: float,
+               progress: int | None) -> datetime | None:
+        """Push the lease ``lease`` seconds past now; return the new expiry, or None if lost."""
+        doc = self.extend_lease(job_id, token, lease, progress)
+        return None if doc is None else doc["locked_until"]
+
+    def extend_lease(self, job_id: ObjectId, token: str, lease: float,
+                     progress: int | None) -> Document | None:
+        return run(self.plans.extend_lease(job_id, token, lease, progress))
+
+    def heartbeat(self, held: Sequence[tuple[ObjectId, str]], lease: float) -> dict[ObjectId, bool]:
+        return run(self.plans.heartbeat(held, lease))
+
+    def bury(self, job_id: ObjectId, token: str, error: str | None) -> bool:
+        return run(self.plans.bury(job_id, token, error))
+
+    def reap(self, limit: int = 1000) -> ReapResult:
+        return run(self.plans.reap(limit))
+
+    def retry_failed(self, job_id: ObjectId | None = None) -> int:
+        return run(self.plans.retry_failed(job_id))
+
+    def purge_failed(self, job_id: ObjectId | None = None) -> int:
+        return run(self.plans.purge_failed(job_id))
+
+    def list_failed(self, limit: int = 100) -> list[Document]:
+        return run(self.plans.list_failed(limit))
+
+    def counts(self) -> QueueCounts:
+        return run(self.plans.counts())
+
+    def size(self) -> int:
+        return run(self.plans.size())
+
+    def oldest_available_age(self) -> float:
+        return run(self.plans.oldest_available_age())
+
+    def next_due_in(self) -> float | None:
+        return run(self.plans.next_due_in())
+
+    def present(self, ids: Sequence[ObjectId]) -> set[ObjectId]:
+        return run(self.plans.present(ids))
+
+    def get(self, job_id: ObjectId) -> Document | None:
+        return run(self.plans.get(job_id))
+
+    def server_now(self) -> datetime:
+        return run(self.plans.server_now())
+
+    def find_job(self, job_id: ObjectId) -> tuple[Document, bool] | None:
+        return run(self.plans.find_job(job_id))
+
+    def list_jobs(self, state: str | None, *, tag: str | None, key: str | None, limit: int,
+                  after: ObjectId | None, now: datetime) -> list[tuple[Document, bool]]:
+        return run(self.plans.list_jobs(state, tag=tag, key=key, limit=limit, after=after,
+                                        now=now))
+
+    def clear(self) -> None:
+        run(self.plans.clear())
+
+    def watch(self, resume_after: Mapping[str, Any] | None,
+              max_await: float) -> ChangeStream[Document]:
+        stream: ChangeStream[Document] = run(self.plans.watch(resume_after, max_await))
+        return stream
+
+
+def _retrying(tries: BoundedTries) -> Plan[bool]:
+    """``BoundedTries.retrying`` as a plan: the wait for earlier tries is yielded, not slept."""
+    wait = tries.retry_wait()
+    if wait:
+        yield Sleep(wait)
+    return wait is not None
+
+
+def _deleted(op: Op) -> Plan[int]:
+    return int((yield op).deleted_count)
+
+
+def _modified(op: Op) -> Plan[int]:
+    return int((yield op).modified_count)
+
+
+def _found(op: Op) -> Plan[bool]:
+    return (yield op) is not None
+
+
+def _absent_found(op: Op) -> Plan[bool]:
+    return (yield op) is None
 
 
 def event_due_in(event: Mapping[str, Any]) -> float:
@@ -1285,14 +1522,13 @@ def new_document(job: NewJob, now: datetime) -> Document:
     return document
 
 
-def _insert_ignoring_duplicate_ids(collection: Collection[Document],
-                                   documents: Sequence[Document]) -> None:
+def _insert_ignoring_duplicate_ids(collection: Any, documents: Sequence[Document]) -> Plan[None]:
     """Insert; a document whose ``_id`` is taken counts as written (a retry met its own write)."""
     try:
         if len(documents) == 1:
-            collection.insert_one(documents[0])
+            yield call(collection, "insert_one", documents[0])
         else:
-            collection.insert_many(documents, ordered=False)
+            yield call(collection, "insert_many", documents, ordered=False)
     except DuplicateKeyError as exc:
         if not _is_duplicate_id(exc.details or {}):
             raise

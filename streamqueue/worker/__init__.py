@@ -63,6 +63,21 @@ def wants_job(handler: Handler) -> bool:
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
+def check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, not {value!r}")
+    return value
+
+
+def lease_keeping(lease: float, heartbeat: float | None, shutdown_grace: float,
+                  backoff: Backoff | None) -> tuple[float, float, Backoff]:
+    """(heartbeat, shutdown_grace, backoff) as every worker checks them: the heartbeat
+    defaults to a third of the lease, and the backoff to exponential with jitter."""
+    return (check_heartbeat(lease / 3 if heartbeat is None else heartbeat, lease),
+            check_seconds("shutdown_grace", shutdown_grace),
+            ExponentialBackoff() if backoff is None else check_backoff(backoff))
+
+
 class Worker:
     """Run ``handler`` on jobs from ``queue`` until stopped.
 
@@ -98,8 +113,7 @@ class Worker:
         # By default one round trip claims a job for every free slot.
         batch = concurrency if batch is None else batch
         for name, value in (("concurrency", concurrency), ("batch", batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, not {value!r}")
+            check_count(name, value)
         self.queue = queue
         self.handler = handler
         self.slots = concurrency
@@ -110,10 +124,8 @@ class Worker:
         self._refill = 1 if batch <= concurrency else max(1, batch // 2)
         self._running = 0
         self.burst = burst
-        self.heartbeat = check_heartbeat(
-            queue.lease / 3 if heartbeat is None else heartbeat, queue.lease)
-        self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
-        self.backoff = ExponentialBackoff() if backoff is None else check_backoff(backoff)
+        self.heartbeat, self.shutdown_grace, self.backoff = lease_keeping(
+            queue.lease, heartbeat, shutdown_grace, backoff)
         self._pass_job = wants_job(handler)
         self._stopping = threading.Event()
         self._drained = threading.Event()

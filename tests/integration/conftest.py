@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pytest
 from pymongo import MongoClient
@@ -15,6 +15,7 @@ from pymongo.collection import Collection
 from streamqueue import Queue
 from streamqueue.storage import Document
 from tests.helpers import CommandCounter
+from tests.integration.aio_adapter import AsyncQueues
 
 
 class QueueFactory(Protocol):
@@ -30,13 +31,39 @@ DEFAULT_MAX_AWAIT: float = inspect.signature(Queue).parameters["max_await"].defa
 
 
 @pytest.fixture
-def make_queue(collection: Collection[Document]) -> Iterator[QueueFactory]:
-    """Build queues (on the test's collection unless given another); closes them all after."""
+def api() -> str:
+    """Which API ``make_queue`` builds: "sync" here; modules of semantics tests that hold
+    for both override this fixture with ``params=["sync", "async"]`` (see ``API_PARAMS``)."""
+    return "sync"
+
+
+#: For ``@pytest.fixture(params=API_PARAMS) def api(...)``: run a module against both APIs.
+API_PARAMS = ["sync", "async"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``sync_only`` run only as their sync variant."""
+    items[:] = [item for item in items if not (
+        item.get_closest_marker("sync_only") is not None
+        and getattr(getattr(item, "callspec", None), "params", {}).get("api") == "async")]
+
+
+@pytest.fixture
+def make_queue(collection: Collection[Document], api: str) -> Iterator[QueueFactory]:
+    """Build queues (on the test's collection unless given another); closes them all after.
+
+    With ``api == "async"`` each queue is an ``AsyncQueue`` driven through
+    ``SyncFacade`` (the same methods, run on an event loop thread).
+    """
     queues: list[Queue] = []
+    async_queues = AsyncQueues() if api == "async" else None
 
     def make(target: Collection[Document] | None = None, /, **options: Any) -> Queue:
         options.setdefault("max_await", TEST_MAX_AWAIT)
-        queue = Queue(collection if target is None else target, **options)
+        target = collection if target is None else target
+        if async_queues is not None:
+            return cast(Queue, async_queues.make(target, **options))
+        queue = Queue(target, **options)
         queues.append(queue)
         return queue
 
@@ -46,6 +73,8 @@ def make_queue(collection: Collection[Document]) -> Iterator[QueueFactory]:
         closer.start()
     for closer in closers:
         closer.join()
+    if async_queues is not None:
+        async_queues.close()
 
 
 @pytest.fixture

@@ -11,10 +11,17 @@ from pymongo.collection import Collection
 from pymongo.write_concern import WriteConcern
 
 import streamqueue
-from streamqueue import Job, LeaseLost, MongoQueue, Queue, StreamQueueError
+from streamqueue import LeaseLost, MongoQueue, Queue, StreamQueueError
 from streamqueue.storage import CLAIM_SORT, READY_AND_DUE, Document, _claim_pipeline
 from tests.helpers import server_now
-from tests.integration.conftest import QueueFactory
+from tests.integration.conftest import API_PARAMS, QueueFactory
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """These semantics tests run against Queue and AsyncQueue alike."""
+    return str(request.param)
+
 
 
 def test_public_names() -> None:
@@ -39,7 +46,7 @@ def test_put_then_next_then_complete(queue: Queue, mongo_client: MongoClient[Doc
     assert stored["available_at"] == stored["enqueued_at"]
 
     job = queue.next()
-    assert isinstance(job, Job)
+    assert job is not None
     assert job.id == job_id
     assert job.payload == {"task": "resize", "size": 3}
     assert job.priority == 0
@@ -126,11 +133,13 @@ def test_mongoqueue_works_like_the_old_library(collection: Collection[Document])
 # -- durability and indexes ---------------------------------------------------------------------
 
 
+@pytest.mark.sync_only
 def test_writes_default_to_majority(queue: Queue) -> None:
     assert queue.store.jobs.write_concern.document == {"w": "majority"}
     assert queue.failed.write_concern.document == {"w": "majority"}
 
 
+@pytest.mark.sync_only
 def test_an_explicit_write_concern_is_kept(make_queue: QueueFactory,
                                           collection: Collection[Document]) -> None:
     explicit = collection.with_options(write_concern=WriteConcern(w=1, j=True))

@@ -13,7 +13,14 @@ from pymongo.collection import Collection
 from streamqueue import Queue, StreamQueueError
 from streamqueue.storage import Document
 from streamqueue.validation import MAX_ERROR_CHARS, MAX_PAYLOAD_BYTES
-from tests.integration.conftest import QueueFactory
+from tests.integration.conftest import API_PARAMS, QueueFactory
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """These semantics tests run against Queue and AsyncQueue alike."""
+    return str(request.param)
+
 
 BAD_PUTS: list[tuple[str, Callable[[Queue], object], type[Exception]]] = [
     ("non-mapping list", lambda q: q.put([1, 2]), TypeError),  # type: ignore[arg-type]

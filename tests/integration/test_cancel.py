@@ -18,7 +18,14 @@ from streamqueue.queue import Job
 from streamqueue.storage import Document
 from streamqueue.worker import Worker
 from tests.helpers import Background, CommandCounter, on, stays_false, wait_until
-from tests.integration.conftest import QueueFactory
+from tests.integration.conftest import API_PARAMS, QueueFactory
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """These semantics tests run against Queue and AsyncQueue alike."""
+    return str(request.param)
+
 
 KEEP = 3600.0
 
@@ -201,6 +208,7 @@ def test_a_cancel_racing_claims_has_exactly_one_winner(make_queue: QueueFactory)
     assert delivered and len(delivered) < jobs
 
 
+@pytest.mark.sync_only
 def test_a_worker_tells_a_long_running_handler_of_a_cancel(make_queue: QueueFactory) -> None:
     """The Worker's stream would pause (nobody waits while its one slot is busy): it is
     kept open (or reopened and read) for the running handler, so the request arrives

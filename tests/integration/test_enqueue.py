@@ -17,7 +17,14 @@ from streamqueue.errors import StorageError
 from streamqueue.servertime import ServerClock
 from streamqueue.storage import Document, NewJob, new_document
 from tests.helpers import CommandCounter, on, server_now
-from tests.integration.conftest import QueueFactory
+from tests.integration.conftest import API_PARAMS, QueueFactory
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """These semantics tests run against Queue and AsyncQueue alike."""
+    return str(request.param)
+
 
 FIELDS = ["_id", "payload", "priority", "state", "attempts", "max_attempts", "enqueued_at",
           "available_at"]
@@ -54,6 +61,7 @@ def test_the_estimate_lies_between_two_readings_of_the_server_clock(
     assert hellos[0] == 1
 
 
+@pytest.mark.sync_only
 def test_put_is_one_insert_and_reads_the_clock_once(
     make_queue: QueueFactory, collection: Collection[Document],
     counted_client: tuple[MongoClient[Document], CommandCounter],
@@ -91,6 +99,7 @@ def test_the_document_is_the_queues_shape(
     assert queue.stats()["delayed"] == 1
 
 
+@pytest.mark.sync_only
 def test_the_same_documents_inserted_again_are_already_written(
     queue: Queue, collection: Collection[Document],
 ) -> None:
@@ -108,6 +117,7 @@ def test_the_same_documents_inserted_again_are_already_written(
     assert collection.count_documents({}) == 5
 
 
+@pytest.mark.sync_only
 def test_a_duplicate_on_an_application_index_is_an_error(
     queue: Queue, collection: Collection[Document],
 ) -> None:
@@ -179,6 +189,7 @@ def lost_reply(mongo_uri: str, mongo_client: MongoClient[Document]) -> Iterator[
         mongo_client.admin.command("configureFailPoint", "failCommand", mode="off")
 
 
+@pytest.mark.sync_only
 @pytest.mark.parametrize("count", [1, 5], ids=["put", "put_many"])
 def test_an_enqueue_whose_reply_was_lost_writes_each_job_once(
     make_queue: QueueFactory, collection: Collection[Document],

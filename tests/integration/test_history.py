@@ -26,7 +26,14 @@ from streamqueue.storage import (
 from streamqueue.validation import MAX_RESULT_BYTES
 from streamqueue.worker import Worker
 from tests.helpers import server_now, wait_until
-from tests.integration.conftest import QueueFactory
+from tests.integration.conftest import API_PARAMS, QueueFactory
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """These semantics tests run against Queue and AsyncQueue alike."""
+    return str(request.param)
+
 
 KEEP = 3600.0
 
@@ -94,6 +101,7 @@ def test_without_keep_a_completion_deletes_and_a_result_is_refused(
     {"$bad": 1},
     b"x" * (MAX_RESULT_BYTES + 1),
 ])
+@pytest.mark.sync_only
 def test_a_bad_result_raises_before_anything_changes(
     make_queue: QueueFactory, collection: Collection[Document], result: object,
 ) -> None:
@@ -167,6 +175,7 @@ def fast_ttl(mongo_client: MongoClient[Document]) -> object:
                                ttlMonitorSleepSecs=before["ttlMonitorSleepSecs"])
 
 
+@pytest.mark.sync_only
 def test_mongodb_removes_a_kept_job_after_keep_completed(
     make_queue: QueueFactory, collection: Collection[Document], fast_ttl: object,
 ) -> None:
@@ -209,6 +218,7 @@ def test_a_claim_reads_one_index_key_with_many_finished_jobs_kept(
     assert job is not None and job.payload == {"warm": 1}
 
 
+@pytest.mark.sync_only
 def test_a_completion_does_not_wake_consumers(make_queue: QueueFactory) -> None:
     queue = make_queue(keep_completed=KEEP)
     queue.put({})  # indexes
@@ -236,6 +246,7 @@ def test_a_completion_does_not_wake_consumers(make_queue: QueueFactory) -> None:
     job.complete()
 
 
+@pytest.mark.sync_only
 def test_a_lost_complete_of_a_kept_job_that_another_claim_completed_is_lease_lost(
     make_queue: QueueFactory, collection: Collection[Document],
 ) -> None:
@@ -253,6 +264,7 @@ def test_a_lost_complete_of_a_kept_job_that_another_claim_completed_is_lease_los
         held.complete()
 
 
+@pytest.mark.sync_only
 @pytest.mark.parametrize("batch", [1, 8])
 def test_a_worker_keeps_what_it_completes(make_queue: QueueFactory, batch: int) -> None:
     # batch 8 completes through the bulk path (complete_many).

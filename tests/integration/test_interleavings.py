@@ -19,8 +19,15 @@ from pymongo.collection import Collection
 from streamqueue import LeaseLost, Queue
 from streamqueue.storage import Document
 from tests.helpers import Background, stays_false, wait_until
-from tests.integration.conftest import TEST_MAX_AWAIT, QueueFactory
+from tests.integration.conftest import API_PARAMS, TEST_MAX_AWAIT, QueueFactory
 from tests.integration.failpoints import CommandHook, fail_point, hooked_client
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """These semantics tests run against Queue and AsyncQueue alike."""
+    return str(request.param)
+
 
 # Codes the retry policy treats as transient: 89 (NetworkInterfaceExceededTimeLimit)
 # arrives as a write concern error, so the insert itself was applied.
@@ -43,6 +50,7 @@ def locked(collection: Collection[Document]) -> int:
 # -- 1. a retried enqueue ------------------------------------------------------------
 
 
+@pytest.mark.sync_only
 @pytest.mark.parametrize(("retry_writes", "failures"), [(False, 1), (True, 2)])
 @pytest.mark.parametrize("outcome", ["completed", "dead-lettered"])
 def test_an_enqueue_retried_after_its_job_was_consumed_writes_nothing_again(
@@ -101,6 +109,7 @@ def app_of(client: MongoClient[Document]) -> str:
 # -- 2. a claim whose first try runs late ------------------------------------------------
 
 
+@pytest.mark.sync_only
 @pytest.mark.parametrize("batch", [1, 2])
 def test_a_claim_try_the_client_gave_up_on_cannot_lock_a_job_later(
     mongo_uri: str, mongo_client: MongoClient[Document], collection: Collection[Document],

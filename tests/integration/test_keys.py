@@ -17,9 +17,16 @@ from streamqueue.storage import Document
 from streamqueue.validation import MAX_KEY_CHARS
 from tests.helpers import on
 from tests.integration import test_enqueue
-from tests.integration.conftest import QueueFactory
+from tests.integration.conftest import API_PARAMS, QueueFactory
 from tests.integration.failpoints import CommandHook, hooked_client
 from tests.integration.test_enqueue import LostReply
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """These semantics tests run against Queue and AsyncQueue alike."""
+    return str(request.param)
+
 
 KEEP = 3600.0
 # A client whose next insert is applied but answered as failed (a fixture).
@@ -121,6 +128,7 @@ def test_dedups_are_counted_in_a_metric(make_queue: QueueFactory) -> None:
     assert registry.get_sample_value("streamqueue_jobs_enqueued_total", labels) == 1
 
 
+@pytest.mark.sync_only
 def test_a_keyed_put_whose_reply_was_lost_is_written_once_and_not_a_dedup(
     make_queue: QueueFactory, collection: Collection[Document], lost_reply: LostReply,
 ) -> None:
@@ -136,6 +144,7 @@ def test_a_keyed_put_whose_reply_was_lost_is_written_once_and_not_a_dedup(
     assert not registry.get_sample_value("streamqueue_jobs_deduplicated_total", labels)
 
 
+@pytest.mark.sync_only
 def test_a_holder_finishing_between_the_refusal_and_the_read_frees_the_key(
     mongo_uri: str, make_queue: QueueFactory, collection: Collection[Document],
 ) -> None:

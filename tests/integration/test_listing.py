@@ -16,7 +16,14 @@ from streamqueue.jobinfo import JOB_STATES, JobInfo
 from streamqueue.storage import Document
 from streamqueue.validation import MAX_TAG_CHARS, MAX_TAGS
 from tests.helpers import server_now
-from tests.integration.conftest import QueueFactory
+from tests.integration.conftest import API_PARAMS, QueueFactory
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """These semantics tests run against Queue and AsyncQueue alike."""
+    return str(request.param)
+
 
 KEEP = 3600.0
 

@@ -5,17 +5,25 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
-from streamqueue import Job, Queue
+from streamqueue import Queue
 from streamqueue.metrics import PrometheusHooks
 from streamqueue.reaper import Reaper
 from streamqueue.storage import Document
 from streamqueue.worker import Worker
 from tests.helpers import Background, CommandCounter, on, stays_false, wait_until
-from tests.integration.conftest import QueueFactory
+from tests.integration.conftest import API_PARAMS, QueueFactory
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """These semantics tests run against Queue and AsyncQueue alike."""
+    return str(request.param)
+
 
 
 def stream_open(queue: Queue) -> bool:
@@ -53,7 +61,7 @@ def test_a_waiting_consumer_stops_on_pause_and_is_woken_by_resume(
     assert stays_false(lambda: waiting.done.is_set(), 0.5)
     control.resume()
     job = waiting.join(15)
-    assert isinstance(job, Job) and job.id == job_id
+    assert job is not None and job.id == job_id
 
 
 def test_a_consumer_that_waits_on_a_paused_queue_hears_the_pause_on_its_stream(
@@ -106,6 +114,7 @@ def test_a_consumer_claiming_a_backlog_stops_after_a_pause(
     worker.join(10)
 
 
+@pytest.mark.sync_only
 def test_a_worker_runs_held_jobs_through_a_pause_and_claims_none(
         make_queue: QueueFactory, collection: Collection[Document],
         other_client: MongoClient[Document]) -> None:
@@ -149,6 +158,7 @@ def test_clear_keeps_a_paused_queue_paused(make_queue: QueueFactory) -> None:
     assert queue.jobs() == []
 
 
+@pytest.mark.sync_only
 def test_a_paused_idle_consumer_sends_no_claims(
         make_queue: QueueFactory, collection: Collection[Document],
         counted_client: tuple[MongoClient[Document], CommandCounter]) -> None:

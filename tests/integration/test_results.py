@@ -13,8 +13,15 @@ from streamqueue import Queue
 from streamqueue.errors import JobCancelled, JobFailed, JobNotFound, StreamQueueError
 from streamqueue.storage import Document
 from tests.helpers import Background, CommandCounter, wait_until
-from tests.integration.conftest import QueueFactory
+from tests.integration.conftest import API_PARAMS, QueueFactory
 from tests.integration.failpoints import CommandHook, hooked_client
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """These semantics tests run against Queue and AsyncQueue alike."""
+    return str(request.param)
+
 
 KEEP = 3600.0
 

@@ -15,7 +15,14 @@ from pymongo.collection import Collection
 from streamqueue import Job, LeaseLost, Queue
 from streamqueue.storage import LOCK_FIELDS, Document
 from tests.helpers import Background, server_now, wait_until
-from tests.integration.conftest import QueueFactory
+from tests.integration.aio_adapter import job_for
+from tests.integration.conftest import API_PARAMS, QueueFactory
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """Every semantics test here runs against Queue and AsyncQueue alike."""
+    return str(request.param)
 
 SLACK = timedelta(milliseconds=100)
 
@@ -466,6 +473,6 @@ def test_with_job_that_lost_its_lease(
     with pytest.raises(LeaseLost), stale:
         pass
     # Failure: the handler's own exception is what the caller sees.
-    with pytest.raises(ValueError), Job(first, dict(stale.data)) as payload:
+    with pytest.raises(ValueError), job_for(first, dict(stale.data)) as payload:
         _fail_on(payload)
     assert collection.find_one({"_id": fresh.id}) == fresh.data

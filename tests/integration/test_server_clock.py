@@ -19,7 +19,14 @@ from pymongo.collection import Collection
 from streamqueue import Queue
 from streamqueue.storage import Document
 from tests.helpers import server_now
-from tests.integration.conftest import QueueFactory
+from tests.integration.conftest import API_PARAMS, QueueFactory
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    """These semantics tests run against Queue and AsyncQueue alike."""
+    return str(request.param)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,6 +55,7 @@ def delayed(collection: Collection[Document], minutes: float = 10) -> ObjectId:
     return craft(collection, state="ready", attempts=0, available_at={"$$NOW": minutes * 60})
 
 
+@pytest.mark.sync_only
 def test_a_lease_live_by_the_server_clock_cannot_be_taken(
     make_queue: QueueFactory, collection: Collection[Document]
 ) -> None:
@@ -78,6 +86,7 @@ def test_a_lease_expired_by_the_server_clock_is_reaped(
     assert job.attempts == 2
 
 
+@pytest.mark.sync_only
 def test_a_job_delayed_by_the_server_clock_is_not_claimable_early(
     make_queue: QueueFactory, collection: Collection[Document]
 ) -> None:
@@ -105,6 +114,7 @@ def test_stored_dates_are_the_servers(
     assert stored["available_at"] - stored["enqueued_at"] == timedelta(seconds=30)
 
 
+@pytest.mark.sync_only
 @pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt install faketime)")
 @pytest.mark.parametrize("skew", ["+1h", "-1h"])
 def test_a_consumer_whose_clock_is_an_hour_off(

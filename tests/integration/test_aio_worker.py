@@ -1,0 +1,167 @@
+"""``AsyncWorker``: coroutine handlers in flight together, cancel requests, ordered shutdown,
+and ``streamqueue worker`` picking it for an ``async def`` handler."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.collection import Collection
+
+from streamqueue import Queue
+from streamqueue.aio import AsyncQueue
+from streamqueue.aio.worker import AsyncWorker
+from streamqueue.exitcodes import ExitCode
+from streamqueue.storage import Document
+from tests.integration.processes import child_env, run_cli
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run_with_worker(mongo_uri: str, collection: Collection[Document],
+                    body: Callable[[AsyncQueue], Awaitable[Any]], **queue_options: Any) -> Any:
+    async def scenario() -> Any:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_uri)
+        try:
+            async with AsyncQueue(client[collection.database.name][collection.name],
+                                  max_await=1.0, **queue_options) as queue:
+                return await body(queue)
+        finally:
+            await client.close()
+
+    return asyncio.run(scenario())
+
+
+def test_handlers_that_await_run_together_up_to_concurrency(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    Queue(collection).put_many([{"n": n} for n in range(200)])
+    in_flight = 0
+    most = 0
+    done: list[int] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.2)
+        in_flight -= 1
+        done.append(payload["n"])
+
+    async def body(queue: AsyncQueue) -> None:
+        await AsyncWorker(queue, handler, concurrency=50, burst=True).run()
+
+    run_with_worker(mongo_uri, collection, body)
+    assert sorted(done) == list(range(200))
+    assert most == 50, "handlers did not overlap up to the concurrency"
+    assert collection.count_documents({}) == 0
+
+
+def test_a_raising_handler_retries_then_dead_letters(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    Queue(collection, max_attempts=2).put({"n": 1})
+    attempts: list[int] = []
+
+    async def handler(payload: dict[str, Any], job: Any) -> None:
+        attempts.append(job.attempts)
+        raise ValueError("boom")
+
+    async def body(queue: AsyncQueue) -> None:
+        await AsyncWorker(queue, handler, burst=True, backoff=0.0).run()
+
+    run_with_worker(mongo_uri, collection, body)
+    assert attempts == [1, 2]
+    dead = collection.database[f"{collection.name}.failed"].find_one({})
+    assert dead is not None and "ValueError: boom" in dead["last_error"]
+
+
+def test_a_cancel_request_cancels_the_running_handler_and_the_job_ends_cancelled(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    producer = Queue(collection, keep_completed=3600)
+    job_id = producer.put({"n": 1})
+    started = asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def body(queue: AsyncQueue) -> None:
+        worker = AsyncWorker(queue, handler, concurrency=4)
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), 30)
+        assert await queue.cancel(job_id)  # the job is held: a request
+        for _ in range(300):
+            if cancelled and worker.held == 0:
+                break
+            await asyncio.sleep(0.1)
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+
+    run_with_worker(mongo_uri, collection, body, keep_completed=3600)
+    assert cancelled == [True]
+    info = producer.get(job_id)
+    assert info is not None and info.state == "cancelled"
+    producer.close()
+
+
+def test_stop_waits_the_grace_then_cancels_handlers_and_releases_their_jobs(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    quick, slow = Queue(collection).put_many([{"seconds": 0.1}, {"seconds": 3600}])
+    started: list[float] = []
+    finished: list[float] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        started.append(payload["seconds"])
+        await asyncio.sleep(payload["seconds"])
+        finished.append(payload["seconds"])
+
+    async def body(queue: AsyncQueue) -> None:
+        worker = AsyncWorker(queue, handler, concurrency=4, shutdown_grace=1.0)
+        running = asyncio.create_task(worker.run())
+        while len(started) < 2:
+            await asyncio.sleep(0.05)
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+
+    run_with_worker(mongo_uri, collection, body)
+    assert finished == [0.1], "the quick handler finishes within the grace"
+    assert collection.find_one({"_id": quick}) is None
+    doc = collection.find_one({"_id": slow})
+    assert doc is not None and doc["state"] == "ready" and doc["attempts"] == 0, doc
+
+
+def test_the_worker_command_runs_an_async_def_handler_on_an_event_loop(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    Queue(collection).put_many([{"seconds": 0.05} for _ in range(30)])
+    result = run_cli("streamqueue.worker", "tests.integration.aio_handlers:nap", "--uri",
+                     mongo_uri, "--db", collection.database.name, "--queue", collection.name,
+                     "--burst", "--concurrency", "20", env=child_env())
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "async worker" in result.stderr, result.stderr
+    assert collection.count_documents({}) == 0
+
+
+def plain(payload: dict[str, Any]) -> None:
+    return None
+
+
+def test_an_async_worker_refuses_a_plain_function(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    async def body(queue: AsyncQueue) -> None:
+        with pytest.raises(TypeError, match="async def"):
+            AsyncWorker(queue, plain)  # type: ignore[arg-type]
+
+    run_with_worker(mongo_uri, collection, body)
