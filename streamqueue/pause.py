@@ -4,7 +4,7 @@ Pure: the reader and the stream's state are passed in. The switch lives in
 MongoDB (``JobStore.set_paused``); reading it before every claim would add a
 round trip to the hot path, so a value is trusted while the change stream that
 carries every later pause/resume has been open since before it was read, and
-for ``RECHECK`` seconds otherwise (a closed stream, a backlog, polling).
+for ``RECHECK`` seconds while no stream is open (a backlog, polling).
 """
 
 from __future__ import annotations
@@ -42,9 +42,12 @@ class PauseFlag:
         with the value read next (for callers that read it themselves, such as plans)."""
         with self._lock:
             epoch = self._stream_epoch()
+            # With a stream open, only a value read under that same stream is trusted: a
+            # change made before the stream opened never arrives as an event, and a
+            # consumer trusting an older "paused" would wait for its sweep.
             if self._read_at is not None and (
                     (epoch is not None and epoch == self._epoch)
-                    or self._clock() - self._read_at < RECHECK):
+                    or (epoch is None and self._clock() - self._read_at < RECHECK)):
                 return self._value, (epoch, self._events)
             # The epoch is taken before the read: a change after it comes as an event.
             return None, (epoch, self._events)

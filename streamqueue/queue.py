@@ -23,11 +23,11 @@ from streamqueue.queuebase import (
     object_id,
     outcome,
 )
-from streamqueue.schedule import DEFAULT_CATCH_UP, ScheduleInfo, check_name, check_schedule
-from streamqueue.storage.schedules import ScheduleStore
 from streamqueue.retry import RetryPolicy
+from streamqueue.schedule import DEFAULT_CATCH_UP, ScheduleInfo, check_name, check_schedule
 from streamqueue.storage import Document, JobStore
 from streamqueue.storage.runner import run
+from streamqueue.storage.schedules import ScheduleStore
 from streamqueue.validation import Backoff
 from streamqueue.wakeups import Wake, WakeupBoard
 from streamqueue.watcher import ChangeStreamWatcher, watcher_options

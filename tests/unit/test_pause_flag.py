@@ -75,3 +75,14 @@ def test_forget_makes_the_next_look_read() -> None:
     pause.forget()
     pause.paused()
     assert switch.reads == 2
+
+
+def test_a_value_read_before_the_stream_opened_is_read_again_once_it_is_open() -> None:
+    # A resume made between the read and the stream's opening comes as no event.
+    switch, clock = Switch(), FakeClock()
+    pause = flag(switch, clock)
+    switch.value = True
+    assert pause.paused() is True
+    switch.value = False  # resumed before the stream opened
+    switch.epoch = 1
+    assert pause.paused() is False and switch.reads == 2
