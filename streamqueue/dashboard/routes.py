@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from bson import ObjectId
 from starlette.concurrency import run_in_threadpool
@@ -40,6 +41,8 @@ DONE = {
     "job-retried": "Job moved back to the queue with fresh attempts.",
     "job-purged": "Dead job deleted.",
     "nothing": "Nothing changed: no such dead job.",
+    "unscheduled": "Schedule removed: it fires no more (jobs it already fired stay).",
+    "not-unscheduled": "Nothing removed: no such schedule (already removed?).",
 }
 
 
@@ -242,6 +245,29 @@ async def job_action(request: Request) -> Response:
     return RedirectResponse(f"/queues/{name}/jobs/{job_id}?done={done}", status_code=303)
 
 
+async def unschedule(request: Request) -> Response:
+    """Remove one schedule (form fields ``queue`` and ``name``), after a confirmation page."""
+    dash = _dash(request)
+    form = await _checked_form(request)
+    if form is None:
+        return _csrf_refused(request)
+    queue_name, name = form.get("queue"), form.get("name")
+    names = await run_in_threadpool(dash.sources.names)
+    if not isinstance(queue_name, str) or queue_name not in names or not isinstance(name, str):
+        return _problem(request, 404, "No such queue in this database.")
+    if form.get("confirm") != "yes":
+        return _render(request, "unschedule.html", queue_name=queue_name, schedule_name=name)
+    queue = await run_in_threadpool(dash.sources.registry.queue, queue_name)
+    try:
+        removed = await run_in_threadpool(queue.unschedule, name)
+    except (TypeError, ValueError) as exc:  # not a schedule name at all
+        return _problem(request, 400, str(exc))
+    log.info("dashboard: unschedule %r on %s.%s", name, dash.config.db, queue_name)
+    done = "unscheduled" if removed else "not-unscheduled"
+    return RedirectResponse(f"/schedules?queue={quote(queue_name, safe='')}&done={done}",
+                            status_code=303)
+
+
 # -- session (token auth) ---------------------------------------------------------------------
 
 async def login_form(request: Request) -> Response:
@@ -287,6 +313,7 @@ def routes(static_dir: str) -> list[Route | Mount]:
         Route("/logout", logout, methods=["POST"]),
         Route("/schedules", schedules_page),
         Route("/schedules/rows", schedule_rows_json),
+        Route("/schedules/unschedule", unschedule, methods=["POST"]),
         Route("/queues/{name}", queue_page),
         Route("/queues/{name}/jobs/{job_id}", job_page),
         Route("/queues/{name}/jobs/{job_id}/{action}", job_action, methods=["POST"]),

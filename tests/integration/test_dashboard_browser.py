@@ -358,3 +358,12 @@ def test_the_schedules_page_shows_a_new_schedule_and_its_next_fire_moves_after_a
     assert str(link.get_attribute("href")).endswith(f"/queues/{queue.name}/jobs/{fired.last_job_id}")
     link.click()
     WebDriverWait(driver, 10).until(lambda d: _text(d, "job-state") == "ready")
+    driver.back()
+    page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.CSS_SELECTOR, 'tr[data-sched-name="heartbeat"] button').click()
+    WebDriverWait(driver, 10).until(staleness_of(page))
+    assert "heartbeat" in str(driver.find_element(By.TAG_NAME, "h1").text)
+    _click(driver, "confirm")
+    assert "fires no more" in _text(driver, "notice")
+    assert [info.name for info in queue.schedules()] == ["weekday-digest"]
+    assert not driver.find_elements(By.CSS_SELECTOR, 'tr[data-sched-name="heartbeat"]')

@@ -148,6 +148,11 @@ def test_read_only_shows_no_controls_and_refuses_every_change(readonly_dash: Run
     pages = [httpx.get(f"{readonly_dash.url}{path}") for path in
              ("/", f"/queues/{queue.name}", f"/queues/{queue.name}/jobs/{dead.id}", "/schedules")]
     assert "nightly" in pages[-1].text
+    refused = httpx.post(f"{readonly_dash.url}/schedules/unschedule",
+                         data={"csrf": _csrf(readonly_dash), "queue": queue.name,
+                               "name": "nightly", "confirm": "yes"})
+    assert refused.status_code == 403
+    assert [info.name for info in queue.schedules()] == ["nightly"]
     assert all(page.status_code == 200 for page in pages)
     assert not any(re.search(r'method="post"', page.text) for page in pages)
     for action in ("pause", "purge-failed", f"jobs/{dead.id}/retry"):
@@ -267,3 +272,25 @@ def test_the_schedules_page_shows_next_and_last_fire_with_names_and_payloads_esc
     assert httpx.get(f"{open_dash.url}/schedules?queue=nope").status_code == 404
     assert httpx.get(f"{open_dash.url}/schedules/rows?queue=nope").status_code == 404
 
+
+
+def test_unschedule_needs_the_csrf_token_and_a_confirmation(open_dash: Running,
+                                                            queue: Queue) -> None:
+    queue.schedule(HOSTILE_NAME, cron="0 3 * * *")
+    url = f"{open_dash.url}/schedules/unschedule"
+    form = {"queue": queue.name, "name": HOSTILE_NAME}
+    assert httpx.post(url, data=form).status_code == 403
+    assert httpx.post(url, data={**form, "csrf": "forged", "confirm": "yes"}).status_code == 403
+    asked = httpx.post(url, data={**form, "csrf": _csrf(open_dash)})
+    assert asked.status_code == 200 and 'name="confirm" value="yes"' in asked.text
+    assert "<script>window" not in asked.text
+    assert [info.name for info in queue.schedules()] == [HOSTILE_NAME]  # nothing yet
+    done = httpx.post(url, data={**form, "csrf": _csrf(open_dash), "confirm": "yes"})
+    assert done.status_code == 303 and done.headers["location"].endswith("done=unscheduled")
+    assert queue.schedules() == []
+    again = httpx.post(url, data={**form, "csrf": _csrf(open_dash), "confirm": "yes"})
+    assert again.headers["location"].endswith("done=not-unscheduled")
+    unknown = httpx.post(url, data={**form, "queue": "nope", "csrf": _csrf(open_dash)})
+    assert unknown.status_code == 404
+    empty = httpx.post(url, data={**form, "name": "", "csrf": _csrf(open_dash), "confirm": "yes"})
+    assert empty.status_code == 400
