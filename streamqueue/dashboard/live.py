@@ -24,6 +24,7 @@ from streamqueue.dashboard.rates import RateWindow
 from streamqueue.errors import StreamQueueError
 from streamqueue.storage import CONTROL_ID, READY
 from streamqueue.storage.dashboard import FAILED_SUFFIX, FeedStream
+from streamqueue.storage.schedules import SCHEDULES_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ def event_rate(event: Mapping[str, Any]) -> tuple[str, str] | None:
     """The (queue, rate) an event counts toward: "enqueued", "finished" or "dead"; else None."""
     coll = str(event.get("ns", {}).get("coll", ""))
     kind = event.get("operationType")
+    if coll.endswith(SCHEDULES_SUFFIX):
+        return None  # a schedule's change is no job's
     if coll.endswith(FAILED_SUFFIX):
         return (coll[: -len(FAILED_SUFFIX)], "dead") if kind == "insert" else None
     if kind == "insert":

@@ -7,12 +7,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from bson import ObjectId
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -21,6 +22,7 @@ from streamqueue.dashboard import pages
 from streamqueue.dashboard.auth import SESSION_COOKIE, SESSION_SECONDS, Authenticator, CsrfGuard, same_origin
 from streamqueue.dashboard.config import DashboardConfig
 from streamqueue.dashboard.live import LiveFeed
+from streamqueue.dashboard.schedules import ScheduleRow, schedule_rows
 from streamqueue.errors import JobNotFound, StreamQueueError
 from streamqueue.storage.dashboard import STATE_FIELDS
 
@@ -39,6 +41,8 @@ DONE = {
     "job-retried": "Job moved back to the queue with fresh attempts.",
     "job-purged": "Dead job deleted.",
     "nothing": "Nothing changed: no such dead job.",
+    "unscheduled": "Schedule removed: it fires no more (jobs it already fired stay).",
+    "not-unscheduled": "Nothing removed: no such schedule (already removed?).",
 }
 
 
@@ -116,6 +120,33 @@ async def job_page(request: Request) -> Response:
         return _problem(request, 404, "No such job in this queue or its error queue (it may "
                                       "have completed and been deleted).")
     return _render(request, "job.html", queue_name=name, job=view)
+
+
+async def _schedules(request: Request) -> tuple[str | None, list[ScheduleRow]] | None:
+    """The schedules of every queue, or of ``?queue=`` only; None if that queue is unknown."""
+    dash = _dash(request)
+    only = request.query_params.get("queue") or None
+    names = await run_in_threadpool(dash.sources.names)
+    if only is not None and only not in names:
+        return None
+    rows = await run_in_threadpool(schedule_rows, dash.sources, names if only is None else [only])
+    return only, rows
+
+
+async def schedules_page(request: Request) -> Response:
+    found = await _schedules(request)
+    if found is None:
+        return _problem(request, 404, "No such queue in this database.")
+    only, rows = found
+    return _render(request, "schedules.html", only=only, rows=rows)
+
+
+async def schedule_rows_json(request: Request) -> Response:
+    """The Schedules page's rows as text, fetched again after each live update."""
+    found = await _schedules(request)
+    if found is None:
+        return JSONResponse({"error": "no such queue"}, status_code=404)
+    return JSONResponse([row.as_json() for row in found[1]])
 
 
 def _job_id(request: Request) -> ObjectId | None:
@@ -214,6 +245,29 @@ async def job_action(request: Request) -> Response:
     return RedirectResponse(f"/queues/{name}/jobs/{job_id}?done={done}", status_code=303)
 
 
+async def unschedule(request: Request) -> Response:
+    """Remove one schedule (form fields ``queue`` and ``name``), after a confirmation page."""
+    dash = _dash(request)
+    form = await _checked_form(request)
+    if form is None:
+        return _csrf_refused(request)
+    queue_name, name = form.get("queue"), form.get("name")
+    names = await run_in_threadpool(dash.sources.names)
+    if not isinstance(queue_name, str) or queue_name not in names or not isinstance(name, str):
+        return _problem(request, 404, "No such queue in this database.")
+    if form.get("confirm") != "yes":
+        return _render(request, "unschedule.html", queue_name=queue_name, schedule_name=name)
+    queue = await run_in_threadpool(dash.sources.registry.queue, queue_name)
+    try:
+        removed = await run_in_threadpool(queue.unschedule, name)
+    except (TypeError, ValueError) as exc:  # not a schedule name at all
+        return _problem(request, 400, str(exc))
+    log.info("dashboard: unschedule %r on %s.%s", name, dash.config.db, queue_name)
+    done = "unscheduled" if removed else "not-unscheduled"
+    return RedirectResponse(f"/schedules?queue={quote(queue_name, safe='')}&done={done}",
+                            status_code=303)
+
+
 # -- session (token auth) ---------------------------------------------------------------------
 
 async def login_form(request: Request) -> Response:
@@ -257,6 +311,9 @@ def routes(static_dir: str) -> list[Route | Mount]:
         Route("/login", login_form, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
+        Route("/schedules", schedules_page),
+        Route("/schedules/rows", schedule_rows_json),
+        Route("/schedules/unschedule", unschedule, methods=["POST"]),
         Route("/queues/{name}", queue_page),
         Route("/queues/{name}/jobs/{job_id}", job_page),
         Route("/queues/{name}/jobs/{job_id}/{action}", job_action, methods=["POST"]),

@@ -39,6 +39,7 @@ from streamqueue.storage import (
     count_filters,
     millis,
 )
+from streamqueue.storage.schedules import SCHEDULES_SUFFIX
 
 T = TypeVar("T")
 
@@ -51,7 +52,7 @@ FAILED_SUFFIX = ".failed"
 STATE_FIELDS = {"ready": "available", "delayed": "delayed", "locked": "locked",
                 "expired": "expired", "failed": "failed", "completed": "completed",
                 "cancelled": "cancelled"}
-_NOT_QUEUES = re.compile(r"^system\.|\.failed$")
+_NOT_QUEUES = re.compile(rf"^system\.|{re.escape(FAILED_SUFFIX)}$|{re.escape(SCHEDULES_SUFFIX)}$")
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,8 @@ def _capped_count(collection: Collection[Document], query: Document) -> int:
 # -- the live feed's stream --------------------------------------------------------------------
 
 def feed_pipeline(names: Sequence[str] | None) -> list[Document]:
-    """Changes that move a count: inserts, deletes, and updates that set a state or the switch.
+    """Changes that move a count: inserts, deletes, and updates that set a state or the switch;
+    and a schedule's changes and fires (each moves its ``next_at``).
 
     Heartbeats, progress and lease extensions set neither and never reach the
     dashboard. Documents are projected away: only what the rates need travels.
@@ -236,9 +238,12 @@ def feed_pipeline(names: Sequence[str] | None) -> list[Document]:
         {"operationType": {"$in": ["insert", "delete", "replace"]}},
         {"operationType": "update", "updateDescription.updatedFields.state": {"$exists": True}},
         {"operationType": "update", "documentKey._id": CONTROL_ID},
+        # Only schedules have next_at: a fire that skipped its tick inserts no job.
+        {"operationType": "update", "updateDescription.updatedFields.next_at": {"$exists": True}},
     ]}
     if names is not None:
-        kinds["ns.coll"] = {"$in": [*names, *(name + FAILED_SUFFIX for name in names)]}
+        kinds["ns.coll"] = {"$in": [*names, *(name + suffix for name in names
+                                               for suffix in (FAILED_SUFFIX, SCHEDULES_SUFFIX))]}
     return [
         {"$match": kinds},
         {"$project": {"operationType": 1, "ns.coll": 1, "fullDocument.state": 1,

@@ -70,8 +70,12 @@ TRANSACTION = {"read_concern": ReadConcern("majority"), "write_concern": WriteCo
                "read_preference": ReadPreference.PRIMARY}
 
 
+#: A queue's schedules live in the collection ``NAME`` + this.
+SCHEDULES_SUFFIX = ".schedules"
+
+
 def schedules_name(queue: str) -> str:
-    return f"{queue}.schedules"
+    return queue + SCHEDULES_SUFFIX
 
 
 def tick_key(name: str, tick: datetime) -> str:

@@ -24,7 +24,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 from streamqueue import Queue
 from streamqueue.dashboard.auth import Authenticator
 from streamqueue.dashboard.config import DashboardConfig
+from streamqueue.dashboard.format import when
+from streamqueue.schedule import ScheduleInfo
+from streamqueue.scheduler import Scheduler
 from streamqueue.storage import Document
+from tests.helpers import wait_until
 from tests.integration.browser import SCREENSHOTS, chromium, require_browser
 from tests.integration.dashboard_server import Running, running_dashboard
 
@@ -305,3 +309,61 @@ def test_token_login_and_a_forged_post_from_the_page(
     assert all(TOKEN not in cookie["value"] for cookie in cookies)
     assert not [r for r in caplog.records if TOKEN in r.getMessage()
                 and r.name.startswith(SERVER_LOGGERS)]
+
+
+def _sched_cell(driver: WebDriver, name: str, field: str) -> str:
+    return str(driver.find_element(
+        By.CSS_SELECTOR, f'tr[data-sched-name="{name}"] [data-field="{field}"]').text)
+
+
+def _live(driver: WebDriver) -> None:
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.TAG_NAME, "body")
+                                    .get_attribute("data-updates"))
+
+
+def test_the_schedules_page_shows_a_new_schedule_and_its_next_fire_moves_after_a_fire(
+        driver: WebDriver, dash: Running, make: MakeQueue, db: str,
+        other_client: MongoClient[Document]) -> None:
+    queue = make()
+    queue.put({"n": 1})
+    queue.schedule("weekday-digest", cron="30 6 * * 1-5", timezone="Europe/Berlin",
+                   payload={"report": "digest"})
+    driver.get(f"{dash.url}/queues/{queue.name}")
+    _click(driver, "queue-schedules")
+    _live(driver)
+    assert _sched_cell(driver, "weekday-digest", "last_job") == "—"
+    with Queue(other_client[db][queue.name]) as other:  # another client, as another process
+        other.schedule("heartbeat", every=2, payload={"ping": True})
+    # The page reloads itself to show the new row.
+    WebDriverWait(driver, 10, poll_frequency=0.05).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-sched-name="heartbeat"]'))
+    first = _sched_cell(driver, "heartbeat", "next_at")
+    assert first.endswith("Z") and _sched_cell(driver, "heartbeat", "fired") == "0"
+    def heartbeat() -> ScheduleInfo:
+        return next(info for info in queue.schedules() if info.name == "heartbeat")
+
+    # Fired as a scheduler would, once the server's clock reaches the tick.
+    assert wait_until(lambda: Scheduler(queue).run_pass() >= 0 and heartbeat().fired > 0,
+                      timeout=10)
+    fired = heartbeat()
+    WebDriverWait(driver, 10, poll_frequency=0.05).until(
+        lambda d: _sched_cell(d, "heartbeat", "last_job") == str(fired.last_job_id))
+    assert _sched_cell(driver, "heartbeat", "next_at") not in ("", first)
+    # The tick shown as next, or (misfire "latest", when the page was slow) a later one.
+    assert _sched_cell(driver, "heartbeat", "last_tick") == when(fired.last_tick) >= first
+    driver.set_window_size(1700, 500)  # the whole table in the picture
+    _shot(driver, "schedules")
+    driver.set_window_size(1280, 900)
+    link = driver.find_element(By.CSS_SELECTOR, 'tr[data-sched-name="heartbeat"] a[data-field]')
+    assert str(link.get_attribute("href")).endswith(f"/queues/{queue.name}/jobs/{fired.last_job_id}")
+    link.click()
+    WebDriverWait(driver, 10).until(lambda d: _text(d, "job-state") == "ready")
+    driver.back()
+    page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.CSS_SELECTOR, 'tr[data-sched-name="heartbeat"] button').click()
+    WebDriverWait(driver, 10).until(staleness_of(page))
+    assert "heartbeat" in str(driver.find_element(By.TAG_NAME, "h1").text)
+    _click(driver, "confirm")
+    assert "fires no more" in _text(driver, "notice")
+    assert [info.name for info in queue.schedules()] == ["weekday-digest"]
+    assert not driver.find_elements(By.CSS_SELECTOR, 'tr[data-sched-name="heartbeat"]')

@@ -18,6 +18,8 @@ from pymongo import MongoClient
 from streamqueue import Queue
 from streamqueue.dashboard.auth import Authenticator
 from streamqueue.dashboard.config import DashboardConfig
+from streamqueue.schedule import ScheduleInfo
+from streamqueue.scheduler import Scheduler
 from streamqueue.storage import Document
 from tests.helpers import Background, wait_until
 from tests.integration.dashboard_server import Running, open_change_streams, running_dashboard
@@ -142,8 +144,15 @@ def test_read_only_shows_no_controls_and_refuses_every_change(readonly_dash: Run
                                                               queue: Queue) -> None:
     dead = queue.claim(1)[0]
     queue.store.bury(dead.id, dead.lease_token, "boom")
+    queue.schedule("nightly", cron="0 3 * * *")
     pages = [httpx.get(f"{readonly_dash.url}{path}") for path in
-             ("/", f"/queues/{queue.name}", f"/queues/{queue.name}/jobs/{dead.id}")]
+             ("/", f"/queues/{queue.name}", f"/queues/{queue.name}/jobs/{dead.id}", "/schedules")]
+    assert "nightly" in pages[-1].text
+    refused = httpx.post(f"{readonly_dash.url}/schedules/unschedule",
+                         data={"csrf": _csrf(readonly_dash), "queue": queue.name,
+                               "name": "nightly", "confirm": "yes"})
+    assert refused.status_code == 403
+    assert [info.name for info in queue.schedules()] == ["nightly"]
     assert all(page.status_code == 200 for page in pages)
     assert not any(re.search(r'method="post"', page.text) for page in pages)
     for action in ("pause", "purge-failed", f"jobs/{dead.id}/retry"):
@@ -222,3 +231,66 @@ def test_stopping_the_server_ends_open_event_streams_at_once(
         running.dashboard.feed.stop()  # what the server's signal handler does first
         assert not any(rest.join(timeout=5))  # the stream ended, with nothing more
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+HOSTILE_NAME = '<script>window.__pwned = 1</script>'
+HOSTILE_PAYLOAD = {"img": '<img src=x onerror="alert(1)">'}
+
+
+def _fire_next(queue: Queue, name: str) -> None:
+    """Fire ``name``'s next tick once the server's clock reaches it, as a scheduler would."""
+    before = _schedule(queue, name).fired
+    assert wait_until(lambda: Scheduler(queue).run_pass() >= 0
+                      and _schedule(queue, name).fired > before, timeout=10)
+
+
+def _schedule(queue: Queue, name: str) -> ScheduleInfo:
+    return next(info for info in queue.schedules() if info.name == name)
+
+
+def test_the_schedules_page_shows_next_and_last_fire_with_names_and_payloads_escaped(
+        open_dash: Running, queue: Queue) -> None:
+    queue.schedule(HOSTILE_NAME, every=1, payload=HOSTILE_PAYLOAD, misfire="skip")
+    queue.schedule("berlin", cron="30 6 * * 1-5", timezone="Europe/Berlin")
+    page = httpx.get(f"{open_dash.url}/schedules")
+    assert page.status_code == 200
+    assert "<script>window" not in page.text and "<img src=x" not in page.text
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page.text
+    assert "cron 30 6 * * 1-5" in page.text and "Europe/Berlin" in page.text
+    # The schedules' collection is no queue of its own.
+    assert f"{queue.name}.schedules" not in httpx.get(open_dash.url + "/").text
+    _fire_next(queue, HOSTILE_NAME)
+    info = _schedule(queue, HOSTILE_NAME)
+    rows = httpx.get(f"{open_dash.url}/schedules/rows?queue={queue.name}").json()
+    row = next(row for row in rows if row["name"] == HOSTILE_NAME)
+    assert row["last_job"] == str(info.last_job_id)
+    assert row["fired"] == 1 and row["next_at"].endswith("Z") and row["lateness"].endswith("s")
+    page = httpx.get(f"{open_dash.url}/schedules?queue={queue.name}")
+    assert f'href="/queues/{queue.name}/jobs/{info.last_job_id}"' in page.text
+    job = httpx.get(f"{open_dash.url}/queues/{queue.name}/jobs/{info.last_job_id}")
+    assert job.status_code == 200 and "&lt;img src=x" in job.text
+    assert httpx.get(f"{open_dash.url}/schedules?queue=nope").status_code == 404
+    assert httpx.get(f"{open_dash.url}/schedules/rows?queue=nope").status_code == 404
+
+
+
+def test_unschedule_needs_the_csrf_token_and_a_confirmation(open_dash: Running,
+                                                            queue: Queue) -> None:
+    queue.schedule(HOSTILE_NAME, cron="0 3 * * *")
+    url = f"{open_dash.url}/schedules/unschedule"
+    form = {"queue": queue.name, "name": HOSTILE_NAME}
+    assert httpx.post(url, data=form).status_code == 403
+    assert httpx.post(url, data={**form, "csrf": "forged", "confirm": "yes"}).status_code == 403
+    asked = httpx.post(url, data={**form, "csrf": _csrf(open_dash)})
+    assert asked.status_code == 200 and 'name="confirm" value="yes"' in asked.text
+    assert "<script>window" not in asked.text
+    assert [info.name for info in queue.schedules()] == [HOSTILE_NAME]  # nothing yet
+    done = httpx.post(url, data={**form, "csrf": _csrf(open_dash), "confirm": "yes"})
+    assert done.status_code == 303 and done.headers["location"].endswith("done=unscheduled")
+    assert queue.schedules() == []
+    again = httpx.post(url, data={**form, "csrf": _csrf(open_dash), "confirm": "yes"})
+    assert again.headers["location"].endswith("done=not-unscheduled")
+    unknown = httpx.post(url, data={**form, "queue": "nope", "csrf": _csrf(open_dash)})
+    assert unknown.status_code == 404
+    empty = httpx.post(url, data={**form, "name": "", "csrf": _csrf(open_dash), "confirm": "yes"})
+    assert empty.status_code == 400

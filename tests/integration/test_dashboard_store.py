@@ -9,6 +9,8 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from streamqueue import Queue
+from streamqueue.dashboard.live import event_rate
+from streamqueue.scheduler import Scheduler
 from streamqueue.storage import Document
 from streamqueue.storage import dashboard as reads_module
 from streamqueue.storage.dashboard import (
@@ -18,6 +20,7 @@ from streamqueue.storage.dashboard import (
     claim_sort,
     live_state_filter,
 )
+from tests.helpers import wait_until
 from tests.integration.conftest import QueueFactory
 
 
@@ -106,9 +109,38 @@ def test_two_states_past_the_cap_are_shown_as_at_least(
     assert counts.shown("delayed") == "≥ 10"
 
 
-def test_queue_names_skip_error_queues(reads: DashboardStore, filled: Queue) -> None:
+def test_queue_names_skip_error_queues_and_schedules(reads: DashboardStore, filled: Queue) -> None:
     filled.store.failed.insert_one({"_id": 1})
+    filled.schedule("nightly", cron="0 3 * * *")
     names = reads.queue_names()
     assert filled.name in names
     assert f"{filled.name}.failed" not in names
+    assert f"{filled.name}.schedules" not in names
     assert reads.queue_names(("a", "b")) == ["a", "b"]
+
+
+def test_the_feed_sees_a_schedule_created_fired_and_removed_and_counts_none_as_a_rate(
+        reads: DashboardStore, make_queue: QueueFactory) -> None:
+    queue, other = make_queue(), make_queue()
+    with reads.watch([queue.name], 0.1) as stream:
+        other.schedule("elsewhere", every=1)  # another queue's: filtered out by the server
+        queue.schedule("tick", every=1, misfire="skip")
+        assert wait_until(lambda: Scheduler(queue).run_pass() >= 0
+                          and queue.schedules()[0].fired > 0, timeout=10)
+        queue.unschedule("tick")
+        events: list[Document] = []
+
+        def seen() -> list[tuple[str, str]]:
+            event = stream.next_event()
+            if event is not None:
+                events.append(event)
+            return [(e["ns"]["coll"], e["operationType"]) for e in events]
+
+        schedules = f"{queue.name}.schedules"
+        # Created (an upsert), fired (next_at moves), removed; the fire's job is an insert.
+        assert wait_until(lambda: (schedules, "delete") in seen(), timeout=10), seen()
+        kinds = [kind for coll, kind in seen() if coll == schedules]
+        assert kinds[0] == "insert" and "update" in kinds and kinds[-1] == "delete"
+        assert (queue.name, "insert") in seen()
+        assert all(coll in (queue.name, schedules) for coll, _ in seen())
+        assert [event_rate(e) for e in events if e["ns"]["coll"] == schedules] == [None] * len(kinds)

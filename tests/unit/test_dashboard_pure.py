@@ -22,7 +22,9 @@ from streamqueue.dashboard.config import check_bind, is_loopback
 from streamqueue.dashboard.live import event_rate
 from streamqueue.dashboard.pages import BadRequest, decode_key, encode_key, parse_filter
 from streamqueue.dashboard.rates import RateWindow
+from streamqueue.dashboard.schedules import ScheduleRow
 from streamqueue.errors import ConfigurationError
+from streamqueue.schedule import ScheduleInfo
 from streamqueue.storage.dashboard import PageKey, StateCounts, claim_order_after, claim_sort
 from tests.helpers import FakeClock
 
@@ -68,6 +70,10 @@ def test_restart_forgets_what_was_counted() -> None:
      None),
     ({"operationType": "insert", "ns": {"coll": "q.failed"}}, ("q", "dead")),
     ({"operationType": "delete", "ns": {"coll": "q.failed"}}, None),
+    # A schedule created, fired or removed is no job: no rate moves.
+    ({"operationType": "insert", "ns": {"coll": "q.schedules"}, "fullDocument": {}}, None),
+    ({"operationType": "delete", "ns": {"coll": "q.schedules"}, "documentKey": {"_id": "s"}},
+     None),
     ({"operationType": "delete", "ns": {"coll": "q"}, "documentKey": {"_id": ObjectId()}},
      ("q", "finished")),
     ({"operationType": "update", "ns": {"coll": "q"},
@@ -197,3 +203,32 @@ def test_shown_counts_say_which_are_estimated() -> None:
     assert counts.shown("failed") == "3"
     assert counts.shown("delayed") == "≥ 100,001"
     assert counts.shown("locked") == "0"
+
+
+def _info(**fields: object) -> ScheduleInfo:
+    return ScheduleInfo.from_document({"_id": "s", "every_ms": 90_000, **fields})
+
+
+@pytest.mark.parametrize(("fields", "next_in"), [
+    ({"next_at": datetime(2026, 1, 1, 12, 1, 30)}, "1m 30s"),
+    ({"next_at": datetime(2026, 1, 1, 12, 0, 0)}, "due"),
+    ({"next_at": datetime(2026, 1, 1, 11, 59)}, "due"),
+    ({"next_at": None}, "ended"),
+])
+def test_a_schedule_row_times_its_next_fire_by_the_server_instant(
+        fields: dict[str, object], next_in: str) -> None:
+    row = ScheduleRow("q", _info(**fields), datetime(2026, 1, 1, 12, 0, 0))
+    assert row.next_in == next_in
+    assert row.rule == "every 1m 30s"
+
+
+def test_a_schedule_row_shows_the_last_fire_and_its_lateness() -> None:
+    job = ObjectId()
+    row = ScheduleRow("q", _info(cron="0 3 * * *", last_tick=datetime(2026, 1, 1, 3),
+                                 last_fired_at=datetime(2026, 1, 1, 3, 0, 0, 250_000),
+                                 last_job_id=job), datetime(2026, 1, 1, 12))
+    assert row.rule == "cron 0 3 * * *" and row.lateness == "0.2s"
+    assert row.as_json()["last_job"] == str(job)
+    assert row.as_json()["last_tick"] == "2026-01-01T03:00:00.000Z"
+    never = ScheduleRow("q", _info(), datetime(2026, 1, 1, 12))
+    assert (never.lateness, never.last_job, never.as_json()["last_tick"]) == ("—", "", "—")

@@ -34,7 +34,59 @@ function applyRow(table, row) {
   return false;
 }
 
+function applySchedules(table, rows) {
+  const trs = Array.from(table.querySelectorAll("tr.schedule"));
+  const key = (queue, name) => JSON.stringify([queue, name]);
+  const shownKeys = trs.map((tr) => key(tr.dataset.schedQueue, tr.dataset.schedName)).join("\n");
+  // A schedule created or removed since the page loaded: reload to show the rows as they are.
+  if (shownKeys !== rows.map((row) => key(row.queue, row.name)).join("\n")) {
+    window.location.reload();
+    return;
+  }
+  rows.forEach((row, i) => {
+    for (const cell of trs[i].querySelectorAll("[data-field]")) {
+      const field = cell.dataset.field;
+      if (field === "last_job") {
+        cell.textContent = row.last_job || "\u2014";
+        if (row.last_job) { cell.href = "/queues/" + encodeURIComponent(row.queue) + "/jobs/" + row.last_job; }
+      } else {
+        cell.textContent = String(row[field]);
+      }
+    }
+  });
+}
+
+// The Schedules page: each live update (a change, a fire, or the feed's periodic refresh)
+// fetches the rows again; fires move no count, so the summaries do not carry them.
+function startSchedules(table) {
+  const only = table.dataset.schedules;
+  const query = only ? "?queue=" + encodeURIComponent(only) : "";
+  const source = new EventSource("/events" + query);
+  const live = document.getElementById("live");
+  let fetching = false;
+  let again = false;
+  const refresh = async () => {
+    if (fetching) { again = true; return; }
+    fetching = true;
+    try {
+      const response = await fetch("/schedules/rows" + query, { credentials: "same-origin" });
+      if (response.ok) {
+        applySchedules(table, await response.json());
+        document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
+      }
+    } finally {
+      fetching = false;
+      if (again) { again = false; refresh(); }
+    }
+  };
+  source.addEventListener("open", () => { if (live) { live.hidden = false; } });
+  source.addEventListener("error", () => { if (live) { live.hidden = true; } });
+  source.addEventListener("summary", refresh);
+}
+
 function start() {
+  const schedules = document.querySelector("table[data-schedules]");
+  if (schedules) { startSchedules(schedules); return; }
   const table = document.querySelector("table[data-live]");
   if (!table) { return; }
   const which = table.dataset.live;
