@@ -65,10 +65,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         server = _serve_metrics(args, hooks)
         try:
+            # Handlers first: the line below tells whoever waits for it that Ctrl-C now drains.
+            worker.install_signal_handlers()
             log.info("worker %s: %s on %s.%s via %s, %d slots, lease %gs",
                      queue.consumer_id, args.handler, session.db, name, redact_uri(args.uri),
                      worker.slots, queue.lease)
-            worker.install_signal_handlers()
             worker.run()
         finally:
             if server is not None:
@@ -136,10 +137,10 @@ def _run_async_worker(args: argparse.Namespace, handler: Callable[..., Any], hoo
                                          last_event_age=queue.watcher.last_event_age)
             server = _serve_metrics(args, hooks)
             try:
+                worker.install_signal_handlers()
                 log.info("async worker %s: %s on %s.%s via %s, %d in flight, lease %gs",
                          queue.consumer_id, args.handler, db, name, redact_uri(args.uri),
                          worker.slots, queue.lease)
-                worker.install_signal_handlers()
                 await worker.run()
             finally:
                 if server is not None:
@@ -197,9 +198,9 @@ def cmd_reaper(args: argparse.Namespace) -> int:
         server = _serve_metrics(args, hooks)
         schedulers = [] if args.no_schedules else _start_schedulers(queues, required=False)
         try:
-            log.info("reaper on %s via %s, every %gs%s", where, redact_uri(args.uri),
-                     args.interval, ", firing schedules" if schedulers else "")
-            _run_until_signalled(reaper.run, reaper.stop, "reaper")
+            _run_until_signalled(reaper.run, reaper.stop, "reaper", ready=lambda: log.info(
+                "reaper on %s via %s, every %gs%s", where, redact_uri(args.uri), args.interval,
+                ", firing schedules" if schedulers else ""))
         finally:
             _stop_schedulers(schedulers)
             if server is not None:
@@ -209,8 +210,12 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _run_until_signalled(run: Callable[[], None], stop: Callable[[], None], what: str) -> None:
+def _run_until_signalled(run: Callable[[], None], stop: Callable[[], None], what: str, *,
+                         ready: Callable[[], None] = lambda: None) -> None:
     """Run ``run`` in a thread; the first SIGTERM/SIGINT calls ``stop``, a second exits at once.
+
+    ``ready`` (the "running" log line) is called once the handlers are in place, so a
+    Ctrl-C sent on seeing that line stops the loop cleanly instead of interrupting it.
 
     The loop runs off the main thread so the signal handler never takes a lock
     the interrupted code may hold.
@@ -236,6 +241,7 @@ def _run_until_signalled(run: Callable[[], None], stop: Callable[[], None], what
         stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    ready()
     thread = threading.Thread(target=target, name=f"streamqueue-{what}")
     try:
         thread.start()
