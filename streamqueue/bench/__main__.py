@@ -30,6 +30,7 @@ from streamqueue.bench.consumers import (
 )
 from streamqueue.bench.control import control
 from streamqueue.bench.dashboard import dashboard_reads
+from streamqueue.bench.fleet_herd import fleet_herd
 from streamqueue.bench.report import (
     Results,
     evaluate,
@@ -41,7 +42,7 @@ from streamqueue.bench.report import (
 from streamqueue.bench.schedules import schedules
 from streamqueue.testing import ReplicaSet
 
-SCENARIOS = ("latency", "idle", "throughput", "herd", "depth", "lifecycle", "control",
+SCENARIOS = ("latency", "idle", "throughput", "herd", "fleet", "depth", "lifecycle", "control",
              "schedules", "dashboard")
 QUIET_LOAD = 1.0
 
@@ -78,6 +79,7 @@ def busy_note(results: Results, threshold: float) -> str | None:
         *((f"idle {r.label}", r.other_cpu) for r in results.idle),
         *((f"depth {r.label}, {r.depth:,}", r.other_cpu) for r in results.depth),
         *((f"herd {r.mode} {r.label} x{r.consumers}", r.other_cpu) for r in results.herd),
+        *((f"fleet {r.mode} {r.label}", r.other_cpu) for r in results.fleet),
     ]
     known = [(name, share) for name, share in rows if share is not None]
     if not known:
@@ -179,6 +181,24 @@ def _run_throughput_plan(ctx: BenchContext, config: BenchConfig, plan: Throughpu
 LATENCY_KINDS = (KIND_PUSH, Kind("worker", 1), KIND_POLLING, KIND_FLOOR, KIND_FLOOR_PUSH)
 
 
+def _run_fleet(ctx: BenchContext, config: BenchConfig, attempt: Attempt, results: Results) -> None:
+    ctx.progress(f"fleet: worker processes x slots {config.fleet_shapes}; "
+                 f"{config.fleet_trickle_jobs} jobs every {config.fleet_trickle_interval * 1000:.0f} ms, "
+                 f"then a backlog of {config.fleet_backlog_jobs:,}")
+    for processes, slots in config.fleet_shapes:
+        for jobs, interval in ((config.fleet_trickle_jobs, config.fleet_trickle_interval),
+                               (config.fleet_backlog_jobs, 0.0)):
+            def run(processes: int = processes, slots: int = slots, jobs: int = jobs,
+                    interval: float = interval) -> None:
+                row = fleet_herd(ctx, processes, slots, jobs=jobs, interval=interval,
+                                 stall_timeout=config.stall_timeout)
+                results.fleet.append(row)
+                ctx.progress(f"  {row.mode:7} {row.label:22} {row.jobs_per_s:7,.0f} jobs/s  claims/job "
+                             f"{row.claims_per_job:5.2f}  wasted/job {row.wasted_per_job:5.2f}  "
+                             f"p50 {row.latency.p50:6.2f} ms" + _other(row.other_cpu))
+            attempt(f"fleet {processes}x{slots}", run)
+
+
 def _run_latency(ctx: BenchContext, config: BenchConfig, reruns: Reruns, attempt: Attempt,
                  results: Results) -> None:
     per_round = math.ceil(config.latency_jobs / config.latency_rounds)
@@ -257,6 +277,9 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
                              f"{row.server_claims_per_job:5.2f}" + _other(row.other_cpu))
             attempt(f"herd {kind.label} x{count}", run_herd)
         sc.add_herd_ratios(results.herd)
+
+    if "fleet" in only:
+        _run_fleet(ctx, config, attempt, results)
 
     if "depth" in only:
         for level in config.depth_levels:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pymongo
 from bson import ObjectId
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.write_concern import WriteConcern
@@ -351,3 +351,35 @@ def jsonable(value: object) -> object:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return value
+
+
+class ClaimCounter(monitoring.CommandListener):
+    """Counts the claim commands a client sends: thread-safe, cheap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.claims = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if is_claim(event.command_name, event.command):
+            with self._lock:
+                self.claims += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def reset(self) -> None:
+        with self._lock:
+            self.claims = 0
+
+
+def is_claim(name: str, command: Mapping[str, Any]) -> bool:
+    """A findAndModify, or an update whose filter selects ready jobs (a batch claim's lock)."""
+    if name == "findAndModify":
+        return bool(command.get("query", {}).get("state") == "ready")
+    if name == "update":
+        return any(u.get("q", {}).get("state") == "ready" for u in command.get("updates", []))
+    return False

@@ -56,6 +56,11 @@ class BenchConfig:
     herd_burst_jobs: int = 2_000
     # Also 32 consumers each with its own Queue object (as 32 processes would be): slow to set up.
     herd_queue_per_thread: bool = True
+    # Issue 16's herd across processes: worker processes x slots, the baseline shape first.
+    fleet_shapes: tuple[tuple[int, int], ...] = ((4, 1), (32, 1), (8, 4))
+    fleet_trickle_jobs: int = 300
+    fleet_trickle_interval: float = 0.01
+    fleet_backlog_jobs: int = 4_000
     # Samples of each control latency (pause to stop, resume to claim, cancel to handler).
     control_samples: int = 30
     # Schedules: seconds of every=1 ticks with 3 schedulers, and of idle schedulers.
@@ -118,6 +123,9 @@ class BenchConfig:
             herd_trickle_jobs=60,
             herd_burst_jobs=200,
             herd_queue_per_thread=False,
+            fleet_shapes=((2, 1), (8, 1), (2, 4)),
+            fleet_trickle_jobs=60,
+            fleet_backlog_jobs=400,
             result_wakeup_jobs=50,
             retention_jobs=1_000,
             retention_rounds=3,

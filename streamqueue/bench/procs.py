@@ -22,11 +22,12 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.write_concern import WriteConcern
 
-from streamqueue.bench.common import CountingHooks
+from streamqueue.bench.common import ClaimCounter, CountingHooks
 from streamqueue.bench.consumers import ConsumerGroup, Kind, RawFloor, Sink
 from streamqueue.children import spawn
 from streamqueue.queue import Queue
 from streamqueue.storage import Document
+from streamqueue.worker import Worker
 
 Spec = dict[str, Any]
 
@@ -224,6 +225,44 @@ def run_drain(spec: Spec, control: _Control) -> dict[str, Any]:
     }
 
 
+def run_fleet_consumer(spec: Spec, control: _Control) -> dict[str, Any]:
+    """One worker process of a fleet: a ``Worker`` with ``slots`` slots, its claims counted.
+
+    ``start_now``: start at once and say ready once it waits (the trickle);
+    otherwise start on ``go`` (the backlog).
+    """
+    counter = ClaimCounter()
+    client: MongoClient[Document] = MongoClient(spec["uri"], event_listeners=[counter])
+    collection = client.get_database(spec["db"], write_concern=WriteConcern("majority"))[
+        spec["collection"]]
+    sink = Sink()
+    hooks = CountingHooks()
+    queue = Queue(collection, hooks=hooks)
+    worker = Worker(queue, lambda payload: sink.record(payload, time.time(), time.time()),
+                    concurrency=int(spec["slots"]))
+    runner = threading.Thread(target=worker.run, name="fleet-worker", daemon=True)
+    empty_before = 0
+    if spec["start_now"]:
+        runner.start()
+        deadline = time.monotonic() + 60
+        while queue.board.waiters < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        counter.reset()  # its start-up claim is not the herd's
+        empty_before = hooks.empty
+    _say({"ready": True})
+    control.go.wait()
+    if not runner.is_alive():
+        runner.start()
+    control.stop.wait()
+    worker.stop()
+    runner.join(30)
+    queue.close()
+    client.close()
+    return {"seqs": sink.seqs, "latencies": [lat for _, lat in sink.samples],
+            "last_done": sink.last_done, "claims": counter.claims,
+            "claim_empty_hook": hooks.empty - empty_before, "errors": []}
+
+
 def run_idle(spec: Spec, control: _Control) -> dict[str, Any]:
     """An idle consumer of ``kind``; ready once it is waiting (or polling); runs until stop."""
     client, collection = _collection(spec)
@@ -245,7 +284,8 @@ def run_idle(spec: Spec, control: _Control) -> dict[str, Any]:
             "errors": group.errors}
 
 
-ROLES = {"produce": run_producer, "drain": run_drain, "idle": run_idle}
+ROLES = {"produce": run_producer, "drain": run_drain, "idle": run_idle,
+         "fleet-consume": run_fleet_consumer}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from streamqueue.bench.consumers import (
 )
 from streamqueue.bench.control import ControlRow
 from streamqueue.bench.dashboard import DashboardRow
+from streamqueue.bench.fleet_herd import BACKLOG, TRICKLE, FleetRow
 from streamqueue.bench.lifecycle import ResultWakeRow, RetentionRow, TxnPutRow
 from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
 from streamqueue.bench.schedules import ScheduleRow
@@ -50,6 +51,7 @@ class Results:
     idle: list[IdleRow] = field(default_factory=list)
     depth: list[DepthRow] = field(default_factory=list)
     herd: list[HerdRow] = field(default_factory=list)
+    fleet: list[FleetRow] = field(default_factory=list)
     result_wakeup: list[ResultWakeRow] = field(default_factory=list)
     retention: list[RetentionRow] = field(default_factory=list)
     txn_put: list[TxnPutRow] = field(default_factory=list)
@@ -150,7 +152,40 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
             ", ".join(f"{r.mode}: {r.wasted_per_job:.2f}" for r in herd_push), _ok(worst <= 1.0)))
     else:
         targets.append(Target("Herd: wasted wake-ups per job", "<= 1", "not measured", None))
-    return targets + lifecycle_targets(results)
+    return targets + fleet_targets(results.fleet) + lifecycle_targets(results)
+
+
+def fleet_targets(rows: Sequence[FleetRow]) -> list[Target]:
+    """Issue 16's herd across processes: the most 1-slot processes against the fewest."""
+    def find(mode: str, pick: Callable[[Iterable[int]], int]) -> FleetRow | None:
+        single = [r for r in rows if r.slots == 1 and r.mode == mode]
+        if not single:
+            return None
+        want = pick(r.processes for r in single)
+        return next(r for r in single if r.processes == want)
+
+    few, many = find(TRICKLE, min), find(TRICKLE, max)
+    few_backlog, many_backlog = find(BACKLOG, min), find(BACKLOG, max)
+    if few is None or many is None or few_backlog is None or many_backlog is None:
+        return [Target("Fleet: claims per job, many 1-slot processes", "<= 1.5", "not measured", None)]
+    name = f"{many.processes} processes"
+    worst = max(many.claims_per_job, many_backlog.claims_per_job)
+    wasted = max(many.wasted_per_job, many_backlog.wasted_per_job)
+    share = many_backlog.jobs_per_s / few_backlog.jobs_per_s if few_backlog.jobs_per_s else math.nan
+    return [
+        Target(f"Fleet: server claims per job, {name} x 1 slot", "<= 1.5",
+               f"trickle {many.claims_per_job:.2f}, backlog {many_backlog.claims_per_job:.2f}",
+               _ok(worst <= 1.5)),
+        Target(f"Fleet: wasted wake-ups per job, {name}", "<= 1",
+               f"trickle {many.wasted_per_job:.2f}, backlog {many_backlog.wasted_per_job:.2f}",
+               _ok(wasted <= 1.0)),
+        Target(f"Fleet: backlog throughput, {name} vs {few_backlog.processes}", ">= 0.9x",
+               f"{many_backlog.jobs_per_s:,.0f} vs {few_backlog.jobs_per_s:,.0f} jobs/s = {share:.3f}x",
+               _ok(share >= 0.9)),
+        Target(f"Fleet: trickle latency p50, {name} vs {few.processes}", "no worse",
+               f"{many.latency.p50:.2f} vs {few.latency.p50:.2f} ms",
+               _ok(many.latency.p50 <= few.latency.p50 * 1.05)),
+    ]
 
 
 def scale_out_targets(plan_rows: Sequence[ThroughputRow], worker_batch: int) -> list[Target]:
@@ -377,6 +412,7 @@ def targets_tables(results: Results) -> list[str]:
           _num(r.wasted_per_job), _num(r.server_claims_per_job), _num(r.server_ops_per_job),
           f"{_num(r.latency.p50)} / {_num(r.latency.p99)}", f"{r.lost} / {r.duplicates}",
           _pct(r.other_cpu)] for r in results.herd])
+    out += fleet_table(results.fleet)
     out += lifecycle_tables(results)
     if results.control:
         out += ["", "## 8. Control (pause, resume, cancel; another client's call to the "
@@ -403,6 +439,21 @@ def targets_tables(results: Results) -> list[str]:
                                          results.depth, results.herd) for r in rows for e in r.errors]
     if errors:
         out += ["", "Errors inside runs:", ""] + [f"- {label}: {e}" for label, e in errors[:20]]
+    return out
+
+
+def fleet_table(rows: Sequence[FleetRow]) -> list[str]:
+    if not rows:
+        return []
+    out = ["", "## 5b. Fleet (worker processes on one queue; claims counted in every process)", ""]
+    out += _table(
+        ["arrivals", "processes x slots", "jobs", "jobs/s", "claims/job", "wasted wake-ups/job",
+         "latency p50 / p99 ms", "lost / dup", "other load"],
+        [[f"trickle, every {r.interval_ms:.0f} ms" if r.mode == TRICKLE
+          else "backlog", r.label, f"{r.jobs:,}", _num(r.jobs_per_s, 0), _num(r.claims_per_job),
+          _num(r.wasted_per_job), f"{_num(r.latency.p50)} / {_num(r.latency.p99)}"
+          if r.mode == TRICKLE else "-", f"{r.lost} / {r.duplicates}", _pct(r.other_cpu)]
+         for r in rows])
     return out
 
 

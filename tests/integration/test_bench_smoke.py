@@ -33,6 +33,7 @@ from streamqueue.bench.consumers import (
 )
 from streamqueue.bench.control import control
 from streamqueue.bench.dashboard import dashboard_reads
+from streamqueue.bench.fleet_herd import fleet_herd
 from streamqueue.bench.report import Results, evaluate, markdown, write_json, write_plots
 from streamqueue.bench.schedules import schedules
 
@@ -113,6 +114,15 @@ def test_herd(ctx: BenchContext, results: Results, kind: Kind, interval: float) 
     results.herd.append(row)
 
 
+@pytest.mark.parametrize("interval", [0.02, 0.0], ids=["trickle", "backlog"])
+def test_fleet(ctx: BenchContext, results: Results, interval: float) -> None:
+    row = fleet_herd(ctx, 2, 1, jobs=20, interval=interval, stall_timeout=20)
+    assert (row.processes, row.slots, row.lost, row.duplicates, row.errors) == (2, 1, 0, 0, [])
+    # Every job was claimed by a claim command the processes counted.
+    assert row.claims_per_job >= 1.0
+    results.fleet.append(row)
+
+
 def test_lifecycle(ctx: BenchContext, results: Results) -> None:
     wake = lc.result_wakeup(ctx, jobs=3)
     assert wake.jobs == wake.after_ack.count == wake.after_call.count == 3
@@ -171,6 +181,7 @@ def test_report(results: Results, tmp_path: Path) -> None:
     assert "## Targets" in text and "## 5. Herd" in text and "## 8. Control" in text
     assert "## 9. Schedules" in text and "## 10. Dashboard" in text
     assert "## 6. result() wake-up" in text and "## 7. Throughput with keep_completed" in text
+    assert "## 5b. Fleet" in text
     assert "the queue's own claim and complete called bare" in text
     write_plots(results, tmp_path)
     floor = next(r for r in results.throughput if r.kind == "floor" and r.processes == 1)
