@@ -162,11 +162,13 @@ def test_all_schedulers_stopped_then_restarted_fire_the_latest_tick_once(
     assert wait_until(lambda: taken.count() >= before + 3, timeout=30), fleet.output()[-3000:]
     resumed = taken.after(stopped_at + SECOND)
     first_tick, first_lateness = min(resumed)
-    # One job for the gap, for its most recent tick (less than a tick late), then every
-    # tick again: no burst of old ones, nothing twice.
+    # One job for the gap, for its most recent tick, then every tick again: no burst of
+    # old ones, nothing twice. The most recent tick is less than a tick before the
+    # scheduler read the schedule, and the fire's own transaction comes on top of that
+    # (1.006 s was seen under load); the oldest missed tick would be 4 s late or more.
     # Down 5 s or more: at least four ticks passed unfired before the first one fired.
     assert first_tick >= stopped_at + timedelta(seconds=4), resumed
-    assert first_lateness < 1.0, resumed
+    assert first_lateness < 1.5, resumed
     assert_every_tick_once([tick for tick, _ in resumed])
     assert len(set(taken.ticks)) == len(taken.ticks)
     [info] = queue.schedules()
