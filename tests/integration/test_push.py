@@ -128,7 +128,10 @@ def test_delayed_jobs_due_together_wake_a_waiter_each(
     assert all(job is not None for job in jobs), jobs
     assert sorted(job.id for job in jobs) == sorted(ids)
     slowest = max(t.finished_at or 0.0 for t in threads) - put_at
-    assert slowest < 0.5 + 0.5, slowest
+    # Due timers wake them about 0.5 s after the put; without them only the stream's
+    # max_await or the sweep would, seconds later. The margin is for a loaded machine
+    # (1.04 s was seen with the asyncio variant's extra hop at load 12).
+    assert slowest < 0.5 + 2.0 < DEFAULT_MAX_AWAIT, slowest
 
 
 @pytest.mark.sync_only
