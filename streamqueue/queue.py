@@ -11,6 +11,8 @@ from bson import ObjectId
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 
+from streamqueue.fleet import DEFAULT_PATIENCE
+from streamqueue.fleetlink import FleetLink
 from streamqueue.hooks import Hooks
 from streamqueue.jobinfo import JobInfo
 from streamqueue.pause import PauseFlag
@@ -111,7 +113,12 @@ class Queue(QueueBase[Job]):
         pause_stream_after: float | None = 2.0,
         retry: RetryPolicy | None = None,
         keep_completed: float = 0.0,
+        fleet: int | None = None,
+        fleet_patience: float = DEFAULT_PATIENCE,
     ) -> None:
+        """``fleet``: join the queue's fleet with this many slots (a Worker's concurrency),
+        so that one process, not every one, claims each job (docs/DESIGN.md, "The fleet");
+        None (the default) keeps every process claiming on every event."""
         if not isinstance(collection, Collection):
             raise TypeError(f"collection must be a pymongo Collection, not {type(collection).__name__}")
         super().__init__(consumer_id, lease=lease, max_attempts=max_attempts, backoff=backoff,
@@ -123,6 +130,9 @@ class Queue(QueueBase[Job]):
             self.store, self.board, self.hooks, **watcher_options(
                 max_await=max_await, poll_interval=poll_interval,
                 pause_stream_after=pause_stream_after))
+        if fleet is not None:
+            self.watcher.fleet = FleetLink(self.store.plans, self.board, self.consumer_id, fleet,
+                                           patience=fleet_patience)
         self._attach(self.store.plans, self.board, self.watcher,
                      PauseFlag(self.store.is_paused, self.watcher.stream_epoch))
 

@@ -411,8 +411,12 @@ class QueueBase(Generic[J]):
         """
         woken = False
         wake: Wake | None = None
+        # Proposal 1 (docs/PERFORMANCE.md): a fleet view that has seen every ready
+        # job since an empty claim knows this claim would find nothing.
+        skip = self.knows_empty()
         while True:
-            jobs: list[J] = yield self._claim_step(limit)
+            jobs: list[J] = [] if skip else (yield self._claim_step(limit))
+            skip = False
             if jobs:
                 if wake is Wake.DUE and len(jobs) == limit and self.board.waiters > 1:
                     # Jobs due together are one due time on the board (one wake):
@@ -430,6 +434,11 @@ class QueueBase(Generic[J]):
     def _wait_for_wakeup(self, deadline: float) -> Plan[Wake]:
         until = min(deadline, time.monotonic() + self.sweep_interval)
         wake: Wake = yield self._wake_step(until)
+        fleet = self._events.fleet
+        if fleet is not None and (wake is Wake.DUE or (
+                wake is Wake.TIMEOUT and time.monotonic() < deadline)):
+            # Delayed jobs falling due and whatever a sweep is for: no event tells the view.
+            fleet.view.forget_empty()
         if wake is Wake.RESUME:
             yield self._resume_step()
         elif wake is Wake.DUE:
@@ -441,16 +450,35 @@ class QueueBase(Generic[J]):
         yield from self.plans.ensure_indexes()  # a flag check, unless the collection was dropped
         if (yield from self._paused_now()):
             return []
-        if limit == 1:
-            doc = yield from self.plans.claim(self.consumer_id, self.lease)
-            docs = [doc] if doc is not None else []
-        else:
-            docs = yield from self.plans.claim_many(self.consumer_id, self.lease, limit)
+        docs = yield from self._counted_claim(limit)
         jobs = [self._make_job(doc) for doc in docs]
         for job in jobs:
             self._holding[job.id] = job
             self.hooks.claimed(self.name, job.wait_seconds)
         return jobs
+
+    def _counted_claim(self, limit: int) -> Plan[list[Document]]:
+        """The claim itself, told to the fleet view (if any): in flight, then what it found."""
+        fleet = self._events.fleet
+        token = fleet.view.claim_started() if fleet is not None else None
+        found: list[Document] | None = None
+        try:
+            if limit == 1:
+                doc = yield from self.plans.claim(self.consumer_id, self.lease)
+                found = [doc] if doc is not None else []
+            else:
+                found = yield from self.plans.claim_many(self.consumer_id, self.lease, limit)
+            return found
+        finally:
+            if fleet is not None and token is not None:
+                fleet.view.claim_done(token, None if found is None else
+                                      [doc["_id"] for doc in found])
+                fleet.sync()
+
+    def knows_empty(self) -> bool:
+        """True when this queue's fleet view knows a claim now would find nothing."""
+        fleet = self._events.fleet
+        return fleet is not None and fleet.view.knows_empty()
 
     def _paused_now(self) -> Plan[bool]:
         known, seen = self._pause.known()

@@ -58,6 +58,8 @@ class WakeupBoard:
         self._last_blocked = clock()
         self._paused = False
         self._keep_open = False  # someone needs the stream's other news (cancel requests)
+        # When the fleet view (streamqueue.fleet) owes a claim unless news comes first.
+        self._gate: float | None = None
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
@@ -138,6 +140,23 @@ class WakeupBoard:
             self._permits = self._waiters
             self._cond.notify_all()
 
+    @property
+    def permits(self) -> int:
+        """Wake-ups handed out and not yet taken by a waiter."""
+        return self._permits
+
+    def set_gate(self, at: float | None) -> None:
+        """Wake one waiter at the monotonic time ``at`` (None: never), replacing the last gate.
+
+        The fleet view sets it to when its patience runs out; unlike a due
+        time it is withdrawn when the news that makes it moot arrives.
+        """
+        with self._cond:
+            earlier = at is not None and (self._gate is None or at < self._gate)
+            self._gate = at
+            if earlier:
+                self._cond.notify_all()  # blocked waiters shorten their timeouts
+
     def schedule(self, delay: float) -> None:
         """Wake one waiter ``delay`` seconds from now, when a delayed job falls due."""
         at = self._clock() + delay
@@ -184,6 +203,9 @@ class WakeupBoard:
         if self._due and self._due[0] <= now:
             del self._due[0]
             return Wake.DUE
+        if self._gate is not None and self._gate <= now:
+            self._gate = None
+            return Wake.EVENT
         if now >= until:
             return Wake.TIMEOUT
         if self._paused:
@@ -191,6 +213,8 @@ class WakeupBoard:
         timeout = until - now
         if self._due:
             timeout = min(timeout, self._due[0] - now)
+        if self._gate is not None:
+            timeout = min(timeout, self._gate - now)
         if self._poll_interval is not None:
             poll_at = started + self._poll_interval
             if now >= poll_at:

@@ -26,6 +26,7 @@ from bson import ObjectId
 from pymongo.errors import OperationFailure, PyMongoError
 
 from streamqueue.errors import StreamQueueError
+from streamqueue.fleetlink import FleetLink
 from streamqueue.hooks import Hooks
 from streamqueue.plan import Invoke, Plan
 from streamqueue.storage import (
@@ -87,6 +88,8 @@ class StreamEvents:
         self.streams_paused = 0
         # Counts the streams opened; None while none is open (see stream_epoch).
         self._epoch: int | None = None
+        #: Set when the queue joined a fleet (``streamqueue.fleetlink``).
+        self.fleet: FleetLink | None = None
         #: Told of pause/resume events (True: paused) and cancel requests for held jobs.
         self.on_pause: Callable[[bool], None] | None = None
         self.on_cancel: Callable[[ObjectId], None] | None = None
@@ -148,6 +151,8 @@ class StreamEvents:
                     yield Invoke(self._wait_wanted)
                 failures = 0
             except PyMongoError as exc:
+                if self.fleet is not None:
+                    self.fleet.closed()
                 if self._stopping.is_set():
                     break
                 if is_change_stream_unsupported(exc):
@@ -161,12 +166,19 @@ class StreamEvents:
                 self._board.set_polling(self._poll_interval)
                 self._poll_instead()
                 return
+        if self.fleet is not None:
+            yield from self.fleet.leave()
 
     def _follow_stream(self) -> Plan[bool]:
         """Follow the stream until stopped, invalidated or paused (then True)."""
-        stream = yield from self._plans.watch(self._resume_token, self._max_await)
+        fleet = self.fleet
+        stream = yield from self._plans.watch(self._resume_token, self._max_await,
+                                              fleet.pipeline if fleet is not None else None)
         try:
             self.streams_opened += 1
+            if fleet is not None:
+                # Before _opened wakes anyone: their claims then count in the view.
+                yield from fleet.opened()
             self._opened()
             yield from self.refresh_due_plan()
             try:
@@ -175,10 +187,14 @@ class StreamEvents:
                     self._resume_token = stream.resume_token
                     if event is not None:
                         self._on_event(event)
+                    if fleet is not None:
+                        yield from fleet.beat_if_due()
                     if self._pause_if_unneeded():
                         return True
             finally:
                 self._epoch = None
+                if fleet is not None:
+                    fleet.closed()
             if not stream.alive and not self._stopping.is_set():
                 self._invalidated()
             return False
@@ -236,6 +252,9 @@ class StreamEvents:
                 self.on_cancel(event["documentKey"]["_id"])
             return  # a held job: nothing to claim
         due_in = event_due_in(event)
+        if self.fleet is not None:
+            self._on_fleet_event(event, due_in)
+            return
         # Even a job due in a millisecond gets a timer: a claim sent before
         # then would miss it, and no other event would come for it.
         if due_in <= 0:
@@ -243,12 +262,23 @@ class StreamEvents:
         else:
             self._board.schedule(due_in)
 
+    def _on_fleet_event(self, event: Mapping[str, Any], due_in: float) -> None:
+        """The fleet view decides who claims; as without one until it is known."""
+        assert self.fleet is not None
+        action = self.fleet.on_event(event, due_in)
+        if action == "delayed":
+            self._board.schedule(due_in)
+        elif action == "ready":
+            self._board.notify(1)
+
     def _on_pause_event(self, event: Mapping[str, Any]) -> None:
         paused = event_paused(event)
         if paused is None:
             return
         if self.on_pause is not None:
             self.on_pause(paused)
+        if self.fleet is not None:
+            self.fleet.view.forget_empty()
         if not paused:
             # Every waiter that saw "paused" claims again.
             self._board.notify_all()

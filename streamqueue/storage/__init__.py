@@ -1142,10 +1142,12 @@ class StorePlans:
 
     # -- change streams --------------------------------------------------------------
 
-    def watch(self, resume_after: Mapping[str, Any] | None, max_await: float) -> Plan[Any]:
-        """Open the wake-up stream; driver errors are left to the watcher, which resumes."""
-        return (yield call(self.streams, "watch", WAKE_PIPELINE, resume_after=resume_after,
-                           max_await_time_ms=millis(max_await)))
+    def watch(self, resume_after: Mapping[str, Any] | None, max_await: float,
+              pipeline: list[Document] | None = None) -> Plan[Any]:
+        """Open the wake-up stream (``WAKE_PIPELINE`` unless told); driver errors are left
+        to the watcher, which resumes."""
+        return (yield call(self.streams, "watch", pipeline or WAKE_PIPELINE,
+                           resume_after=resume_after, max_await_time_ms=millis(max_await)))
 
     def watch_job(self, job_id: ObjectId) -> Plan[Any]:
         """Open the change stream of one job, in the queue and the error queue."""

@@ -275,6 +275,9 @@ class Worker:
                 if self._stopping.is_set():
                     break
                 woken = wake not in (Wake.TIMEOUT, Wake.RESUME)
+            if not woken and self.queue.knows_empty():
+                maybe_more = False  # the fleet view knows this claim would find nothing
+                continue
             want = min(free, self.batch)
             # A claim that finds nothing proves the queue drained only if no job
             # of ours was running while it ran: a handler failing meanwhile

@@ -1,0 +1,101 @@
+"""A fleet member's side of the stream: its member document, its view, and the board it wakes.
+
+Used by ``StreamEvents`` (sync and asyncio watchers alike) when a queue joined
+a fleet (``Queue(..., fleet=slots)``); every step with I/O is a plan, so both
+runners share it. See ``streamqueue.fleet`` for who claims what, and
+docs/DESIGN.md ("The fleet: one claim per job across processes").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from streamqueue.errors import StreamQueueError
+from streamqueue.fleet import DEFAULT_PATIENCE, HEARTBEAT, MEMBER_TTL, FleetView, classify
+from streamqueue.plan import Plan
+from streamqueue.storage import Document, StorePlans
+from streamqueue.storage import fleet as fleet_store
+from streamqueue.wakeups import WakeupBoard
+
+log = logging.getLogger(__name__)
+
+
+class FleetLink:
+    def __init__(self, plans: StorePlans, board: WakeupBoard, consumer_id: str, slots: int, *,
+                 patience: float = DEFAULT_PATIENCE, heartbeat: float = HEARTBEAT,
+                 ttl: float = MEMBER_TTL) -> None:
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"fleet slots must be a positive int, not {slots!r}")
+        self._plans = plans
+        self._board = board
+        self.consumer_id = consumer_id
+        self.slots = slots
+        self.view = FleetView(consumer_id, patience=patience)
+        self._heartbeat = heartbeat
+        self._ttl = ttl
+        self._next_beat = 0.0
+
+    @property
+    def pipeline(self) -> list[Document]:
+        return fleet_store.FLEET_PIPELINE
+
+    def opened(self) -> Plan[None]:
+        """The stream is open: join (or refresh), then read the snapshot the view starts from."""
+        self.view.reset()
+        try:
+            yield from fleet_store.beat(self._plans, self.consumer_id, self.slots, self._ttl)
+            members, locked = yield from fleet_store.snapshot(self._plans)
+        except StreamQueueError:
+            # Unknown, the view leaves every wake-up as it was without a fleet.
+            log.warning("could not join the fleet of %s; waking as without one",
+                        self._plans.jobs.name, exc_info=True)
+            return
+        self._next_beat = time.monotonic() + self._heartbeat
+        self.view.snapshot(members, locked)
+        self.sync()
+
+    def beat_if_due(self) -> Plan[None]:
+        if time.monotonic() < self._next_beat:
+            return
+        self._next_beat = time.monotonic() + self._heartbeat
+        try:
+            yield from fleet_store.beat(self._plans, self.consumer_id, self.slots, self._ttl)
+        except StreamQueueError:
+            log.warning("fleet heartbeat on %s failed", self._plans.jobs.name, exc_info=True)
+
+    def closed(self) -> None:
+        """The stream closed (pause, outage, invalidation): the view knows nothing now."""
+        self.view.reset()
+        self._board.set_gate(None)
+
+    def leave(self) -> Plan[None]:
+        self.closed()
+        try:
+            yield from fleet_store.leave(self._plans, self.consumer_id)
+        except StreamQueueError:
+            log.info("could not remove the member document of %s; it expires in %gs",
+                     self.consumer_id, self._ttl)
+
+    def on_event(self, event: Mapping[str, Any], due_in: float) -> str:
+        """Apply a job or member event; what the watcher does as without a fleet:
+        "delayed" (schedule the due time), "ready" (wake a waiter: the view is not
+        known yet), or "" (nothing: the view decided)."""
+        change = classify(event, due_in <= 0)
+        self.view.apply(change)
+        if self.view.known:
+            self.sync()
+        if change.kind == "delayed" or (change.kind == "ready" and not self.view.known):
+            return change.kind
+        return ""
+
+    def sync(self) -> None:
+        """Wake as many local waiters as the view says this process owes claims, and set
+        the board's gate for when patience runs out."""
+        owed, at = self.view.owed()
+        missing = owed - self._board.permits
+        if missing > 0:
+            self._board.notify(missing)
+        self._board.set_gate(at)

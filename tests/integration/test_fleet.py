@@ -1,0 +1,227 @@
+"""The fleet (issue 16): N Queue objects of one slot each on one queue claim each job once.
+
+Each consumer is a ``Queue`` on a client of its own (as a process would be),
+looping ``next()`` and completing what it gets; a producer trickles jobs in.
+Claims are counted on the server's side of each client (findAndModify).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+from pymongo.collection import Collection
+
+from streamqueue import Queue
+from streamqueue.fleet import member_id
+from streamqueue.storage import Document
+from streamqueue.storage.fleet import FLEET_PIPELINE
+from tests.helpers import CommandCounter, on, wait_until
+
+TRICKLE_JOBS = 30
+TRICKLE_GAP = 0.04
+
+
+class Consumer:
+    """One "process": its own client, its own Queue, a thread claiming and completing."""
+
+    def __init__(self, uri: str, collection: Collection[Document], fleet: int | None,
+                 hold: float = 0.0, **options: Any) -> None:
+        self.counter = CommandCounter()
+        self.client: MongoClient[Document] = MongoClient(uri, event_listeners=[self.counter])
+        self.queue = Queue(on(self.client, collection), fleet=fleet, max_await=1.0, **options)
+        self.hold = hold
+        self.got: list[tuple[Any, float]] = []  # (job id, monotonic claim time)
+        self.gate = threading.Event()
+        self.gate.set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> Consumer:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            job = self.queue.next(timeout=0.3)
+            if job is None:
+                continue
+            self.got.append((job.id, time.monotonic()))
+            self.gate.wait(30)
+            time.sleep(self.hold)
+            job.complete()
+
+    def claims(self, name: str) -> int:
+        return self.counter.count("findAndModify", name)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.gate.set()
+        self._thread.join(5)
+        self.queue.close()
+        self.client.close()
+
+
+@pytest.fixture
+def consumers(mongo_uri: str, collection: Collection[Document]) -> Iterator[Any]:
+    made: list[Consumer] = []
+
+    def make(count: int, fleet: int | None, **options: Any) -> list[Consumer]:
+        group = [Consumer(mongo_uri, collection, fleet, **options) for _ in range(count)]
+        made.extend(group)
+        return group
+
+    yield make
+    closers = [threading.Thread(target=c.close) for c in made]
+    for closer in closers:
+        closer.start()
+    for closer in closers:
+        closer.join()
+
+
+def _members_joined(collection: Collection[Document], count: int) -> bool:
+    return collection.count_documents({"state": "member"}) >= count
+
+
+def _trickle(producer: Queue, jobs: int, gap: float) -> dict[Any, float]:
+    put_at = {}
+    for index in range(jobs):
+        put_at[producer.put({"n": index})] = time.monotonic()
+        time.sleep(gap)
+    return put_at
+
+
+def _all_claimed(group: list[Consumer], jobs: int) -> bool:
+    return sum(len(c.got) for c in group) >= jobs
+
+
+@pytest.mark.parametrize("fleet", [1, None], ids=["fleet", "baseline"])
+def test_four_consumers_claim_each_trickled_job_about_once(
+    consumers: Any, collection: Collection[Document], mongo_client: MongoClient[Document],
+    fleet: int | None,
+) -> None:
+    producer = Queue(collection)
+    producer.store.ensure_indexes()
+    group = consumers(4, fleet)
+    for consumer in group:
+        consumer.start()
+    if fleet is not None:
+        assert wait_until(lambda: _members_joined(collection, 4), 15)
+    # Every consumer has made its first (empty) claim and waits.
+    assert wait_until(lambda: all(c.claims(collection.name) >= 1 for c in group), 15)
+    time.sleep(0.5)
+    before = sum(c.claims(collection.name) for c in group)
+    _trickle(producer, TRICKLE_JOBS, TRICKLE_GAP)
+    assert wait_until(lambda: _all_claimed(group, TRICKLE_JOBS), 20)
+    time.sleep(0.3)  # claims still in flight count too
+    claims = sum(c.claims(collection.name) for c in group) - before
+    per_job = claims / TRICKLE_JOBS
+    print(f"\n4 consumers x 1 slot, fleet={fleet}: {per_job:.2f} claims/job")
+    assert len({job for c in group for job, _ in c.got}) == TRICKLE_JOBS
+    if fleet is None:
+        assert per_job > 2.0  # the herd this design removes (keeps the check above honest)
+    else:
+        assert per_job <= 1.5
+
+
+def test_a_claim_reaches_the_fleet_stream_as_an_update_naming_the_claimer(
+    collection: Collection[Document],
+) -> None:
+    queue = Queue(collection, consumer_id="claimer")
+    queue.store.ensure_indexes()
+    with collection.watch(FLEET_PIPELINE) as stream:
+        queue.put({"a": 1})
+        job = queue.next()
+        assert job is not None
+        job.complete()
+        events = [stream.next() for _ in range(3)]
+    assert [e["operationType"] for e in events] == ["insert", "update", "delete"]
+    fields = events[1]["updateDescription"]["updatedFields"]
+    assert fields["state"] == "locked" and fields["consumer_id"] == "claimer"
+
+
+def test_a_job_put_while_every_slot_is_busy_is_claimed_when_one_frees(
+    consumers: Any, collection: Collection[Document],
+) -> None:
+    producer = Queue(collection, sweep_interval=60)
+    producer.store.ensure_indexes()
+    group = consumers(3, 1, sweep_interval=60)
+    for consumer in group:
+        consumer.gate.clear()  # hold each job until told
+        consumer.start()
+    assert wait_until(lambda: _members_joined(collection, 3), 15)
+    assert wait_until(lambda: all(c.claims(collection.name) >= 1 for c in group), 15)
+    for index in range(3):
+        producer.put({"busy": index})
+    assert wait_until(lambda: _all_claimed(group, 3), 10)
+    late = producer.put({"late": True})
+    time.sleep(0.5)  # every view has seen it, nobody can take it
+    assert (collection.find_one({"_id": late}) or {}).get("state") == "ready"
+    freed = group[1]
+    freed.gate.set()
+    freed_at = time.monotonic()
+    assert wait_until(lambda: any(job == late for c in group for job, _ in c.got), 10)
+    taken_at = next(t for c in group for job, t in c.got if job == late)
+    print(f"\nclaimed {taken_at - freed_at:.3f}s after a slot freed")
+    assert taken_at - freed_at < 2.0
+
+
+def test_a_member_that_never_claims_delays_its_jobs_by_about_its_patience(
+    consumers: Any, collection: Collection[Document], mongo_client: MongoClient[Document],
+) -> None:
+    """A SIGKILLed member's document lives on until it expires: its share waits patience."""
+    producer = Queue(collection, sweep_interval=60)
+    producer.store.ensure_indexes()
+    ghost_until = datetime.now(timezone.utc) + timedelta(minutes=5)
+    collection.insert_one({"_id": member_id("ghost"), "state": "member", "slots": 1,
+                           "expires_at": ghost_until})
+    group = consumers(2, 1, sweep_interval=60, fleet_patience=0.1)
+    for consumer in group:
+        consumer.start()
+    assert wait_until(lambda: _members_joined(collection, 3), 15)
+    assert wait_until(lambda: all(c.claims(collection.name) >= 1 for c in group), 15)
+    time.sleep(0.3)
+    put_at = _trickle(producer, 24, 0.1)
+    assert wait_until(lambda: _all_claimed(group, 24), 20)
+    waits = sorted(t - put_at[job] for c in group for job, t in c.got if job in put_at)
+    print(f"\nwith a ghost member: enqueue-to-claim max {waits[-1]:.3f}s, "
+          f"median {waits[len(waits) // 2]:.3f}s")
+    assert waits[-1] < 1.5  # patience (0.1 s) per slot skipped, not the 60 s sweep
+
+
+def test_member_documents_are_no_jobs(collection: Collection[Document]) -> None:
+    queue = Queue(collection, fleet=2, max_await=1.0)
+    try:
+        queue.put({"a": 1})
+        assert queue.next(timeout=0.5) is not None
+        assert wait_until(lambda: _members_joined(collection, 1), 10)
+        stats = queue.stats()
+        assert stats["total"] == 1 and stats["locked"] == 1
+        assert [info.payload for info in queue.jobs()] == [{"a": 1}]
+        assert queue.reap() == 0
+    finally:
+        queue.close()
+    assert wait_until(lambda: collection.count_documents({"state": "member"}) == 0, 10)
+
+
+def test_an_idle_fleet_member_costs_at_most_one_server_op_per_second(
+    consumers: Any, collection: Collection[Document],
+) -> None:
+    producer = Queue(collection)
+    producer.store.ensure_indexes()
+    (idle,) = consumers(1, 1, sweep_interval=60)
+    idle.queue = Queue(on(idle.client, collection), fleet=1, max_await=5.0, sweep_interval=60)
+    idle.start()
+    assert wait_until(lambda: _members_joined(collection, 1), 15)
+    time.sleep(1.0)
+    idle.counter.reset()
+    time.sleep(6.0)
+    ops = len(idle.counter.commands)
+    print(f"\nidle fleet member: {ops} commands in 6 s: "
+          f"{sorted(name for name, _ in idle.counter.commands)}")
+    assert ops / 6.0 <= 1.0
