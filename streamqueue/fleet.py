@@ -35,7 +35,7 @@ import hashlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,13 +60,10 @@ def is_member_id(doc_id: object) -> bool:
     return isinstance(doc_id, str) and doc_id.startswith(MEMBER_PREFIX)
 
 
-def slot_rank(consumer_id: str) -> int:
-    """A member's place on the ring: the same in every process (no ``hash()`` salt)."""
-    return int.from_bytes(hashlib.blake2b(consumer_id.encode(), digest_size=8).digest(), "big")
-
-
-def job_rank(job_id: Hashable) -> int:
-    return slot_rank(str(job_id))
+def rank(consumer_id: str, anchor: str) -> bytes:
+    """A member's place in the order an episode's first job gives (rendezvous hashing):
+    the same in every process (no ``hash()`` salt), uniform over members."""
+    return hashlib.blake2b(f"{anchor}\0{consumer_id}".encode(), digest_size=8).digest()
 
 
 @dataclass(frozen=True)
@@ -125,7 +122,8 @@ class FleetView:
         self._busy: Counter[str] = Counter()
         self._ready: dict[Any, tuple[int, float]] = {}  # job id -> (seq, heard at)
         self._seq = 0
-        self._anchor = 0
+        self._anchor = ""
+        self._ring: tuple[str, tuple[str, ...], list[str]] | None = None
         self._inflight = 0
         self._unconfirmed: set[Any] = set()
         self._empty_seen = False
@@ -167,7 +165,7 @@ class FleetView:
                 self._unlock(change.doc_id)
                 if not self._ready:
                     # A new episode: rotate the ring so trickle load spreads over members.
-                    self._anchor = job_rank(change.doc_id)
+                    self._anchor = str(change.doc_id)
                 self._ready.setdefault(change.doc_id, (self._seq, self._clock()))
             elif kind == "locked":
                 self._ready.pop(change.doc_id, None)
@@ -253,9 +251,15 @@ class FleetView:
             return 0, oldest + self.patience * (nxt - ready + 1)
 
     def _free_slots(self) -> list[str]:
-        """Every live member's free slots, in the fleet's agreed order (the ring from the anchor)."""
-        ring = sorted(self._members, key=lambda m: ((slot_rank(m) - self._anchor) % 2**64, m))
-        return [m for m in ring for _ in range(max(0, self._members[m] - self._busy[m]))]
+        """Every live member's free slots, in the fleet's agreed order (rendezvous order from the anchor)."""
+        return [m for m in self._order() for _ in range(max(0, self._members[m] - self._busy[m]))]
+
+    def _order(self) -> list[str]:
+        members = tuple(self._members)
+        if self._ring is None or self._ring[:2] != (self._anchor, members):
+            ordered = sorted(members, key=lambda m: (rank(m, self._anchor), m))
+            self._ring = (self._anchor, members, ordered)
+        return self._ring[2]
 
     def _positions(self, order: list[str]) -> list[int]:
         """This process's places in ``order``; its own slots past the end if the view thinks
