@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import itertools
 import math
 import os
 import sys
@@ -30,7 +31,7 @@ from streamqueue.bench.consumers import (
 )
 from streamqueue.bench.control import control
 from streamqueue.bench.dashboard import dashboard_reads
-from streamqueue.bench.fleet_herd import fleet_herd
+from streamqueue.bench.fleet_herd import FLEET, HERD, fleet_herd
 from streamqueue.bench.report import (
     Results,
     evaluate,
@@ -79,7 +80,7 @@ def busy_note(results: Results, threshold: float) -> str | None:
         *((f"idle {r.label}", r.other_cpu) for r in results.idle),
         *((f"depth {r.label}, {r.depth:,}", r.other_cpu) for r in results.depth),
         *((f"herd {r.mode} {r.label} x{r.consumers}", r.other_cpu) for r in results.herd),
-        *((f"fleet {r.mode} {r.label}", r.other_cpu) for r in results.fleet),
+        *((f"fleet {r.design} {r.mode} {r.label}", r.other_cpu) for r in results.fleet),
     ]
     known = [(name, share) for name, share in rows if share is not None]
     if not known:
@@ -186,17 +187,19 @@ def _run_fleet(ctx: BenchContext, config: BenchConfig, attempt: Attempt, results
                  f"{config.fleet_trickle_jobs} jobs every {config.fleet_trickle_interval * 1000:.0f} ms, "
                  f"then a backlog of {config.fleet_backlog_jobs:,}")
     for processes, slots in config.fleet_shapes:
-        for jobs, interval in ((config.fleet_trickle_jobs, config.fleet_trickle_interval),
-                               (config.fleet_backlog_jobs, 0.0)):
+        for (jobs, interval), design in itertools.product(
+                ((config.fleet_trickle_jobs, config.fleet_trickle_interval),
+                 (config.fleet_backlog_jobs, 0.0)), (HERD, FLEET)):
             def run(processes: int = processes, slots: int = slots, jobs: int = jobs,
-                    interval: float = interval) -> None:
+                    interval: float = interval, design: str = design) -> None:
                 row = fleet_herd(ctx, processes, slots, jobs=jobs, interval=interval,
-                                 stall_timeout=config.stall_timeout)
+                                 stall_timeout=config.stall_timeout, design=design)
                 results.fleet.append(row)
-                ctx.progress(f"  {row.mode:7} {row.label:22} {row.jobs_per_s:7,.0f} jobs/s  claims/job "
+                ctx.progress(f"  {row.design:5} {row.mode:7} {row.label:22} "
+                             f"{row.jobs_per_s:7,.0f} jobs/s  claims/job "
                              f"{row.claims_per_job:5.2f}  wasted/job {row.wasted_per_job:5.2f}  "
                              f"p50 {row.latency.p50:6.2f} ms" + _other(row.other_cpu))
-            attempt(f"fleet {processes}x{slots}", run)
+            attempt(f"fleet {design} {processes}x{slots}", run)
 
 
 def _run_latency(ctx: BenchContext, config: BenchConfig, reruns: Reruns, attempt: Attempt,

@@ -21,6 +21,10 @@ from streamqueue.bench.procs import Child, children, go_all
 
 TRICKLE = "trickle"
 BACKLOG = "backlog"
+# The two designs side by side: every process claims on every event (HERD, the
+# baseline: Queue(fleet=None)), or the fleet view decides who claims (FLEET).
+HERD = "herd"
+FLEET = "fleet"
 
 
 @dataclass
@@ -39,6 +43,7 @@ class FleetRow:
     duplicates: int
     other_cpu: float | None = None
     errors: list[str] = field(default_factory=list)
+    design: str = HERD
 
     @property
     def label(self) -> str:
@@ -46,15 +51,17 @@ class FleetRow:
 
 
 def fleet_herd(ctx: BenchContext, processes: int, slots: int, *, jobs: int, interval: float,
-               stall_timeout: float = 30.0) -> FleetRow:
-    """``processes`` worker processes of ``slots`` slots; a trickle if ``interval`` > 0."""
+               stall_timeout: float = 30.0, design: str = HERD) -> FleetRow:
+    """``processes`` worker processes of ``slots`` slots; a trickle if ``interval`` > 0;
+    each a fleet member when ``design`` is ``FLEET``."""
     mode = TRICKLE if interval > 0 else BACKLOG
     cpu = ctx.cpu_start()
     with ctx.scratch("fleet") as coll:
         if mode == BACKLOG:
             put_jobs(KIND_PUSH, coll, jobs)
         spec = {"role": "fleet-consume", "uri": ctx.uri, "db": ctx.db_name,
-                "collection": coll.name, "slots": slots, "start_now": mode == TRICKLE}
+                "collection": coll.name, "slots": slots, "start_now": mode == TRICKLE,
+                "fleet": design == FLEET}
         with children([spec] * processes, ready_timeout=120.0) as kids:
             began = _trickle(ctx, coll.name, jobs, interval) if mode == TRICKLE else go_all(kids)
             _wait_drained(coll, jobs, stall_timeout)
@@ -73,7 +80,7 @@ def fleet_herd(ctx: BenchContext, processes: int, slots: int, *, jobs: int, inte
         wasted_per_job=sum(r["claim_empty_hook"] for r in results) / delivered,
         latency=Percentiles.of_seconds([lat for r in results for lat in r["latencies"]]),
         lost=jobs - len(unique), duplicates=len(seqs) - len(set(seqs)), other_cpu=other_cpu,
-        errors=[e for r in results for e in r["errors"]],
+        errors=[e for r in results for e in r["errors"]], design=design,
     )
 
 

@@ -237,9 +237,10 @@ def run_fleet_consumer(spec: Spec, control: _Control) -> dict[str, Any]:
         spec["collection"]]
     sink = Sink()
     hooks = CountingHooks()
-    queue = Queue(collection, hooks=hooks)
+    slots = int(spec["slots"])
+    queue = Queue(collection, hooks=hooks, fleet=slots if spec.get("fleet") else None)
     worker = Worker(queue, lambda payload: sink.record(payload, time.time(), time.time()),
-                    concurrency=int(spec["slots"]))
+                    concurrency=slots)
     runner = threading.Thread(target=worker.run, name="fleet-worker", daemon=True)
     empty_before = 0
     if spec["start_now"]:
@@ -247,6 +248,9 @@ def run_fleet_consumer(spec: Spec, control: _Control) -> dict[str, Any]:
         deadline = time.monotonic() + 60
         while queue.board.waiters < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
+        fleet = queue.watcher.fleet
+        while fleet is not None and not fleet.view.known and time.monotonic() < deadline:
+            time.sleep(0.01)  # a member counts once its view is known, as in a steady fleet
         counter.reset()  # its start-up claim is not the herd's
         empty_before = hooks.empty
     _say({"ready": True})

@@ -24,7 +24,7 @@ from streamqueue.bench.consumers import (
 )
 from streamqueue.bench.control import ControlRow
 from streamqueue.bench.dashboard import DashboardRow
-from streamqueue.bench.fleet_herd import BACKLOG, TRICKLE, FleetRow
+from streamqueue.bench.fleet_herd import BACKLOG, FLEET, HERD, TRICKLE, FleetRow
 from streamqueue.bench.lifecycle import ResultWakeRow, RetentionRow, TxnPutRow
 from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
 from streamqueue.bench.schedules import ScheduleRow
@@ -156,7 +156,24 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
 
 
 def fleet_targets(rows: Sequence[FleetRow]) -> list[Target]:
-    """Issue 16's herd across processes: the most 1-slot processes against the fewest."""
+    """Issue 16's targets 1 and 6, judged on the fleet design's rows (the herd rows are the
+    baseline beside them): the most 1-slot processes against the fewest."""
+    fleet_rows = [r for r in rows if r.design == FLEET]
+    targets = _fleet_herd_targets(fleet_rows)
+    few = min((r for r in fleet_rows if r.mode == TRICKLE and r.slots == 1),
+              key=lambda r: r.processes, default=None)
+    if few is None:
+        return [*targets, Target("Fleet: claims per job at a trickle (proposal 1)", "<= 1.1",
+                                 "not measured", None)]
+    herd = next((r for r in rows if r.design == HERD and r.mode == TRICKLE
+                 and (r.processes, r.slots) == (few.processes, 1)), None)
+    baseline = f" (herd design {herd.claims_per_job:.2f})" if herd is not None else ""
+    return [*targets, Target(
+        f"Fleet: claims per job at a trickle, {few.processes} x 1 slot (proposal 1)", "<= 1.1",
+        f"{few.claims_per_job:.2f}{baseline}", _ok(few.claims_per_job <= 1.1))]
+
+
+def _fleet_herd_targets(rows: Sequence[FleetRow]) -> list[Target]:
     def find(mode: str, pick: Callable[[Iterable[int]], int]) -> FleetRow | None:
         single = [r for r in rows if r.slots == 1 and r.mode == mode]
         if not single:
@@ -446,11 +463,14 @@ def fleet_table(rows: Sequence[FleetRow]) -> list[str]:
     if not rows:
         return []
     out = ["", "## 5b. Fleet (worker processes on one queue; claims counted in every process)", ""]
+    out += ["Design \"herd\": every process claims on every event (``Queue(fleet=None)``, the "
+            "baseline); \"fleet\": the fleet view decides who claims (``Queue(fleet=slots)``).", ""]
     out += _table(
-        ["arrivals", "processes x slots", "jobs", "jobs/s", "claims/job", "wasted wake-ups/job",
-         "latency p50 / p99 ms", "lost / dup", "other load"],
+        ["arrivals", "processes x slots", "design", "jobs", "jobs/s", "claims/job",
+         "wasted wake-ups/job", "latency p50 / p99 ms", "lost / dup", "other load"],
         [[f"trickle, every {r.interval_ms:.0f} ms" if r.mode == TRICKLE
-          else "backlog", r.label, f"{r.jobs:,}", _num(r.jobs_per_s, 0), _num(r.claims_per_job),
+          else "backlog", r.label, r.design, f"{r.jobs:,}", _num(r.jobs_per_s, 0),
+          _num(r.claims_per_job),
           _num(r.wasted_per_job), f"{_num(r.latency.p50)} / {_num(r.latency.p99)}"
           if r.mode == TRICKLE else "-", f"{r.lost} / {r.duplicates}", _pct(r.other_cpu)]
          for r in rows])

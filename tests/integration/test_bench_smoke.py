@@ -33,7 +33,7 @@ from streamqueue.bench.consumers import (
 )
 from streamqueue.bench.control import control
 from streamqueue.bench.dashboard import dashboard_reads
-from streamqueue.bench.fleet_herd import fleet_herd
+from streamqueue.bench.fleet_herd import FLEET, HERD, fleet_herd
 from streamqueue.bench.report import Results, evaluate, markdown, write_json, write_plots
 from streamqueue.bench.schedules import schedules
 
@@ -114,10 +114,12 @@ def test_herd(ctx: BenchContext, results: Results, kind: Kind, interval: float) 
     results.herd.append(row)
 
 
+@pytest.mark.parametrize("design", [HERD, FLEET])
 @pytest.mark.parametrize("interval", [0.02, 0.0], ids=["trickle", "backlog"])
-def test_fleet(ctx: BenchContext, results: Results, interval: float) -> None:
-    row = fleet_herd(ctx, 2, 1, jobs=20, interval=interval, stall_timeout=20)
+def test_fleet(ctx: BenchContext, results: Results, interval: float, design: str) -> None:
+    row = fleet_herd(ctx, 2, 1, jobs=20, interval=interval, stall_timeout=20, design=design)
     assert (row.processes, row.slots, row.lost, row.duplicates, row.errors) == (2, 1, 0, 0, [])
+    assert row.design == design
     # Every job was claimed by a claim command the processes counted.
     assert row.claims_per_job >= 1.0
     results.fleet.append(row)
