@@ -18,6 +18,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from streamqueue.aio.wakeups import AsyncWakeupBoard
 from streamqueue.aio.watcher import AsyncStreamWatcher
+from streamqueue.fleet import DEFAULT_PATIENCE
+from streamqueue.fleetlink import FleetLink
 from streamqueue.hooks import Hooks
 from streamqueue.jobinfo import JobInfo
 from streamqueue.pause import PauseFlag
@@ -85,7 +87,10 @@ class AsyncQueue(QueueBase[AsyncJob]):
         pause_stream_after: float | None = 2.0,
         retry: RetryPolicy | None = None,
         keep_completed: float = 0.0,
+        fleet: int | None = None,
+        fleet_patience: float = DEFAULT_PATIENCE,
     ) -> None:
+        """``fleet``: as ``Queue``'s, join the queue's fleet with this many slots."""
         if not isinstance(collection, AsyncCollection):
             raise TypeError(f"collection must be a pymongo AsyncCollection, not "
                             f"{type(collection).__name__}")
@@ -97,6 +102,9 @@ class AsyncQueue(QueueBase[AsyncJob]):
         self.watcher = AsyncStreamWatcher(plans, self.board, self.hooks, **watcher_options(
             max_await=max_await, poll_interval=poll_interval,
             pause_stream_after=pause_stream_after))
+        if fleet is not None:
+            self.watcher.fleet = FleetLink(plans, self.board, self.consumer_id, fleet,
+                                           patience=fleet_patience)
         self._attach(plans, self.board, self.watcher,
                      PauseFlag(_read_through_plans, self.watcher.stream_epoch))
         self._closed = False

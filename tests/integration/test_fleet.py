@@ -7,6 +7,7 @@ Claims are counted on the server's side of each client (findAndModify).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -15,10 +16,11 @@ from functools import partial
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from pymongo.collection import Collection
 
 from streamqueue import Queue
+from streamqueue.aio import AsyncQueue
 from streamqueue.fleet import member_id
 from streamqueue.storage import Document
 from streamqueue.storage.fleet import FLEET_PIPELINE
@@ -235,3 +237,55 @@ def test_an_idle_fleet_member_costs_at_most_one_server_op_per_second(
     print(f"\nidle fleet member: {ops} commands in 6 s: "
           f"{sorted(name for name, _ in idle.counter.commands)}")
     assert ops / 6.0 <= 1.0
+
+
+def test_async_members_claim_each_trickled_job_about_once(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    """The asyncio API shares the view and its wiring: three AsyncQueue members on one loop."""
+    jobs = 20
+
+    async def member(queue: AsyncQueue, got: list[Any], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            job = await queue.next(timeout=0.5)
+            if job is not None:
+                got.append(job.id)
+                await job.complete()
+
+    async def scenario() -> tuple[int, int]:
+        counters = [CommandCounter() for _ in range(3)]
+        clients: list[AsyncMongoClient[Document]] = [
+            AsyncMongoClient(mongo_uri, event_listeners=[c]) for c in counters]
+        queues = [AsyncQueue(c[collection.database.name][collection.name], fleet=1,
+                             max_await=1.0) for c in clients]
+        got: list[Any] = []
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(member(q, got, stop)) for q in queues]
+        producer = Queue(collection)
+        producer.store.ensure_indexes()
+        deadline = time.monotonic() + 15
+        while (not all(q.watcher.fleet is not None and q.watcher.fleet.view.known
+                       for q in queues) and time.monotonic() < deadline):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        before = sum(c.count("findAndModify", collection.name) for c in counters)
+        for index in range(jobs):
+            await asyncio.to_thread(producer.put, {"n": index})
+            await asyncio.sleep(TRICKLE_GAP)
+        while len(got) < jobs and time.monotonic() < deadline + 20:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        claims = sum(c.count("findAndModify", collection.name) for c in counters) - before
+        stop.set()
+        await asyncio.gather(*tasks)
+        for queue in queues:
+            await queue.close()
+        for client in clients:
+            await client.close()
+        producer.close()
+        return len(set(got)), claims
+
+    delivered, claims = asyncio.run(scenario())
+    print(f"\n3 async members: {claims / jobs:.2f} claims/job")
+    assert delivered == jobs
+    assert claims / jobs <= 1.5
