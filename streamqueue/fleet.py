@@ -16,7 +16,10 @@ Nothing here can lose a job, only delay it:
   ``patience`` times k, the due set is k slots wider. A stalled or dead owner
   (SIGKILLed between the event and its claim, all threads busy, a view that
   diverged) costs about ``patience`` per slot skipped, and eventually every
-  member with a free slot is due.
+  member with a free slot is due. Patience adapts to the machine: it is at
+  least ``PATIENCE_MARGIN`` times the usual handoff (a job's ready event to its
+  lock event, as this view hears them), at most ``MAX_PATIENCE``; on a loaded
+  machine the owner's claim is slow, and widening early would only add claims.
 * An empty claim that started after event ``seq`` proves that no job whose
   ready event came at or before ``seq`` is still ready: those entries are
   dropped, so a view that went wrong is corrected by the claims it causes.
@@ -49,6 +52,11 @@ READY = "ready"
 HEARTBEAT = 10.0
 MEMBER_TTL = 30.0
 DEFAULT_PATIENCE = 0.1
+# Effective patience: at least this many times the smoothed handoff, at most MAX_PATIENCE.
+PATIENCE_MARGIN = 3.0
+MAX_PATIENCE = 1.0
+# Weight of each new handoff in the smoothed one.
+HANDOFF_WEIGHT = 0.1
 
 
 def member_id(consumer_id: str) -> str:
@@ -113,6 +121,7 @@ class FleetView:
             raise ValueError(f"patience must be positive, not {patience!r}")
         self.me = me
         self.patience = patience
+        self._handoff = 0.0  # smoothed seconds from a ready event to its lock event
         self._clock = clock
         self._lock = threading.Lock()
         self.known = False
@@ -168,6 +177,7 @@ class FleetView:
                     self._anchor = str(change.doc_id)
                 self._ready.setdefault(change.doc_id, (self._seq, self._clock()))
             elif kind == "locked":
+                self._note_handoff(change)
                 self._ready.pop(change.doc_id, None)
                 if change.consumer_id == self.me:
                     self._unconfirmed.discard(change.doc_id)
@@ -177,6 +187,24 @@ class FleetView:
                 self._ready.pop(change.doc_id, None)
                 self._unconfirmed.discard(change.doc_id)
                 self._unlock(change.doc_id)
+
+    def _note_handoff(self, lock: Change) -> None:
+        entry = self._ready.get(lock.doc_id)
+        # Only claims by a member that was due without widening: a claim that
+        # patience brought about says nothing about the usual handoff (and
+        # would feed back into patience).
+        if entry is None or lock.consumer_id not in self._free_slots()[:len(self._ready)]:
+            return
+        took = self._clock() - entry[1]
+        self._handoff += HANDOFF_WEIGHT * (took - self._handoff)
+
+    def _patience(self) -> float:
+        return min(MAX_PATIENCE, max(self.patience, PATIENCE_MARGIN * self._handoff))
+
+    @property
+    def effective_patience(self) -> float:
+        with self._lock:
+            return self._patience()
 
     def _lock_job(self, job_id: Any, consumer: str) -> None:
         self._unlock(job_id)
@@ -236,7 +264,8 @@ class FleetView:
             now = self._clock()
             ready = len(self._ready)
             oldest = min(heard for _, heard in self._ready.values())
-            widened = int((now - oldest) / self.patience)
+            patience = self._patience()
+            widened = int((now - oldest) / patience)
             order = self._free_slots()
             busy_here = self._inflight + len(self._unconfirmed)
             mine = self._positions(order)
@@ -248,7 +277,7 @@ class FleetView:
             nxt = mine[busy_here] if busy_here < len(mine) else None
             if nxt is None:
                 return 0, None
-            return 0, oldest + self.patience * (nxt - ready + 1)
+            return 0, oldest + patience * (nxt - ready + 1)
 
     def _free_slots(self) -> list[str]:
         """Every live member's free slots, in the fleet's agreed order (rendezvous order from the anchor)."""

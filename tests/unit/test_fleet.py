@@ -245,3 +245,26 @@ def test_a_burst_faster_than_the_fleet_is_drained(seed: int) -> None:
     assert len(server.claimed_at) == 200
     per_job = sum(p.claims for p in fleet) / 200
     assert per_job <= 1.5, per_job
+
+
+def test_patience_grows_with_slow_handoffs_and_is_capped() -> None:
+    clock = FakeClock()
+    (view,) = _views(1, clock)
+    assert view.effective_patience == pytest.approx(0.05)
+    for job in range(100):  # every claim's lock event comes 80 ms after the job's insert
+        view.apply(Change("ready", job))
+        clock.advance(0.08)
+        view.apply(Change("locked", job, consumer_id="p0"))
+        view.apply(Change("gone", job))
+    # Without adapting, 80 ms handoffs would outlast patience and widen on every job.
+    assert view.effective_patience == pytest.approx(0.24, rel=0.05)
+    for job in range(100, 200):  # rescued by patience: not counted, no feedback
+        view.apply(Change("ready", job))
+        clock.advance(5.0)
+        view.apply(Change("locked", job, consumer_id="rescuer"))
+    assert view.effective_patience == pytest.approx(0.24, rel=0.05)
+    for job in range(200, 300):  # a very slow machine: capped
+        view.apply(Change("ready", job))
+        clock.advance(5.0)
+        view.apply(Change("locked", job, consumer_id="p0"))
+    assert view.effective_patience == 1.0
