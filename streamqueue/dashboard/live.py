@@ -22,6 +22,7 @@ from typing import Any
 
 from streamqueue.dashboard.rates import RateWindow
 from streamqueue.errors import StreamQueueError
+from streamqueue.fleet import is_member_id
 from streamqueue.storage import CONTROL_ID, READY
 from streamqueue.storage.dashboard import FAILED_SUFFIX, FeedStream
 from streamqueue.storage.schedules import SCHEDULES_SUFFIX
@@ -53,7 +54,9 @@ def event_rate(event: Mapping[str, Any]) -> tuple[str, str] | None:
         return (coll, "enqueued") if event.get("fullDocument", {}).get("state") == READY else None
     if kind == "delete":
         # A completion with keep_completed=0, a cancel, or a move to the error queue.
-        return None if event.get("documentKey", {}).get("_id") == CONTROL_ID else (coll, "finished")
+        # The pause switch and fleet member documents are no jobs.
+        doc_id = event.get("documentKey", {}).get("_id")
+        return None if doc_id == CONTROL_ID or is_member_id(doc_id) else (coll, "finished")
     if kind == "update":
         state = event.get("updateDescription", {}).get("updatedFields", {}).get("state")
         return (coll, "finished") if state in ("completed", "cancelled") else None

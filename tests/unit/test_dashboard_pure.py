@@ -80,6 +80,9 @@ def test_restart_forgets_what_was_counted() -> None:
       "updateDescription": {"updatedFields": {"state": "completed"}}}, ("q", "finished")),
     ({"operationType": "update", "ns": {"coll": "q"},
       "updateDescription": {"updatedFields": {"state": "locked"}}}, None),
+    # A fleet member leaving (its document deleted) finished no job.
+    ({"operationType": "delete", "ns": {"coll": "q"},
+      "documentKey": {"_id": "streamqueue.member.host:1:ab"}}, None),
 ])
 def test_which_events_count_toward_which_rate(event: dict[str, object],
                                               counted: tuple[str, str] | None) -> None:
