@@ -57,7 +57,7 @@ class BenchConfig:
     # Also 32 consumers each with its own Queue object (as 32 processes would be): slow to set up.
     herd_queue_per_thread: bool = True
     # Issue 16's herd across processes: worker processes x slots, the baseline shape first.
-    fleet_shapes: tuple[tuple[int, int], ...] = ((4, 1), (32, 1), (8, 4))
+    fleet_shapes: tuple[tuple[int, int], ...] = ((4, 1), (16, 1), (32, 1), (8, 4))
     fleet_trickle_jobs: int = 300
     fleet_trickle_interval: float = 0.01
     fleet_backlog_jobs: int = 4_000
