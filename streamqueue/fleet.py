@@ -243,10 +243,12 @@ class FleetView:
             self._empty_seen = True
 
     def knows_empty(self) -> bool:
-        """True when a claim now would surely find nothing (proposal 1: skip it)."""
+        """True when a claim now would find nothing meant for this process (proposal 1:
+        skip it). Every job that became ready since an empty claim is in the view, and
+        those in it are another member's, until patience makes them this one's (the
+        board's gate then wakes a waiter)."""
         with self._lock:
-            return (self.known and self._empty_seen
-                    and all(j in self._unconfirmed for j in self._ready))
+            return self.known and self._empty_seen and self._owed()[0] == 0
 
     def forget_empty(self) -> None:
         """Something the view cannot see may have made jobs claimable (a resume, a due timer)."""
@@ -259,25 +261,28 @@ class FleetView:
         Only meaningful while ``known``: otherwise (0, None).
         """
         with self._lock:
-            if not self.known or not self._ready:
-                return 0, None
-            now = self._clock()
-            ready = len(self._ready)
-            oldest = min(heard for _, heard in self._ready.values())
-            patience = self._patience()
-            widened = int((now - oldest) / patience)
-            order = self._free_slots()
-            busy_here = self._inflight + len(self._unconfirmed)
-            mine = self._positions(order)
-            due = sum(1 for pos in mine if pos < ready + widened)
-            owed = max(0, due - busy_here)
-            if owed:
-                return owed, None
-            # The slot this process fills next: after the ones its claims fill already.
-            nxt = mine[busy_here] if busy_here < len(mine) else None
-            if nxt is None:
-                return 0, None
-            return 0, oldest + patience * (nxt - ready + 1)
+            return self._owed()
+
+    def _owed(self) -> tuple[int, float | None]:
+        if not self.known or not self._ready:
+            return 0, None
+        now = self._clock()
+        ready = len(self._ready)
+        oldest = min(heard for _, heard in self._ready.values())
+        patience = self._patience()
+        widened = int((now - oldest) / patience)
+        order = self._free_slots()
+        busy_here = self._inflight + len(self._unconfirmed)
+        mine = self._positions(order)
+        due = sum(1 for pos in mine if pos < ready + widened)
+        owed = max(0, due - busy_here)
+        if owed:
+            return owed, None
+        # The slot this process fills next: after the ones its claims fill already.
+        nxt = mine[busy_here] if busy_here < len(mine) else None
+        if nxt is None:
+            return 0, None
+        return 0, oldest + patience * (nxt - ready + 1)
 
     def _free_slots(self) -> list[str]:
         """Every live member's free slots, in the fleet's agreed order (rendezvous order from the anchor)."""
