@@ -290,3 +290,39 @@ def test_async_members_claim_each_trickled_job_about_once(
     print(f"\n3 async members: {claims / jobs:.2f} claims/job")
     assert delivered == jobs
     assert claims / jobs <= 1.5
+
+
+def test_delayed_jobs_fall_due_by_the_server_clock_in_a_fleet(
+    consumers: Any, collection: Collection[Document],
+) -> None:
+    producer = Queue(collection, sweep_interval=60)
+    producer.store.ensure_indexes()
+    group = consumers(3, 1, wait=2.0, sweep_interval=60)
+    for consumer in group:
+        consumer.start()
+    assert wait_until(lambda: _members_joined(collection, 3), 15)
+    assert wait_until(lambda: all(c.claims(collection.name) >= 1 for c in group), 15)
+    put_at = time.monotonic()
+    delayed = [producer.put({"later": i}, delay=0.5 + 0.3 * i) for i in range(3)]
+    assert wait_until(lambda: all(_taken(group, job) for job in delayed), 10)
+    for index, job in enumerate(delayed):
+        taken_at = next(t for c in group for got, t in c.got if got == job)
+        assert 0.5 + 0.3 * index - 0.05 <= taken_at - put_at < 0.5 + 0.3 * index + 2.0
+
+
+def test_pause_and_resume_hold_and_release_a_fleet(
+    consumers: Any, collection: Collection[Document],
+) -> None:
+    producer = Queue(collection, sweep_interval=60)
+    producer.store.ensure_indexes()
+    group = consumers(2, 1, wait=2.0, sweep_interval=60)
+    for consumer in group:
+        consumer.start()
+    assert wait_until(lambda: _members_joined(collection, 2), 15)
+    assert wait_until(lambda: all(c.claims(collection.name) >= 1 for c in group), 15)
+    producer.pause()
+    held = [producer.put({"held": i}) for i in range(3)]
+    time.sleep(1.0)
+    assert not any(_taken(group, job) for job in held)
+    producer.resume()
+    assert wait_until(lambda: all(_taken(group, job) for job in held), 10)
