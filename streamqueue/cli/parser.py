@@ -247,6 +247,10 @@ def build_parser() -> ArgumentParser:
     opts.flag("--burst", env="BURST",
               help="exit once nothing is due and every slot is idle; retries this worker "
                    "caused that fall due within 10 s are waited for and run first")
+    opts.flag("--fleet", env="FLEET",
+              help="join the queue's fleet with --concurrency slots: the worker processes "
+                   "that do agree which one claims each job (about one claim per job, not "
+                   "one per process); see docs/DESIGN.md, 'The fleet'")
     _log_option(opts, "INFO")
     worker.set_defaults(run=cmd_worker)
 

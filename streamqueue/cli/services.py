@@ -52,7 +52,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         # No max_attempts: each job carries the one it was enqueued with, and
         # the reaper (another process) judges by that same number.
-        queue = Queue(session.collection(name), args.consumer_id, lease=args.lease, hooks=hooks)
+        queue = Queue(session.collection(name), args.consumer_id, lease=args.lease, hooks=hooks,
+                      fleet=args.concurrency if args.fleet else None)
         worker = Worker(queue, handler, concurrency=args.concurrency, heartbeat=args.heartbeat,
                         shutdown_grace=args.shutdown_grace, batch=args.batch, burst=args.burst,
                         backoff=ExponentialBackoff(base=args.backoff, cap=args.backoff_cap))
@@ -125,7 +126,7 @@ def _run_async_worker(args: argparse.Namespace, handler: Callable[..., Any], hoo
         try:
             try:
                 queue = AsyncQueue(client[db][name], args.consumer_id, lease=args.lease,
-                                   hooks=hooks)
+                                   hooks=hooks, fleet=args.concurrency if args.fleet else None)
                 worker = AsyncWorker(
                     queue, handler, concurrency=args.concurrency, heartbeat=args.heartbeat,
                     shutdown_grace=args.shutdown_grace, burst=args.burst,

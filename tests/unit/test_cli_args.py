@@ -49,6 +49,7 @@ def test_worker_defaults() -> None:
     assert args.metrics_port is None
     assert args.metrics_addr == "0.0.0.0"
     assert args.burst is False
+    assert args.fleet is False
     assert args.log_level == "INFO"
     assert args.server_timeout == cli.DEFAULT_SERVER_TIMEOUT
     assert args.run is cli.cmd_worker
@@ -59,12 +60,13 @@ def test_worker_every_option() -> None:
                  "--heartbeat", "10", "--shutdown-grace", "0",
                  "--batch", "2", "--backoff", "0", "--backoff-cap", "30",
                  "--metrics-port", "9100", "--metrics-addr", "127.0.0.1", "--burst",
-                 "--consumer-id", "pod-1", "--log-level", "debug", "--server-timeout", "0.5")
+                 "--fleet", "--consumer-id", "pod-1", "--log-level", "debug", "--server-timeout", "0.5")
     assert args.concurrency == 8 and args.lease == 60.0
     assert args.heartbeat == 10.0 and args.shutdown_grace == 0.0 and args.batch == 2
     assert args.backoff == 0.0 and args.backoff_cap == 30.0
     assert args.metrics_port == 9100 and args.metrics_addr == "127.0.0.1"
     assert args.burst is True and args.consumer_id == "pod-1"
+    assert args.fleet is True
     assert args.log_level == "DEBUG" and args.server_timeout == 0.5
 
 
