@@ -100,3 +100,29 @@ def test_a_member_killed_while_due_to_claim_delays_jobs_by_patience_only(
         for member in members:
             member.kill()
         producer.close()
+
+
+@pytest.mark.timeout(120)
+def test_cli_fleet_workers_keep_handing_on_after_one_is_sigkilled(scene: Scene) -> None:
+    """Real `streamqueue worker --fleet` processes: kill one; each job still runs in about
+    a patience, never after the sweep (30 s)."""
+    producer = Queue(scene.coll)
+    producer.store.ensure_indexes()
+    fleet = scene.fleet()
+    workers = [fleet.worker(concurrency=1, extra=["--fleet"]) for _ in range(3)]
+    assert wait_until(lambda: all(w.ready() for w in workers), 60)
+    assert wait_until(lambda: scene.coll.count_documents({"state": "member"}) == 3, 30)
+    fleet.kill(workers[0])
+    waits = []
+    for index in range(15):
+        put_at = time.monotonic()
+        job = producer.put({"n": index})
+        assert wait_until(partial(_done, scene, job), 20)
+        waits.append(time.monotonic() - put_at)
+    print(f"\nCLI fleet after a SIGKILL: job done within max {max(waits):.3f}s")
+    assert max(waits) < 2 * PATIENCE_BOUND
+    producer.close()
+
+
+def _done(scene: Scene, job: Any) -> bool:
+    return scene.coll.count_documents({"_id": job}) == 0
