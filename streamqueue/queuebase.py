@@ -471,8 +471,11 @@ class QueueBase(Generic[J]):
             return found
         finally:
             if fleet is not None and token is not None:
-                fleet.view.claim_done(token, None if found is None else
-                                      [doc["_id"] for doc in found])
+                # An empty batch claim may have lost every round to other claims (all
+                # read the same head of the queue): only a single claim proves emptiness.
+                unproven = found is None or (limit > 1 and not found)
+                fleet.view.claim_done(token, None if unproven or found is None
+                                      else [doc["_id"] for doc in found])
                 fleet.sync()
 
     def knows_empty(self) -> bool:

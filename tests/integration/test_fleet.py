@@ -326,3 +326,19 @@ def test_pause_and_resume_hold_and_release_a_fleet(
     assert not any(_taken(group, job) for job in held)
     producer.resume()
     assert wait_until(lambda: all(_taken(group, job) for job in held), 10)
+
+
+def test_only_an_empty_single_claim_proves_the_queue_empty(collection: Collection[Document]) -> None:
+    """A batch claim can come back empty after losing every round to other claims, with
+    jobs still ready: skipping the claim before waiting on its word could strand them."""
+    queue = Queue(collection, fleet=4, max_await=1.0)
+    try:
+        queue.store.ensure_indexes()
+        queue.watcher.start()
+        fleet = queue.watcher.fleet
+        assert fleet is not None
+        assert wait_until(lambda: fleet.view.known, 10)
+        assert queue.claim(3) == [] and not queue.knows_empty()
+        assert queue.claim(1) == [] and queue.knows_empty()
+    finally:
+        queue.close()
