@@ -23,7 +23,9 @@ from streamqueue import Queue
 from streamqueue.aio import AsyncQueue
 from streamqueue.fleet import HEARTBEAT, member_id
 from streamqueue.storage import Document
+from streamqueue.storage import fleet as fleet_store
 from streamqueue.storage.fleet import FLEET_PIPELINE
+from streamqueue.storage.runner import run
 from tests.helpers import CommandCounter, on, wait_until
 
 TRICKLE_JOBS = 30
@@ -342,3 +344,23 @@ def test_only_an_empty_single_claim_proves_the_queue_empty(collection: Collectio
         assert queue.claim(1) == [] and queue.knows_empty()
     finally:
         queue.close()
+
+
+def test_heartbeats_never_reach_other_members(collection: Collection[Document]) -> None:
+    """Only a join (and a leave) crosses the fleet pipeline: with N members, beats seen by
+    every other member would cost each idle process N/10 getMores a second."""
+    queue = Queue(collection)
+    plans = queue.store.plans
+    with collection.watch(FLEET_PIPELINE, max_await_time_ms=200) as stream:
+        run(fleet_store.beat(plans, "a", 2, 30.0))
+        run(fleet_store.beat(plans, "a", 2, 30.0))
+        run(fleet_store.beat(plans, "a", 2, 30.0))
+        run(fleet_store.leave(plans, "a"))
+        seen: list[str] = []
+        deadline = time.monotonic() + 3
+        while len(seen) < 2 and time.monotonic() < deadline:
+            event = stream.try_next()
+            if event is not None:
+                seen.append(event["operationType"])
+        assert stream.try_next() is None
+    assert seen == ["insert", "delete"]
