@@ -9,6 +9,7 @@ docs/DESIGN.md ("The fleet: one claim per job across processes").
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +38,7 @@ class FleetLink:
         self._heartbeat = heartbeat
         self._ttl = ttl
         self._next_beat = 0.0
+        self._syncing = threading.Lock()
 
     @property
     def pipeline(self) -> list[Document]:
@@ -94,8 +96,11 @@ class FleetLink:
     def sync(self) -> None:
         """Wake as many local waiters as the view says this process owes claims, and set
         the board's gate for when patience runs out."""
-        owed, at = self.view.owed()
-        missing = owed - self._board.permits
-        if missing > 0:
-            self._board.notify(missing)
-        self._board.set_gate(at)
+        # One at a time: a gate computed from an older state must not replace a newer one
+        # (the watcher and claiming threads both call this); a lost gate is a lost wake-up.
+        with self._syncing:
+            owed, at = self.view.owed()
+            missing = owed - self._board.permits
+            if missing > 0:
+                self._board.notify(missing)
+            self._board.set_gate(at)
