@@ -1,0 +1,288 @@
+"""Tasks and multi-queue task workers against a real replica set (issue 18)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from streamqueue import Queue, Tasks
+from streamqueue.metrics import PrometheusHooks
+from streamqueue.multiqueue import TaskWorker
+from streamqueue.storage import Document
+from tests.helpers import Background, CommandCounter, stays_false, wait_until
+
+
+@pytest.fixture
+def database(mongo_client: MongoClient[Document]) -> Iterator[Database[Document]]:
+    """A fresh database per test: its queues ("default", "emails"...) are its own."""
+    name = f"tasks_{uuid.uuid4().hex[:10]}"
+    yield mongo_client[name]
+    mongo_client.drop_database(name)
+
+
+class Runs:
+    """What the tasks ran, in order, thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, Any]] = []
+
+    def add(self, name: str, value: Any) -> None:
+        with self.lock:
+            self.calls.append((name, value))
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.calls)
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return [name for name, _ in self.calls]
+
+
+def stored(database: Database[Document], name: str, query: Any) -> Document:
+    doc = database[name].find_one(query if isinstance(query, dict) else {"_id": query})
+    assert doc is not None, f"nothing in {name} matches {query}"
+    return doc
+
+
+def running(worker: TaskWorker) -> Background:
+    return Background(worker.run, "task-worker").start()
+
+
+def stop(worker: TaskWorker, background: Background) -> None:
+    worker.stop()
+    background.join()
+    worker.close()
+
+
+def test_defer_runs_sync_and_async_tasks_with_args_and_kwargs(database: Database[Document]) -> None:
+    tasks = Tasks(database)
+    runs = Runs()
+
+    @tasks.task(queue="emails")
+    def send_email(to: str, subject: str, *, cc: list[str] | None = None) -> None:
+        runs.add("send_email", (to, subject, cc))
+
+    @tasks.task
+    async def resize(path: str, width: int = 100) -> None:
+        await asyncio.sleep(0)
+        runs.add("resize", (path, width, threading.current_thread().name))
+
+    send_email("local@example.com", "runs here")  # still a plain call
+    assert runs.calls == [("send_email", ("local@example.com", "runs here", None))]
+    first = send_email.defer("ada@example.com", subject="hi", cc=["bob@example.com"])
+    second = resize.defer("/tmp/a.png", width=64)
+    assert stored(database, "emails", first)["payload"] == {
+        "task": send_email.name, "args": ["ada@example.com"],
+        "kwargs": {"subject": "hi", "cc": ["bob@example.com"]}}
+    assert database["default"].find_one({"_id": second}) is not None
+    assert send_email.name == f"{__name__}.test_defer_runs_sync_and_async_tasks_with_args_and_kwargs" \
+        ".<locals>.send_email"
+
+    worker = tasks.worker(concurrency=2)
+    background = running(worker)
+    try:
+        assert wait_until(lambda: runs.count() == 3)
+    finally:
+        stop(worker, background)
+    by_name = dict(runs.calls[1:])
+    assert by_name["send_email"] == ("ada@example.com", "hi", ["bob@example.com"])
+    path, width, thread = by_name["resize"]
+    assert (path, width, thread) == ("/tmp/a.png", 64, "streamqueue-tasks-loop")
+    assert database["emails"].count_documents({"state": {"$exists": True}}) == 0
+
+
+def test_configure_sets_delay_priority_key_tags_and_max_attempts(
+        database: Database[Document]) -> None:
+    tasks = Tasks(database)
+
+    @tasks.task(max_attempts=7, priority=3)
+    def noop(n: int) -> None:
+        pass
+
+    job_id = noop.configure(delay=60, key="k:1", tags=["signup"]).defer(1)
+    again = noop.configure(key="k:1").defer(2)
+    doc = database["default"].find_one({"_id": job_id})
+    assert doc is not None and again == job_id
+    assert (doc["max_attempts"], doc["priority"], doc["key"], doc["tags"]) == (7, 3, "k:1",
+                                                                                ["signup"])
+    assert (doc["available_at"] - doc["enqueued_at"]).total_seconds() >= 59
+    assert noop.configure(priority=9).defer(3) != job_id
+    assert stored(database, "default", {"payload.args": [3]})["priority"] == 9
+
+
+@pytest.mark.parametrize("bad", [{1, 2}, object(), 2**70, {"$set": 1}, b"x" * (17 * 1024 * 1024)])
+def test_arguments_bson_cannot_store_are_refused_with_nothing_written(
+        database: Database[Document], bad: Any) -> None:
+    tasks = Tasks(database)
+
+    @tasks.task
+    def take(value: Any) -> None:
+        pass
+
+    with pytest.raises((TypeError, ValueError)) as caught:
+        take.defer(value=bad)
+    assert take.name in str(caught.value) or "payload" in str(caught.value)
+    assert "default" not in database.list_collection_names()
+
+
+def test_a_job_naming_an_unknown_task_is_dead_lettered_at_once(
+        database: Database[Document]) -> None:
+    old = Tasks(database)
+
+    @old.task(name="reports.build", max_attempts=5)
+    def build(n: int) -> None:
+        pass
+
+    job_id = build.defer(1)
+    # A job from a plain Queue.put, in a task queue: it names no task at all.
+    Queue(database["default"]).put({"no": "task"})
+    registry = CollectorRegistry()
+    new = Tasks(database, hooks=PrometheusHooks(registry))
+
+    @new.task
+    def other() -> None:
+        pass
+
+    worker = new.worker(concurrency=1)
+    background = running(worker)
+    try:
+        assert wait_until(lambda: database["default.failed"].count_documents({}) == 2)
+    finally:
+        stop(worker, background)
+    dead = database["default.failed"].find_one({"_id": job_id})
+    assert dead is not None and dead["attempts"] == 1
+    assert "unknown task 'reports.build'" in dead["last_error"]
+    assert database["default"].count_documents({"state": {"$exists": True}}) == 0
+    assert registry.get_sample_value("streamqueue_task_runs_total", {
+        "queue": "default", "task": "unknown", "outcome": "unknown"}) == 2
+
+
+def test_a_pinned_name_runs_jobs_deferred_before_a_rename(database: Database[Document]) -> None:
+    before = Tasks(database)
+
+    @before.task(name="billing.charge")
+    def charge(amount: int) -> None:
+        pass
+
+    charge.defer(42)
+    after = Tasks(database)  # the next deploy: the function was renamed and moved
+    runs = Runs()
+
+    @after.task(name="billing.charge")
+    def charge_customer(amount: int) -> None:
+        runs.add("charge_customer", amount)
+
+    worker = after.worker(concurrency=1)
+    background = running(worker)
+    try:
+        assert wait_until(lambda: runs.count() == 1)
+    finally:
+        stop(worker, background)
+    assert runs.calls == [("charge_customer", 42)]
+
+
+def test_a_failing_task_keeps_its_own_max_attempts_and_backoff(
+        database: Database[Document]) -> None:
+    tasks = Tasks(database)
+    runs = Runs()
+
+    @tasks.task(max_attempts=2, backoff=0.0)
+    def flaky() -> None:
+        runs.add("flaky", None)
+        raise RuntimeError("boom")
+
+    job_id = flaky.defer()
+    worker = tasks.worker(concurrency=1)
+    background = running(worker)
+    try:
+        assert wait_until(lambda: database["default.failed"].count_documents({}) == 1)
+    finally:
+        stop(worker, background)
+    assert runs.count() == 2
+    assert "RuntimeError: boom" in stored(database, "default.failed", job_id)["last_error"]
+
+
+def three_queue_registry(database: Database[Document], runs: Runs) -> Tasks[Any]:
+    tasks = Tasks(database)
+    for queue in ("high", "mid", "low"):
+        def body(n: int, queue: str = queue) -> None:
+            runs.add(queue, n)
+        tasks.task(queue=queue, name=f"work.{queue}")(body)
+    return tasks
+
+
+def test_three_queues_in_priority_order(database: Database[Document]) -> None:
+    runs = Runs()
+    tasks = three_queue_registry(database, runs)
+    for queue in ("low", "mid", "high"):
+        task = tasks.get(f"work.{queue}")
+        assert task is not None
+        for n in range(4):
+            task.defer(n)
+    worker = tasks.worker(["high", "mid", "low"], order="priority", concurrency=1)
+    background = running(worker)
+    try:
+        assert wait_until(lambda: runs.count() == 12)
+    finally:
+        stop(worker, background)
+    assert runs.names() == ["high"] * 4 + ["mid"] * 4 + ["low"] * 4
+
+
+def test_three_queues_shared_fairly(database: Database[Document]) -> None:
+    runs = Runs()
+    tasks = three_queue_registry(database, runs)
+    for queue in ("high", "mid", "low"):
+        task = tasks.get(f"work.{queue}")
+        assert task is not None
+        for n in range(6):
+            task.defer(n)
+    worker = tasks.worker(["high", "mid", "low"], order="fair", concurrency=1)
+    background = running(worker)
+    try:
+        assert wait_until(lambda: runs.count() == 18)
+    finally:
+        stop(worker, background)
+    names = runs.names()
+    # Turn by turn: every window of three runs holds each queue once.
+    for start in range(0, 18, 3):
+        assert sorted(names[start:start + 3]) == ["high", "low", "mid"], names
+
+
+def test_one_database_stream_wakes_the_right_queue_and_honours_pause(
+        mongo_uri: str, database: Database[Document]) -> None:
+    counter = CommandCounter()
+    client: MongoClient[Document] = MongoClient(mongo_uri, event_listeners=[counter])
+    runs = Runs()
+    tasks = three_queue_registry(client[database.name], runs)
+    worker = tasks.worker(["high", "mid", "low"], concurrency=2)
+    background = running(worker)
+    try:
+        assert wait_until(lambda: worker.group.watcher.stream_epoch() is not None)
+        mid = tasks.get("work.mid")
+        assert mid is not None
+        mid.defer(1)
+        assert wait_until(lambda: runs.calls == [("mid", 1)])
+        low = Queue(database["low"])
+        low.pause()
+        low_task = tasks.get("work.low")
+        assert low_task is not None
+        low_task.defer(2)
+        assert stays_false(lambda: runs.count() > 1, 1.0)
+        low.resume()
+        assert wait_until(lambda: runs.calls[-1:] == [("low", 2)])
+        streams = [body for name, body in counter.commands if name == "aggregate"
+                   and any("$changeStream" in stage for stage in body.get("pipeline", []))]
+        assert len(streams) == 1 and streams[0]["aggregate"] == 1  # a database stream
+    finally:
+        stop(worker, background)
+        client.close()
