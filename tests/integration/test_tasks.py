@@ -286,3 +286,33 @@ def test_one_database_stream_wakes_the_right_queue_and_honours_pause(
     finally:
         stop(worker, background)
         client.close()
+
+
+def test_the_cli_serves_a_registry_and_the_reaper_reaps_its_queues(
+        mongo_uri: str, database: Database[Document]) -> None:
+    from tests.integration.processes import child_env, run_cli
+
+    producer = Tasks(database)  # the app's names, pinned, without importing the app
+
+    @producer.task(queue="emails", name="app.send_email")
+    def send_email(to: str, subject: str) -> None: ...
+
+    @producer.task(name="app.ping")
+    def ping(n: int) -> None: ...
+
+    send_email.defer("ada@example.com", subject="hi")
+    ping.defer(7)
+    env = child_env(STREAMQUEUE_TEST_TASKS_URI=mongo_uri,
+                    STREAMQUEUE_TEST_TASKS_DB=database.name)
+    done = run_cli("streamqueue", "worker", "tests.task_app:tasks", "--uri", mongo_uri,
+                   "--db", database.name, "--queues", "emails,default", "--burst", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "emails,default (priority)" in done.stderr
+    records = {doc["task"]: doc for doc in database["records"].find()}
+    assert records["send_email"]["to"] == "ada@example.com"
+    assert records["ping"]["n"] == 7
+    reaped = run_cli("streamqueue", "reaper", "--tasks", "tests.task_app:tasks", "--uri",
+                     mongo_uri, "--db", database.name, "--once", env=env)
+    assert reaped.returncode == 0, reaped.stderr
+    assert f"{database.name}.emails: 0 expired leases" in reaped.stderr
+    assert f"{database.name}.default: 0 expired leases" in reaped.stderr
