@@ -23,7 +23,7 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from bson import ObjectId
@@ -36,6 +36,7 @@ from streamqueue.storage import CONTROL_ID, StorePlans, event_due_in
 from streamqueue.storage.group import GroupPlans
 from streamqueue.storage.runner import run
 from streamqueue.taskcodec import decode_call
+from streamqueue.tasks import _current_job
 from streamqueue.wakeups import Wake, WakeupBoard
 from streamqueue.watcher import ChangeStreamWatcher, watcher_options
 from streamqueue.worker import Worker
@@ -275,7 +276,7 @@ class TaskRunner:
             return
         started = time.monotonic()
         try:
-            self._run(task, call.args, call.kwargs)
+            self._run(task, call.args, call.kwargs, job)
         except Exception as exc:
             self.hooks.task_ran(queue, task.name, "failed", time.monotonic() - started)
             if task.options.backoff is None:
@@ -292,12 +293,18 @@ class TaskRunner:
         log.error("job %s on %s: %s", job.id, job._queue.name, message)
         job.fail(message)
 
-    def _run(self, task: Task[Any, Any, Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+    def _run(self, task: Task[Any, Any, Any], args: list[Any], kwargs: dict[str, Any],
+             job: Job) -> None:
         if task.is_async:
-            future = asyncio.run_coroutine_threadsafe(task.fn(*args, **kwargs), self._event_loop())
+            future = asyncio.run_coroutine_threadsafe(_as_job(job, task.fn(*args, **kwargs)),
+                                                      self._event_loop())
             future.result()
-        else:
+            return
+        token = _current_job.set(job)
+        try:
             task.fn(*args, **kwargs)
+        finally:
+            _current_job.reset(token)
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._loop_lock:
@@ -319,6 +326,12 @@ class TaskRunner:
         thread.join(timeout)
         if not thread.is_alive():
             loop.close()
+
+
+async def _as_job(job: Job, coroutine: Awaitable[Any]) -> None:
+    # The loop's task copies the loop thread's context: set the job inside it.
+    _current_job.set(job)
+    await coroutine
 
 
 class TaskWorker(Worker):

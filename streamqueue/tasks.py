@@ -9,6 +9,7 @@ serves every queue its tasks use from one process and runs each job's task.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import threading
@@ -27,7 +28,7 @@ from streamqueue.validation import Backoff, check_backoff, check_max_attempts, c
 if TYPE_CHECKING:
     from streamqueue.aio.queue import AsyncQueue
     from streamqueue.multiqueue import TaskWorker
-    from streamqueue.queue import Queue
+    from streamqueue.queue import Job, Queue
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,16 @@ R = TypeVar("R")
 # What ``defer`` returns: the job id, or an awaitable of it with an AsyncDatabase.
 Out = TypeVar("Out")
 OutT = TypeVar("OutT")
+
+_current_job: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
+    "streamqueue_current_job", default=None)
+
+
+def current_job() -> Job | None:
+    """The job whose task runs here (on a task worker), else None: a long task reads
+    ``current_job().cancel_requested`` or calls ``progress()`` through it."""
+    return _current_job.get()
+
 
 #: The metrics' ``task`` label for a job naming no registered task (bounded cardinality).
 UNKNOWN_TASK = "unknown"

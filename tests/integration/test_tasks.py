@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -316,3 +317,73 @@ def test_the_cli_serves_a_registry_and_the_reaper_reaps_its_queues(
     assert reaped.returncode == 0, reaped.stderr
     assert f"{database.name}.emails: 0 expired leases" in reaped.stderr
     assert f"{database.name}.default: 0 expired leases" in reaped.stderr
+
+
+def test_a_long_task_keeps_its_lease_and_hears_its_cancel_request(
+        database: Database[Document]) -> None:
+    from streamqueue.tasks import current_job
+
+    tasks = Tasks(database)
+    runs = Runs()
+    started = threading.Event()
+
+    long_started = threading.Event()
+
+    @tasks.task(queue="slow", lease=1.5)  # heart-beaten every 0.5 s
+    def outlive_the_lease(n: int) -> None:
+        long_started.set()
+        time.sleep(2.5)  # longer than the lease: only heartbeats keep it
+        runs.add("outlived", n)
+
+    @tasks.task(queue="other")
+    async def until_cancelled() -> None:
+        job = current_job()
+        assert job is not None
+        started.set()
+        while not job.cancel_requested:
+            await asyncio.sleep(0.05)
+        runs.add("cancelled", job.id)
+
+    long_id = outlive_the_lease.defer(1)
+    cancel_id = until_cancelled.defer()
+    worker = tasks.worker(concurrency=2)
+    background = running(worker)
+    try:
+        assert started.wait(10) and long_started.wait(10)
+        reaper = Queue(database["slow"])
+        # Without heartbeats the 1.5 s lease would run out and the reaper take it back.
+        assert stays_false(lambda: reaper.reap() > 0, 2.2)
+        assert Queue(database["other"]).cancel(cancel_id)
+        assert wait_until(lambda: runs.count() == 2)
+    finally:
+        stop(worker, background)
+    assert sorted(name for name, _ in runs.calls) == ["cancelled", "outlived"]
+    assert database["slow"].find_one({"_id": long_id}) is None  # completed once, deleted
+    assert database["slow.failed"].count_documents({}) == 0
+
+
+def test_an_async_registry_defers_and_a_sync_one_defers_from_async_code(
+        mongo_uri: str, database: Database[Document]) -> None:
+    from pymongo import AsyncMongoClient
+
+    async def main() -> list[Any]:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_uri)
+        try:
+            atasks = Tasks(client[database.name])
+
+            @atasks.task(name="a.add")
+            def add(x: int, y: int) -> None: ...
+
+            sync = Tasks(database)
+
+            @sync.task(name="a.add")
+            def add_sync(x: int, y: int) -> None: ...
+
+            return [await add.defer(1, y=2), await add.defer_async(3, y=4),
+                    await add_sync.defer_async(5, y=6)]
+        finally:
+            await client.close()
+
+    ids = asyncio.run(main())
+    stored_args = [stored(database, "default", job_id)["payload"]["args"] for job_id in ids]
+    assert stored_args == [[1], [3], [5]]
