@@ -33,7 +33,7 @@ from streamqueue.hooks import Hooks
 from streamqueue.pause import PauseFlag
 from streamqueue.queue import Job, Queue
 from streamqueue.storage import CONTROL_ID, StorePlans, event_due_in
-from streamqueue.storage.group import GroupPlans
+from streamqueue.storage.group import GONE, GroupPlans
 from streamqueue.storage.runner import run
 from streamqueue.taskcodec import decode_call
 from streamqueue.tasks import _current_job
@@ -88,6 +88,11 @@ class GroupWatcher(ChangeStreamWatcher):
     def _on_event(self, event: Mapping[str, Any]) -> None:
         queue = self._members.get(event.get("ns", {}).get("coll", ""))
         if queue is None:
+            return
+        if event.get("operationType") in GONE:
+            log.info("queue %s was dropped or renamed; its indexes are made again on the "
+                     "next claim", queue.name)
+            queue.store.forget_indexes()
             return
         # Only this thread reads them: the event's own queue hears its pause or cancel.
         self.on_pause = queue._pause.heard

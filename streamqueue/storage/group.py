@@ -25,12 +25,20 @@ from streamqueue.storage import (
     millis,
 )
 
+#: Events saying a queue's collection went away (with its indexes).
+GONE = ("drop", "rename")
+
 
 def group_wake_pipeline(names: Sequence[str]) -> list[Document]:
     """``WAKE_PIPELINE`` for a database stream: only the queues' collections, and the
     collection name kept so each event can be routed to its queue."""
     stages: list[Document] = [{"$match": {"ns.coll": {"$in": list(names)}}}]
     for stage in WAKE_PIPELINE:
+        if "$match" in stage:
+            # A database stream is not invalidated by a dropped collection: the drop
+            # comes as an event, which tells that queue to recreate its indexes.
+            stage = {"$match": {"$or": [{"operationType": {"$in": list(GONE)}},
+                                        stage["$match"]]}}
         if "$project" in stage:
             stage = {"$project": {**stage["$project"], "ns.coll": 1}}
         stages.append(stage)

@@ -387,3 +387,22 @@ def test_an_async_registry_defers_and_a_sync_one_defers_from_async_code(
     ids = asyncio.run(main())
     stored_args = [stored(database, "default", job_id)["payload"]["args"] for job_id in ids]
     assert stored_args == [[1], [3], [5]]
+
+
+def test_a_queue_dropped_under_the_worker_gets_its_indexes_back(
+        database: Database[Document]) -> None:
+    runs = Runs()
+    tasks = three_queue_registry(database, runs)
+    worker = tasks.worker(["high", "mid", "low"], concurrency=1)
+    background = running(worker)
+    try:
+        mid = tasks.get("work.mid")
+        assert mid is not None
+        mid.defer(4)  # the producer made the indexes once and will not again
+        assert wait_until(lambda: runs.calls == [("mid", 4)])
+        database.drop_collection("mid")
+        mid.defer(5)
+        assert wait_until(lambda: runs.calls == [("mid", 4), ("mid", 5)])
+        assert "claim" in database["mid"].index_information()
+    finally:
+        stop(worker, background)

@@ -51,7 +51,9 @@ def test_a_payload_naming_no_proper_call_is_refused(payload: dict[str, object]) 
 def test_the_group_stream_filters_on_the_queues_and_keeps_the_collection_name() -> None:
     pipeline = group_wake_pipeline(["a", "b"])
     assert pipeline[0] == {"$match": {"ns.coll": {"$in": ["a", "b"]}}}
-    assert pipeline[1] == WAKE_PIPELINE[0]  # the same events wake as on one queue
+    # The same events wake as on one queue, and a dropped collection is heard of.
+    assert pipeline[1] == {"$match": {"$or": [{"operationType": {"$in": ["drop", "rename"]}},
+                                              WAKE_PIPELINE[0]["$match"]]}}
     assert pipeline[2]["$project"]["ns.coll"] == 1
     assert {k: v for k, v in pipeline[2]["$project"].items() if k != "ns.coll"} == \
         WAKE_PIPELINE[1]["$project"]
