@@ -18,6 +18,7 @@ from typing import Any
 import bson
 from bson.errors import InvalidDocument
 
+from streamqueue.errors import InvalidJob
 from streamqueue.validation import check_payload
 
 TASK = "task"
@@ -35,11 +36,15 @@ class TaskCall:
 def encode_call(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The payload for ``name(*args, **kwargs)``; TypeError naming the first argument that
     BSON cannot store, ValueError (``InvalidJob``) for bad keys or an oversized payload."""
-    for index, value in enumerate(args):
-        check_argument(name, f"argument {index}", value)
-    for key, value in kwargs.items():
-        check_argument(name, f"argument {key!r}", value)
-    return check_payload({TASK: name, ARGS: list(args), KWARGS: dict(kwargs)})
+    try:
+        return check_payload({TASK: name, ARGS: list(args), KWARGS: dict(kwargs)})
+    except InvalidJob:
+        # Only now, off the hot path, find the argument to name.
+        for index, value in enumerate(args):
+            check_argument(name, f"argument {index}", value)
+        for key, value in kwargs.items():
+            check_argument(name, f"argument {key!r}", value)
+        raise
 
 
 def check_argument(task: str, label: str, value: object) -> None:

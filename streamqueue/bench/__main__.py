@@ -343,9 +343,12 @@ def _run_tasks(ctx: BenchContext, config: BenchConfig, attempt: Attempt,
         row = tasks_bench(ctx, calls=config.tasks_calls, idle_seconds=config.tasks_idle_seconds)
         results.tasks.append(row)
         ctx.progress(f"  defer {row.defer_us:.0f} us / put {row.put_us:.0f} us = "
-                     f"{row.defer_ratio:.3f}x; idle net ops/s: 1 queue "
-                     f"{row.one_queue_ops_per_s:.2f}, 10 queues {row.ten_queues_ops_per_s:.2f}, "
-                     f"10 single-queue Workers {row.ten_workers_ops_per_s:.2f}")
+                     f"{row.defer_ratio:.3f}x; idle commands/s sent (server ops/s net): "
+                     f"1 queue {row.one_queue_commands_per_s:.3f} "
+                     f"({row.one_queue_ops_per_s:.2f}), 10 queues "
+                     f"{row.ten_queues_commands_per_s:.3f} ({row.ten_queues_ops_per_s:.2f}), "
+                     f"10 single-queue Workers {row.ten_workers_commands_per_s:.3f} "
+                     f"({row.ten_workers_ops_per_s:.2f})")
     attempt("tasks", run_tasks)
 
 

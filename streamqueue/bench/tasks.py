@@ -3,8 +3,10 @@ serving ten queues costs the server against one serving one.
 
 ``defer`` vs ``put``: the same payload through both, on one client, in interleaved
 rounds (each round runs both, in alternating order), per-call times pooled.
-Idle: the server's operation counters while a task worker waits on empty queues,
-less the counters with nobody running (the baseline); for context, ten ordinary
+Idle: the commands the worker's own client sends while it waits on empty queues
+(exact: each is one server operation), and the server's operation counters less
+the counters with nobody running (the baseline; noisier, as the server's own
+periodic work lands in one window or another); for context, ten ordinary
 single-queue Workers in one process (one stream and one sweep each).
 """
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
 
 from streamqueue.bench.common import BenchContext
 from streamqueue.queue import Queue
@@ -39,7 +41,10 @@ class TasksRow:
     one_queue_ops_per_s: float  # net of the baseline
     ten_queues_ops_per_s: float
     ten_workers_ops_per_s: float
-    idle_ratio: float  # ten queues / one queue
+    idle_ratio: float  # ten queues / one queue, by the commands sent
+    one_queue_commands_per_s: float = 0.0  # sent by the worker's client
+    ten_queues_commands_per_s: float = 0.0
+    ten_workers_commands_per_s: float = 0.0
     errors: list[str] = field(default_factory=list)
 
 
@@ -50,20 +55,23 @@ def tasks_bench(ctx: BenchContext, *, calls: int = 2000, rounds: int = 6,
     try:
         put_us, defer_us = _defer_vs_put(client, db_name, calls, rounds)
         client.drop_database(db_name)
-        baseline = _ops(ctx, idle_seconds, None)
-        one = _ops(ctx, idle_seconds, lambda: _task_worker(client, db_name, 1))
-        ten = _ops(ctx, idle_seconds, lambda: _task_worker(client, db_name, 10))
-        naive = _ops(ctx, idle_seconds, lambda: _single_workers(client, db_name, 10))
+        baseline, _ = _ops(ctx, idle_seconds, None)
+        one = _ops(ctx, idle_seconds, lambda c: _task_worker(c, db_name, 1))
+        ten = _ops(ctx, idle_seconds, lambda c: _task_worker(c, db_name, 10))
+        naive = _ops(ctx, idle_seconds, lambda c: _single_workers(c, db_name, 10))
     finally:
         client.drop_database(db_name)
         client.close()
-    net = [max(0.0, value - baseline) for value in (one, ten, naive)]
+    net = [max(0.0, server - baseline) for server, _ in (one, ten, naive)]
+    sent = [commands for _, commands in (one, ten, naive)]
     return TasksRow(calls=calls, rounds=rounds, put_us=put_us, defer_us=defer_us,
                     defer_ratio=defer_us / put_us if put_us else 0.0,
                     idle_seconds=idle_seconds, baseline_ops_per_s=baseline,
                     one_queue_ops_per_s=net[0], ten_queues_ops_per_s=net[1],
                     ten_workers_ops_per_s=net[2],
-                    idle_ratio=net[1] / net[0] if net[0] else 0.0)
+                    idle_ratio=sent[1] / sent[0] if sent[0] else 0.0,
+                    one_queue_commands_per_s=sent[0], ten_queues_commands_per_s=sent[1],
+                    ten_workers_commands_per_s=sent[2])
 
 
 def _defer_vs_put(client: MongoClient[Document], db_name: str, calls: int,
@@ -137,15 +145,38 @@ def _running(run: Callable[[], None], stop: Callable[[], None], close: Callable[
     return finish
 
 
-def _ops(ctx: BenchContext, seconds: float, start: Callable[[], Callable[[], None]] | None,
-         settle: float = 1.0) -> float:
-    """Server ops/s over ``seconds`` while what ``start`` started idles (None: nothing)."""
-    finish: Any = start() if start is not None else None
+class _Sent(monitoring.CommandListener):
+    """Counts the commands a client sends (server monitoring's hellos are not commands)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        with self._lock:
+            self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def _ops(ctx: BenchContext, seconds: float,
+         start: Callable[[MongoClient[Document]], Callable[[], None]] | None,
+         settle: float = 1.0) -> tuple[float, float]:
+    """(server ops/s, commands/s sent by the idle worker's client) over ``seconds``."""
+    sent = _Sent()
+    client: MongoClient[Document] = MongoClient(ctx.uri, event_listeners=[sent])
+    finish: Any = start(client) if start is not None else None
     try:
         time.sleep(settle)
-        before = ctx.server_ops()
+        before, counted = ctx.server_ops(), sent.count
         time.sleep(seconds)
-        return ctx.server_ops().since(before).per_second
+        delta = ctx.server_ops().since(before)
+        return delta.per_second, (sent.count - counted) / delta.seconds
     finally:
         if finish is not None:
             finish()
+        client.close()
