@@ -27,8 +27,10 @@ from streamqueue.validation import Backoff, check_backoff, check_max_attempts, c
 
 if TYPE_CHECKING:
     from streamqueue.aio.queue import AsyncQueue
+    from streamqueue.metrics import PrometheusHooks
     from streamqueue.multiqueue import TaskWorker
     from streamqueue.queue import Job, Queue
+    from streamqueue.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +263,19 @@ class Tasks(Generic[Out]):
         its tasks use) in one process: see ``streamqueue.multiqueue.task_worker``."""
         from streamqueue.multiqueue import task_worker
         return task_worker(self, queues, database=database, order=order, **options)
+
+    def reaper(self, *, database: Database[Any] | None = None, interval: float = 5.0,
+               hooks: PrometheusHooks | None = None) -> Reaper:
+        """A ``Reaper`` for every queue of the registry (``streamqueue reaper --tasks``)."""
+        from streamqueue.queue import Queue
+        from streamqueue.reaper import Reaper
+
+        db = self.database if database is None else database
+        if not isinstance(db, Database):
+            raise TypeError("a reaper runs on a sync pymongo Database: pass database= "
+                            "when the registry was made with an AsyncDatabase")
+        queues = [Queue(db[name], hooks=hooks) for name in self.queues()]
+        return Reaper(queues, interval=interval, hooks=hooks)
 
 
 def put_arguments(options: TaskOptions, put: PutOptions) -> dict[str, Any]:

@@ -406,3 +406,31 @@ def test_a_queue_dropped_under_the_worker_gets_its_indexes_back(
         assert "claim" in database["mid"].index_information()
     finally:
         stop(worker, background)
+
+
+def test_the_registry_reaper_hands_on_expired_leases_of_every_queue(
+        database: Database[Document]) -> None:
+    tasks = Tasks(database)
+
+    @tasks.task(queue="emails")
+    def send(to: str) -> None: ...
+
+    @tasks.task
+    def ping() -> None: ...
+
+    send.defer("a@example.com")
+    ping.defer()
+    # Two crashed consumers: claimed with a short lease, never settled.
+    held = [Queue(database[name], lease=0.2).claim(1) for name in ("emails", "default")]
+    assert all(len(jobs) == 1 for jobs in held)
+    reaper = tasks.reaper()
+    reaped: dict[str, int] = {}
+
+    def reap() -> bool:
+        for name, count in reaper.run_once().reaped.items():
+            reaped[name] = reaped.get(name, 0) + count
+        return reaped == {"emails": 1, "default": 1}
+
+    assert wait_until(reap, timeout=10, interval=0.1)
+    assert database["emails"].count_documents({"state": "ready"}) == 1
+    assert database["default"].count_documents({"state": "ready"}) == 1
