@@ -361,7 +361,7 @@ def task_worker(registry: Tasks[Any], queues: Sequence[str] | None = None, *,
     """A worker for ``queues`` (default: every queue the registry's tasks use) on
     ``database`` (default: the registry's, which must then be a sync ``Database``).
 
-    ``lease``: for queues none of whose tasks sets one. ``options`` go to ``Worker``
+    ``lease``: for jobs whose task sets none. ``options`` go to ``Worker``
     (``concurrency``, ``batch``, ``burst``, ``backoff``, ``shutdown_grace``...).
     """
     from pymongo.database import Database as SyncDatabase
@@ -372,8 +372,10 @@ def task_worker(registry: Tasks[Any], queues: Sequence[str] | None = None, *,
                         "when the registry was made with an AsyncDatabase")
     names = list(queues) if queues else registry.queues()
     hooks = hooks or registry.hooks
-    members = [Queue(db[name], consumer_id, lease=registry.lease_of(name, lease), hooks=hooks,
-                     max_await=max_await, sweep_interval=sweep_interval) for name in names]
+    members = [Queue(db[name], consumer_id, lease=lease, hooks=hooks, max_await=max_await,
+                     sweep_interval=sweep_interval) for name in names]
     group = QueueGroup(members, order=order, hooks=hooks, max_await=max_await,
                        sweep_interval=sweep_interval)
+    # Tasks' jobs carry their own lease (put(lease=)): heart-beat often enough for the shortest.
+    group.lease = min([group.lease, *registry.leases(names)])
     return TaskWorker(group, TaskRunner(registry, hooks), **options)

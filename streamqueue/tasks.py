@@ -175,9 +175,9 @@ class Tasks(Generic[Out]):
         """Register a function as a task (``@tasks.task`` or ``@tasks.task(queue=...)``).
 
         ``name`` pins the stored name (default: module + qualified name), so moving or
-        renaming the function does not orphan queued jobs. ``max_attempts`` and
-        ``priority`` go into each job; ``lease`` sets the lease of the queue's worker (the
-        longest of its tasks'); ``backoff`` the delay before a retry (seconds, or a
+        renaming the function does not orphan queued jobs. ``max_attempts``, ``priority``
+        and ``lease`` (seconds a claim holds the job) go into each job; ``backoff`` the
+        delay before a retry (seconds, or a
         callable of the attempt number).
         """
         options = TaskOptions(
@@ -216,11 +216,10 @@ class Tasks(Generic[Out]):
         return sorted(used | {self.default_queue},
                       key=lambda queue: (queue != self.default_queue, queue))
 
-    def lease_of(self, queue: str, default: float) -> float:
-        """The lease a worker of ``queue`` claims with: the longest any of its tasks asks."""
-        leases = [task.options.lease for task in self._tasks.values()
-                  if task.options.queue == queue and task.options.lease is not None]
-        return max(leases, default=default)
+    def leases(self, queues: Sequence[str]) -> list[float]:
+        """The leases the tasks of ``queues`` set (their jobs carry them)."""
+        return [task.options.lease for task in self._tasks.values()
+                if task.options.queue in queues and task.options.lease is not None]
 
     # -- producing ------------------------------------------------------------------------
 
@@ -281,7 +280,7 @@ class Tasks(Generic[Out]):
 def put_arguments(options: TaskOptions, put: PutOptions) -> dict[str, Any]:
     return {"priority": put.priority if put.priority is not None else options.priority,
             "delay": put.delay, "key": put.key, "tags": put.tags, "session": put.session,
-            "max_attempts": options.max_attempts}
+            "max_attempts": options.max_attempts, "lease": options.lease}
 
 
 def default_name(function: Callable[..., Any]) -> str:

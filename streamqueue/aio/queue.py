@@ -147,10 +147,10 @@ class AsyncQueue(QueueBase[AsyncJob]):
     async def put(self, payload: Mapping[str, Any], *, priority: int | None = None,
                   delay: float = 0.0, key: str | None = None, tags: Sequence[str] = (),
                   session: AsyncClientSession | None = None,
-                  max_attempts: int | None = None) -> ObjectId:
+                  max_attempts: int | None = None, lease: float | None = None) -> ObjectId:
         """Enqueue one job (see ``Queue.put``)."""
         return await arun(self._put(payload, priority, delay, key, tags, session,
-                                    max_attempts))
+                                    max_attempts, lease))
 
     async def put_many(self, payloads: Iterable[Mapping[str, Any]], *,
                        priority: int | None = None, delay: float = 0.0,

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -106,7 +107,7 @@ def test_configure_sets_delay_priority_key_tags_and_max_attempts(
         database: Database[Document]) -> None:
     tasks = Tasks(database)
 
-    @tasks.task(max_attempts=7, priority=3)
+    @tasks.task(max_attempts=7, priority=3, lease=45.0)
     def noop(n: int) -> None:
         pass
 
@@ -114,8 +115,8 @@ def test_configure_sets_delay_priority_key_tags_and_max_attempts(
     again = noop.configure(key="k:1").defer(2)
     doc = database["default"].find_one({"_id": job_id})
     assert doc is not None and again == job_id
-    assert (doc["max_attempts"], doc["priority"], doc["key"], doc["tags"]) == (7, 3, "k:1",
-                                                                                ["signup"])
+    assert (doc["max_attempts"], doc["priority"], doc["key"], doc["tags"], doc["lease_ms"]) == (
+        7, 3, "k:1", ["signup"], 45_000)
     assert (doc["available_at"] - doc["enqueued_at"]).total_seconds() >= 59
     assert noop.configure(priority=9).defer(3) != job_id
     assert stored(database, "default", {"payload.args": [3]})["priority"] == 9
@@ -434,3 +435,29 @@ def test_the_registry_reaper_hands_on_expired_leases_of_every_queue(
     assert wait_until(reap, timeout=10, interval=0.1)
     assert database["emails"].count_documents({"state": "ready"}) == 1
     assert database["default"].count_documents({"state": "ready"}) == 1
+
+
+def test_put_stores_a_lease_and_max_attempts_that_claims_and_extensions_keep(
+        database: Database[Document]) -> None:
+    producer = Queue(database["jobs"])
+    own = producer.put({"n": 1}, lease=2.0, max_attempts=9)
+    plain = producer.put({"n": 2})
+    consumer = Queue(database["jobs"], lease=300.0)
+    held = {job.id: job for job in consumer.claim(2)}
+    assert set(held) == {own, plain}
+
+    def lease_seconds(job_id: Any) -> float:
+        doc = stored(database, "jobs", job_id)
+        return float((doc["locked_until"] - doc["locked_at"]).total_seconds())
+
+    assert lease_seconds(own) == pytest.approx(2.0, abs=0.01)
+    assert lease_seconds(plain) == pytest.approx(300.0, abs=0.01)
+    assert held[own].max_attempts == 9
+    held[own].progress(1)  # an extension also keeps the job's own lease
+    doc = stored(database, "jobs", own)
+    assert doc["locked_until"] <= doc["locked_at"] + timedelta(seconds=2.0 + 5.0)
+    consumer.store.heartbeat([(own, held[own].lease_token)], 300.0)
+    doc = stored(database, "jobs", own)
+    assert doc["locked_until"] <= doc["locked_at"] + timedelta(seconds=2.0 + 5.0)
+    with pytest.raises(ValueError):
+        producer.put({"n": 3}, lease=0)
