@@ -461,3 +461,30 @@ def test_put_stores_a_lease_and_max_attempts_that_claims_and_extensions_keep(
     assert doc["locked_until"] <= doc["locked_at"] + timedelta(seconds=2.0 + 5.0)
     with pytest.raises(ValueError):
         producer.put({"n": 3}, lease=0)
+
+
+def test_a_task_worker_process_serves_until_sigterm_then_drains(
+        mongo_uri: str, database: Database[Document]) -> None:
+    import signal
+
+    from tests.integration.processes import CliProcess, child_env, cli_processes
+
+    producer = Tasks(database)
+
+    @producer.task(queue="emails", name="app.send_email")
+    def send_email(to: str, subject: str) -> None: ...
+
+    env = child_env(STREAMQUEUE_TEST_TASKS_URI=mongo_uri,
+                    STREAMQUEUE_TEST_TASKS_DB=database.name)
+    with cli_processes() as started:
+        worker = CliProcess("streamqueue", [
+            "worker", "tests.task_app:tasks", "--uri", mongo_uri, "--db", database.name,
+            "--concurrency", "2"], env)
+        started.append(worker)
+        # Every queue of the registry, the default one first, shared fairly.
+        assert worker.wait_for_log(".default,emails (fair)"), worker.describe()
+        send_email.defer("late@example.com", subject="after start")  # a wake-up, not a sweep
+        assert wait_until(lambda: database["records"].count_documents({}) == 1), \
+            worker.describe()
+        worker.send(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.describe()
