@@ -83,6 +83,11 @@ examples:
   STREAMQUEUE_URI=... STREAMQUEUE_DB=app STREAMQUEUE_QUEUE=images \\
       python -m streamqueue.worker myapp.tasks:resize --concurrency 8 --metrics-port 9100
   streamqueue worker myapp.tasks:resize --db app --queue images --burst   # drain, then exit
+  streamqueue worker myapp.tasks:tasks --queues high,low      # a task registry (docs/TASKS.md)
+
+A streamqueue.Tasks registry instead of a handler serves every queue of the
+registry (or --queues, in that priority order; --fair shares them) in one
+process: one claim loop, one change stream; each job runs the task it names.
 
 The handler is called with the job's payload (and the Job, if it takes a second
 argument or one named "job"); returning completes the job, raising retries it
@@ -101,6 +106,7 @@ examples:
   streamqueue reaper --uri "$URI" --db app --queue images --queue emails --metrics-port 9101
   STREAMQUEUE_QUEUE=images,emails python -m streamqueue.reaper --db app --interval 10
   streamqueue reaper --db app --queue images --once      # one pass (cron, tests)
+  streamqueue reaper --tasks myapp.tasks:tasks           # every queue of a task registry
 
 Each pass requeues expired leases with attempts left, moves exhausted jobs to
 the error queue (DB.NAME.failed) and publishes the queue gauges. Several
