@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from pymongo import MongoClient
@@ -30,3 +31,18 @@ def send_email(to: str, subject: str) -> None:
 async def ping(n: int) -> None:
     await asyncio.sleep(0)
     _db["records"].insert_one({"task": "ping", "n": n, "pid": os.getpid()})
+
+
+@tasks.task(queue="slow", name="app.slow", lease=2.0)
+def slow(n: int) -> None:
+    """Hangs on its first attempt (the test kills the process), returns on later ones."""
+    from streamqueue.tasks import current_job
+
+    job = current_job()
+    attempt = job.attempts if job is not None else 0
+    _db["records"].insert_one({"task": "slow", "n": n, "attempt": attempt,
+                               "event": "started", "pid": os.getpid()})
+    if attempt == 1:
+        time.sleep(60)
+    _db["records"].insert_one({"task": "slow", "n": n, "attempt": attempt,
+                               "event": "done", "pid": os.getpid()})

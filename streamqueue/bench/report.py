@@ -173,7 +173,8 @@ def tasks_targets(rows: list[TasksRow]) -> list[Target]:
                f"commands/s sent = {row.idle_ratio:.2f}x (server opcounters, net: "
                f"{row.ten_queues_ops_per_s:.2f} / {row.one_queue_ops_per_s:.2f}; 10 "
                f"single-queue Workers: {row.ten_workers_commands_per_s:.2f} commands/s)",
-               _ok(row.ten_queues_commands_per_s <= row.one_queue_commands_per_s)),
+               # The windows' lengths differ by milliseconds: equal counts pass.
+               _ok(row.idle_ratio <= 1.005)),
     ]
 
 

@@ -482,9 +482,60 @@ def test_a_task_worker_process_serves_until_sigterm_then_drains(
             "--concurrency", "2"], env)
         started.append(worker)
         # Every queue of the registry, the default one first, shared fairly.
-        assert worker.wait_for_log(".default,emails (fair)"), worker.describe()
+        assert worker.wait_for_log(".default,emails,slow (fair)"), worker.describe()
         send_email.defer("late@example.com", subject="after start")  # a wake-up, not a sweep
         assert wait_until(lambda: database["records"].count_documents({}) == 1), \
             worker.describe()
         worker.send(signal.SIGTERM)
         assert worker.wait(30) == 0, worker.describe()
+
+
+def test_a_task_whose_worker_is_killed_is_handed_on_by_the_registry_reaper(
+        mongo_uri: str, database: Database[Document]) -> None:
+    from tests.integration.processes import CliProcess, child_env, cli_processes
+
+    producer = Tasks(database)
+
+    @producer.task(queue="slow", name="app.slow", lease=2.0)
+    def slow(n: int) -> None: ...
+
+    env = child_env(STREAMQUEUE_TEST_TASKS_URI=mongo_uri,
+                    STREAMQUEUE_TEST_TASKS_DB=database.name)
+    args = ["worker", "tests.task_app:tasks", "--uri", mongo_uri, "--db", database.name,
+            "--queues", "slow"]
+    records = database["records"]
+    slow.defer(1)
+    with cli_processes() as started:
+        first = CliProcess("streamqueue", args, env)
+        started.append(first)
+        assert wait_until(lambda: records.count_documents({"attempt": 1}) == 1, 30), \
+            first.describe()
+        first.kill()  # SIGKILL mid-task: its job stays locked under a 2 s lease
+        second = CliProcess("streamqueue", args, env)
+        started.append(second)
+        reaper = producer.reaper()
+        assert wait_until(lambda: reaper.run_once().reaped.get("slow", 0) > 0, 15)
+        assert wait_until(lambda: records.count_documents({"event": "done"}) == 1, 30), \
+            second.describe()
+    done = records.find_one({"event": "done"})
+    assert done is not None and (done["attempt"], done["pid"]) == (2, second.pid)
+    assert records.count_documents({"event": "done", "attempt": 1}) == 0
+
+
+def test_the_tasks_bench_scenario_runs_and_reports(mongo_uri: str) -> None:
+    from streamqueue.bench.common import BenchContext
+    from streamqueue.bench.report import Results, evaluate, markdown
+    from streamqueue.bench.tasks import tasks_bench
+
+    ctx = BenchContext(mongo_uri, verbose=False)
+    try:
+        row = tasks_bench(ctx, calls=20, rounds=2, idle_seconds=0.5)
+    finally:
+        ctx.close()
+    assert row.put_us > 0 and row.defer_us > 0 and row.calls == 20  # no timing asserted
+    results = Results(mode="smoke", started="now", seconds=0.0, machine={}, config={},
+                      notes=[], tasks=[row])
+    results.targets = evaluate(results)
+    names = [target.name for target in results.targets if target.passed is not None]
+    assert names == ["defer() against put()", "Idle task worker: 10 queues against 1"]
+    assert "## 11. Tasks" in markdown(results)
