@@ -70,8 +70,6 @@ def load_target(spec: str) -> Callable[..., object] | Tasks[Any]:
             ) from None
     if isinstance(target, Tasks):
         return target
-    if isinstance(target, Tasks):
-        return target
     if not callable(target):
         raise HandlerNotFound(
             f"handler {spec!r} is a {type(target).__name__}, not a callable"

@@ -236,19 +236,7 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     from streamqueue.reaper import Reaper
 
     hooks = PrometheusHooks()
-    if args.tasks is not None:
-        from streamqueue.handlers import load_target
-        from streamqueue.tasks import Tasks
-
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        registry = load_target(args.tasks)
-        if not isinstance(registry, Tasks):
-            raise UsageError(f"--tasks {args.tasks}: not a streamqueue.Tasks registry")
-        names = list(dict.fromkeys([*(args.queue or []), *registry.queues()]))
-        session = _task_session(args, registry, names, "streamqueue-reaper")
-    else:
-        session = open_session(args, "streamqueue-reaper")
+    session = _reaper_session(args)
     try:
         # The reaper loop is itself a retry: a pass gives up after a bounded
         # while so a signal is answered promptly even in an outage.
@@ -284,6 +272,22 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     finally:
         session.close()
     return ExitCode.OK
+
+
+def _reaper_session(args: argparse.Namespace) -> Any:
+    """The reaper's queues: ``--queue``, plus every queue of the ``--tasks`` registry."""
+    if args.tasks is None:
+        return open_session(args, "streamqueue-reaper")
+    from streamqueue.handlers import load_target
+    from streamqueue.tasks import Tasks
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    registry = load_target(args.tasks)
+    if not isinstance(registry, Tasks):
+        raise UsageError(f"--tasks {args.tasks}: not a streamqueue.Tasks registry")
+    names = list(dict.fromkeys([*(args.queue or []), *registry.queues()]))
+    return _task_session(args, registry, names, "streamqueue-reaper")
 
 
 def _run_until_signalled(run: Callable[[], None], stop: Callable[[], None], what: str, *,
