@@ -539,3 +539,22 @@ def test_the_tasks_bench_scenario_runs_and_reports(mongo_uri: str) -> None:
     names = [target.name for target in results.targets if target.passed is not None]
     assert names == ["defer() against put()", "Idle task worker: 10 queues against 1"]
     assert "## 11. Tasks" in markdown(results)
+
+
+def test_delayed_tasks_in_any_queue_run_when_due_not_at_the_next_sweep(
+        database: Database[Document]) -> None:
+    runs = Runs()
+    tasks = three_queue_registry(database, runs)
+    low, mid = tasks.get("work.low"), tasks.get("work.mid")
+    assert low is not None and mid is not None
+    low.configure(delay=1.5).defer(1)  # known only from the group's first due-time read
+    worker = tasks.worker(["high", "mid", "low"], concurrency=1, sweep_interval=60.0)
+    background = running(worker)
+    try:
+        assert wait_until(lambda: worker.group.watcher.stream_epoch() is not None)
+        mid.configure(delay=1.0).defer(2)  # known from its insert event
+        # Both well before the 60 s sweep: due timers from the one stream.
+        assert wait_until(lambda: runs.count() == 2, timeout=10)
+    finally:
+        stop(worker, background)
+    assert sorted(runs.calls) == [("low", 1), ("mid", 2)]
