@@ -6,8 +6,9 @@ plain ``Queue`` (its claims, settles, pause switch and cancel requests), and
 database-level stream (``GroupWatcher``, filtered on the queues' collections),
 routes each event to its queue by collection name, and wakes one board; its
 claim asks only the queues that can have a job: those an event named, or after a
-sweep, a delayed job falling due or a paused stream, those one ``$unionWith``
-probe finds a due job in (one command whatever the number of queues).
+sweep, a delayed job falling due, a reopened stream, a resume or any wake-up meant
+for every queue (``GroupBoard``), those one ``$unionWith`` probe finds a due job in
+(one command whatever the number of queues).
 
 Order between queues: ``"priority"`` claims from the queues in the order given,
 a later one only when every earlier one had less than asked; ``"fair"`` shares
@@ -57,6 +58,36 @@ def wakes_claim(event: Mapping[str, Any]) -> bool:
         return False
     fields = event.get("updateDescription", {}).get("updatedFields", {})
     return not (event.get("operationType") == "update" and "cancel_requested" in fields)
+
+
+class GroupBoard(WakeupBoard):
+    """A ``WakeupBoard`` that remembers a wake-up meant for every queue (a resume, a reopened
+    stream, the end of an outage), so the claim after it asks them all, not only the
+    queues events named."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._everyone = False
+        self._everyone_lock = threading.Lock()
+
+    def notify_all(self) -> None:
+        self._note_everyone()
+        super().notify_all()
+
+    def unpause(self) -> None:
+        if self.paused:
+            self._note_everyone()
+        super().unpause()
+
+    def _note_everyone(self) -> None:
+        # Before the wake-up itself: the claim it causes must see it.
+        with self._everyone_lock:
+            self._everyone = True
+
+    def take_everyone(self) -> bool:
+        with self._everyone_lock:
+            everyone, self._everyone = self._everyone, False
+        return everyone
 
 
 class GroupWatcher(ChangeStreamWatcher):
@@ -145,7 +176,7 @@ class QueueGroup:
         self.members = list(members)
         self.order = order
         self.hooks = hooks or members[0].hooks
-        self.board = WakeupBoard()
+        self.board = GroupBoard()
         self.watcher = GroupWatcher(self.members, self.board, self.hooks, **watcher_options(
             max_await=max_await, poll_interval=poll_interval,
             pause_stream_after=pause_stream_after))
@@ -174,9 +205,10 @@ class QueueGroup:
         """One claim round of up to ``limit`` jobs over the queues that may have some."""
         wake, self._wake = self._wake, None
         hints = self.watcher.take_hints()
+        everyone = self.board.take_everyone()
         if len(self.members) == 1:
             targets = self.members
-        elif wake is Wake.EVENT and hints:
+        elif wake is Wake.EVENT and hints and not everyone:
             targets = [queue for queue in self.members if queue.name in hints]
         else:
             due = run(self.watcher.group.due_queues())

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from streamqueue import Queue, Tasks
+from streamqueue import Hooks, Queue, Tasks
 from streamqueue.metrics import PrometheusHooks
 from streamqueue.multiqueue import TaskWorker
 from streamqueue.storage import Document
@@ -558,3 +558,49 @@ def test_delayed_tasks_in_any_queue_run_when_due_not_at_the_next_sweep(
     finally:
         stop(worker, background)
     assert sorted(runs.calls) == [("low", 1), ("mid", 2)]
+
+
+class StreamEvents(Hooks):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events = 0
+
+    def changestream_event(self, queue: str) -> None:
+        with self.lock:
+            self.events += 1
+
+    def count(self) -> int:
+        with self.lock:
+            return self.events
+
+
+def test_a_resume_heard_with_another_queue_s_job_makes_the_claim_ask_every_queue(
+        database: Database[Document]) -> None:
+    from streamqueue.wakeups import Wake
+
+    runs = Runs()
+    tasks = three_queue_registry(database, runs)
+    hooks = StreamEvents()
+    worker = tasks.worker(["high", "mid", "low"], hooks=hooks, sweep_interval=60.0)
+    group = worker.group
+    low, mid = tasks.get("work.low"), tasks.get("work.mid")
+    assert low is not None and mid is not None
+    operator = Queue(database["low"])
+    operator.pause()
+    low.defer(1)  # before the stream opens: no event names it
+    group.store.ensure_indexes()
+    group.watcher.start()
+    try:
+        with group.board.waiting():
+            assert group.claim(4) == []  # the probe finds low's job; low is paused
+            heard = hooks.count()
+            operator.resume()
+            mid.defer(2)
+            assert wait_until(lambda: hooks.count() >= heard + 2)  # both events handled
+            assert group.wait_for_wakeup(time.monotonic() + 5) is Wake.EVENT
+            jobs = group.claim(4)  # one event named mid; the resume names every queue
+            assert sorted(job.payload["args"] for job in jobs) == [[1], [2]]
+            for job in jobs:
+                job.complete()
+    finally:
+        group.close()
