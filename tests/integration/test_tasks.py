@@ -20,6 +20,7 @@ from streamqueue.metrics import PrometheusHooks
 from streamqueue.multiqueue import TaskWorker
 from streamqueue.storage import Document
 from tests.helpers import Background, CommandCounter, stays_false, wait_until
+from tests.integration.test_standalone import standalone_uri  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -604,3 +605,31 @@ def test_a_resume_heard_with_another_queue_s_job_makes_the_claim_ask_every_queue
                 job.complete()
     finally:
         group.close()
+
+
+def test_without_change_streams_a_task_worker_polls_every_queue_with_one_probe(
+        standalone_uri: str) -> None:  # noqa: F811  (the fixture imported above)
+    counter = CommandCounter()
+    client: MongoClient[Document] = MongoClient(standalone_uri, event_listeners=[counter])
+    name = f"tasks_{uuid.uuid4().hex[:10]}"
+    try:
+        runs = Runs()
+        tasks = three_queue_registry(client[name], runs)
+        worker = tasks.worker(["high", "mid", "low"], concurrency=1)
+        background = running(worker)
+        try:
+            assert wait_until(lambda: worker.group.board.polling)
+            counter.reset()
+            time.sleep(2.5)  # measuring an idle window, not waiting for a condition
+            # Each poll is one probe over the three queues; no queue is claimed from.
+            assert counter.count("findAndModify") == 0
+            assert 1 <= counter.count("aggregate", "high") <= 4
+            low = tasks.get("work.low")
+            assert low is not None
+            low.defer(1)
+            assert wait_until(lambda: runs.calls == [("low", 1)])
+        finally:
+            stop(worker, background)
+    finally:
+        client.drop_database(name)
+        client.close()
