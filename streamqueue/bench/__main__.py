@@ -340,7 +340,8 @@ def _run_tasks(ctx: BenchContext, config: BenchConfig, attempt: Attempt,
                  f"workers (1 queue, 10 queues) for {config.tasks_idle_seconds:g} s each")
 
     def run_tasks() -> None:
-        row = tasks_bench(ctx, calls=config.tasks_calls, idle_seconds=config.tasks_idle_seconds)
+        row = tasks_bench(ctx, calls=config.tasks_calls, idle_seconds=config.tasks_idle_seconds,
+                          drain_jobs=config.tasks_drain_jobs)
         results.tasks.append(row)
         ctx.progress(f"  defer {row.defer_us:.0f} us / put {row.put_us:.0f} us = "
                      f"{row.defer_ratio:.3f}x; idle commands/s sent (server ops/s net): "
@@ -348,7 +349,9 @@ def _run_tasks(ctx: BenchContext, config: BenchConfig, attempt: Attempt,
                      f"({row.one_queue_ops_per_s:.2f}), 10 queues "
                      f"{row.ten_queues_commands_per_s:.3f} ({row.ten_queues_ops_per_s:.2f}), "
                      f"10 single-queue Workers {row.ten_workers_commands_per_s:.3f} "
-                     f"({row.ten_workers_ops_per_s:.2f})")
+                     f"({row.ten_workers_ops_per_s:.2f}); drain {row.drain_jobs} jobs: "
+                     f"{row.drain_one_queue_jobs_per_s:,.0f} jobs/s from 1 queue, "
+                     f"{row.drain_ten_queues_jobs_per_s:,.0f} from 10")
     attempt("tasks", run_tasks)
 
 

@@ -70,6 +70,7 @@ class BenchConfig:
     # idle task workers (1 queue, 10 queues) against the baseline.
     tasks_calls: int = 2_000
     tasks_idle_seconds: float = 30.0
+    tasks_drain_jobs: int = 2_000
     # The dashboard's reads on a queue this deep (issue 15: <= 300 ms with 1,000,000 jobs).
     dashboard_jobs: int = 1_000_000
     dashboard_samples: int = 20
@@ -140,6 +141,7 @@ class BenchConfig:
             dashboard_samples=5,
             tasks_calls=600,
             tasks_idle_seconds=12.0,
+            tasks_drain_jobs=400,
             stall_timeout=15.0,
             rerun_budget=15.0,
             notes=(

@@ -462,12 +462,15 @@ def targets_tables(results: Results) -> list[str]:
         out += ["", "## 11. Tasks (defer against put; idle task workers, net of the baseline)",
                 ""]
         out += _table(["put us", "defer us", "defer/put", "idle s",
-                       "1 queue cmd/s (server ops/s)", "10 queues", "10 Workers", "errors"],
+                       "1 queue cmd/s (server ops/s)", "10 queues", "10 Workers",
+                       "drain jobs/s: 1 queue / 10 queues", "errors"],
                       [[_num(r.put_us), _num(r.defer_us), f"{r.defer_ratio:.3f}",
                         _num(r.idle_seconds),
                         f"{r.one_queue_commands_per_s:.3f} ({r.one_queue_ops_per_s:.2f})",
                         f"{r.ten_queues_commands_per_s:.3f} ({r.ten_queues_ops_per_s:.2f})",
                         f"{r.ten_workers_commands_per_s:.3f} ({r.ten_workers_ops_per_s:.2f})",
+                        f"{r.drain_one_queue_jobs_per_s:,.0f} / "
+                        f"{r.drain_ten_queues_jobs_per_s:,.0f} ({r.drain_jobs} jobs)",
                         "; ".join(r.errors) or "-"] for r in results.tasks])
     errors = [(r.label, e) for rows in (results.throughput, results.latency, results.idle,
                                          results.depth, results.herd) for r in rows for e in r.errors]

@@ -45,11 +45,15 @@ class TasksRow:
     one_queue_commands_per_s: float = 0.0  # sent by the worker's client
     ten_queues_commands_per_s: float = 0.0
     ten_workers_commands_per_s: float = 0.0
+    # Draining the same jobs in burst mode: all in 1 queue, or spread over 10.
+    drain_jobs: int = 0
+    drain_one_queue_jobs_per_s: float = 0.0
+    drain_ten_queues_jobs_per_s: float = 0.0
     errors: list[str] = field(default_factory=list)
 
 
 def tasks_bench(ctx: BenchContext, *, calls: int = 2000, rounds: int = 6,
-                idle_seconds: float = 30.0) -> TasksRow:
+                idle_seconds: float = 30.0, drain_jobs: int = 2000) -> TasksRow:
     db_name = f"{ctx.db_name}_tasks_{uuid.uuid4().hex[:6]}"
     client: MongoClient[Document] = MongoClient(ctx.uri)
     try:
@@ -59,6 +63,8 @@ def tasks_bench(ctx: BenchContext, *, calls: int = 2000, rounds: int = 6,
         one = _ops(ctx, idle_seconds, lambda c: _task_worker(c, db_name, 1))
         ten = _ops(ctx, idle_seconds, lambda c: _task_worker(c, db_name, 10))
         naive = _ops(ctx, idle_seconds, lambda c: _single_workers(c, db_name, 10))
+        drain = [_drain(client, f"{db_name}_drain{queues}", drain_jobs, queues)
+                 for queues in (1, 10)]
     finally:
         client.drop_database(db_name)
         client.close()
@@ -71,7 +77,8 @@ def tasks_bench(ctx: BenchContext, *, calls: int = 2000, rounds: int = 6,
                     ten_workers_ops_per_s=net[2],
                     idle_ratio=sent[1] / sent[0] if sent[0] else 0.0,
                     one_queue_commands_per_s=sent[0], ten_queues_commands_per_s=sent[1],
-                    ten_workers_commands_per_s=sent[2])
+                    ten_workers_commands_per_s=sent[2], drain_jobs=drain_jobs,
+                    drain_one_queue_jobs_per_s=drain[0], drain_ten_queues_jobs_per_s=drain[1])
 
 
 def _defer_vs_put(client: MongoClient[Document], db_name: str, calls: int,
@@ -105,6 +112,26 @@ def _defer_vs_put(client: MongoClient[Document], db_name: str, calls: int,
         for step in ((puts, defers) if index % 2 == 0 else (defers, puts)):
             step()
     return median(timings["put"]) * 1e6, median(timings["defer"]) * 1e6
+
+
+def _drain(client: MongoClient[Document], db_name: str, jobs: int, queues: int) -> float:
+    """Jobs/s of a burst-mode task worker (4 slots) draining ``jobs`` no-op tasks spread
+    over ``queues`` queues; the jobs are written first."""
+    tasks = Tasks(client[db_name])
+    names = [f"q{index}" for index in range(queues)]
+    for name in names:
+        tasks.task(queue=name, name=f"drain.{name}")(lambda n: None)
+        queue = Queue(client[db_name][name])
+        queue.put_many({"task": f"drain.{name}", "args": [n], "kwargs": {}}
+                       for n in range(jobs // queues))
+    worker = tasks.worker(concurrency=4, burst=True)
+    began = time.perf_counter()
+    try:
+        worker.run()
+    finally:
+        worker.close()
+        client.drop_database(db_name)
+    return (jobs // queues * queues) / (time.perf_counter() - began)
 
 
 def _task_worker(client: MongoClient[Document], db_name: str, queues: int) -> Callable[[], None]:

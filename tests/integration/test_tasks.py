@@ -530,10 +530,11 @@ def test_the_tasks_bench_scenario_runs_and_reports(mongo_uri: str) -> None:
 
     ctx = BenchContext(mongo_uri, verbose=False)
     try:
-        row = tasks_bench(ctx, calls=20, rounds=2, idle_seconds=0.5)
+        row = tasks_bench(ctx, calls=20, rounds=2, idle_seconds=0.5, drain_jobs=40)
     finally:
         ctx.close()
     assert row.put_us > 0 and row.defer_us > 0 and row.calls == 20  # no timing asserted
+    assert row.drain_one_queue_jobs_per_s > 0 and row.drain_ten_queues_jobs_per_s > 0
     results = Results(mode="smoke", started="now", seconds=0.0, machine={}, config={},
                       notes=[], tasks=[row])
     results.targets = evaluate(results)
