@@ -11,16 +11,16 @@ for every queue (``GroupBoard``), those one ``$unionWith`` probe finds a due job
 (one command whatever the number of queues).
 
 Order between queues: ``"priority"`` claims from the queues in the order given,
-a later one only when every earlier one had less than asked; ``"fair"`` shares
-each claim between the queues that have jobs, starting one queue further round
-each time, so a backlog in one queue cannot starve another.
+a later one only when every earlier one had less than asked; ``"fair"`` starts
+each claim round one queue further among those that have jobs (that queue gets
+the batch, the next ones fill what it lacks), so a backlog in one queue cannot
+starve another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 import traceback
@@ -224,15 +224,12 @@ class QueueGroup:
             return []
         if self.order == "priority":
             return self._claim_rounds([(queue, limit) for queue in targets], limit)
+        # Each round starts one queue further: a batch goes to one queue in turn (one
+        # claim_many, not one single-job claim per queue), the next filling what it lacks.
         self._turn = (self._turn + 1) % len(self.members)
         start = self._turn % len(targets)
         turn = targets[start:] + targets[:start]
-        share = math.ceil(limit / len(turn))
-        jobs = self._claim_rounds([(queue, share) for queue in turn], limit)
-        if len(jobs) < limit:
-            # Queues with less than their share leave room for the others' backlogs.
-            jobs += self._claim_rounds([(queue, limit) for queue in turn], limit - len(jobs))
-        return jobs
+        return self._claim_rounds([(queue, limit) for queue in turn], limit)
 
     def _claim_rounds(self, asks: list[tuple[Queue, int]], limit: int) -> list[Job]:
         jobs: list[Job] = []
