@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable
+from typing import Any
 
 from streamqueue.errors import ConfigurationError
+from streamqueue.tasks import Tasks
 
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ATTRIBUTE = _MODULE  # "function" or "Class.method": the same dotted-name shape
@@ -17,7 +19,16 @@ class HandlerNotFound(ConfigurationError):
 
 
 def load_handler(spec: str) -> Callable[..., object]:
-    """Import ``package.module:function`` (or ``module:Object.attr``) and return the callable.
+    """Import ``package.module:function`` (or ``module:Object.attr``) and return the callable."""
+    target = load_target(spec)
+    if isinstance(target, Tasks):
+        raise HandlerNotFound(f"handler {spec!r} is a task registry, not a callable: "
+                              "run it with `streamqueue worker`")
+    return target
+
+
+def load_target(spec: str) -> Callable[..., object] | Tasks[Any]:
+    """Import ``package.module:function`` and return the callable or task registry it names.
 
     Every failure raises ``HandlerNotFound`` with a one-line message saying what
     was wrong: the shape of the spec, a module that is missing or fails to
@@ -57,6 +68,8 @@ def load_handler(spec: str) -> Callable[..., object]:
             raise HandlerNotFound(
                 f"handler module {module_name!r} has no attribute {attr_path!r}"
             ) from None
+    if isinstance(target, Tasks):
+        return target
     if not callable(target):
         raise HandlerNotFound(
             f"handler {spec!r} is a {type(target).__name__}, not a callable"

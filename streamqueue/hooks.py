@@ -54,6 +54,11 @@ class Hooks:
     def changestream_event(self, queue: str) -> None:
         """The change stream delivered an event (a sign of life)."""
 
+    def task_ran(self, queue: str, task: str, outcome: str, seconds: float) -> None:
+        """A task worker ran a job's task: ``outcome`` "completed", "failed", or "unknown"
+        (the job named no registered task; ``task`` is then "unknown", so the label's
+        values are bounded by the registry)."""
+
 
     def tick_fired(self, queue: str, schedule: str, lateness: float) -> None:
         """A schedule fired a tick's job ``lateness`` seconds after the tick (server clock)."""

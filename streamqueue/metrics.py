@@ -78,6 +78,8 @@ METRIC_NAMES: frozenset[str] = frozenset({
     "streamqueue_schedule_ticks_fired_total",
     "streamqueue_schedule_ticks_missed_total",
     "streamqueue_schedule_lateness_seconds",
+    "streamqueue_task_runs_total",
+    "streamqueue_task_run_seconds",
 })
 
 
@@ -180,6 +182,8 @@ class _Metrics:
     ticks_fired: Counter
     ticks_missed: Counter
     tick_lateness: Histogram
+    task_runs: Counter
+    task_seconds: Histogram
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> _Metrics:
@@ -249,6 +253,14 @@ class _Metrics:
                 f"{PREFIX}_schedule_lateness_seconds",
                 "Seconds from a tick to its fire, by the server's clock (buckets 1 ms to 1 h).",
                 ["queue", "schedule"], buckets=SECONDS_BUCKETS, registry=registry),
+            task_runs=Counter(
+                f"{PREFIX}_task_runs",
+                "Task runs by outcome (completed, failed, unknown); task is a registered "
+                "name or \"unknown\".", ["queue", "task", "outcome"], registry=registry),
+            task_seconds=Histogram(
+                f"{PREFIX}_task_run_seconds",
+                "Seconds a task function ran (buckets 1 ms to 1 h).",
+                ["queue", "task"], buckets=SECONDS_BUCKETS, registry=registry),
         )
         registry.register(workers)
         return metrics
@@ -330,6 +342,11 @@ class PrometheusHooks(Hooks):
 
     def ticks_missed(self, queue: str, schedule: str, count: int) -> None:
         self._m.ticks_missed.labels(queue=queue, schedule=schedule).inc(count)
+
+    def task_ran(self, queue: str, task: str, outcome: str, seconds: float) -> None:
+        self._m.task_runs.labels(queue=queue, task=task, outcome=outcome).inc()
+        if outcome != "unknown":
+            self._m.task_seconds.labels(queue=queue, task=task).observe(max(0.0, seconds))
 
     def _observe_run(self, queue: str, outcome: str, run_seconds: float) -> None:
         self._m.run_seconds.labels(queue=queue, outcome=outcome).observe(max(0.0, run_seconds))

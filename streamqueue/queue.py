@@ -71,6 +71,11 @@ class Job(JobBase):
         """
         run(self._error(message, retry_in))
 
+    def fail(self, message: str) -> None:
+        """Move the job to the error queue now, without a retry (retrying cannot help:
+        a bad payload, a task this worker does not know)."""
+        run(self._fail(message))
+
     def release(self, *, delay: float = 0.0) -> None:
         """Hand the job back, due after ``delay`` seconds (server clock), without counting
         this attempt ("snooze")."""
@@ -170,8 +175,15 @@ class Queue(QueueBase[Job]):
 
     def put(self, payload: Mapping[str, Any], *, priority: int | None = None,
             delay: float = 0.0, key: str | None = None, tags: Sequence[str] = (),
-            session: ClientSession | None = None) -> ObjectId:
+            session: ClientSession | None = None,
+            max_attempts: int | None = None, lease: float | None = None) -> ObjectId:
         """Enqueue one job; it is claimable after ``delay`` seconds (server clock).
+
+        ``max_attempts``: this job's deliveries before it is dead-lettered (default: the
+        queue's); ``lease``: seconds each claim of it holds it before the reaper may
+        hand it on (default: the claiming consumer's lease; a consumer must heart-beat
+        more often than half of it). Both are stored in the job, so whichever consumer
+        claims it keeps to them.
 
         ``tags``: up to ``MAX_TAGS`` short strings to find it by (``jobs(tag=...)``).
         ``key``: while a job with this key is ready, delayed or locked in this
@@ -180,7 +192,8 @@ class Queue(QueueBase[Job]):
         in one, from this queue's client): the job exists only if it commits.
         The caller's ``with_transaction`` does the retrying; this does none.
         """
-        return run(self._put(payload, priority, delay, key, tags, session))
+        return run(self._put(payload, priority, delay, key, tags, session, max_attempts,
+                             lease))
 
     def put_many(self, payloads: Iterable[Mapping[str, Any]], *, priority: int | None = None,
                  delay: float = 0.0, tags: Sequence[str] = (),
@@ -419,13 +432,14 @@ class MongoQueue(Queue):
 
     def put(self, payload: Mapping[str, Any], priority: int | None = None, *,
             delay: float = 0.0, key: str | None = None, tags: Sequence[str] = (),
-            session: ClientSession | None = None) -> ObjectId:
+            session: ClientSession | None = None,
+            max_attempts: int | None = None, lease: float | None = None) -> ObjectId:
         """Enqueue ``payload``; ``priority`` may be given by position, as mongoqueue 0.6+ took it.
 
         Left out, the payload's own ``"priority"`` key sets it (mongoqueue 2012), else 0.
         """
         return super().put(payload, priority=priority, delay=delay, key=key, tags=tags,
-                           session=session)
+                           session=session, max_attempts=max_attempts, lease=lease)
 
     def next(self, timeout: float | None = 0) -> MongoJob | None:
         """Claim the next due job, or None at once if there is none (mongoqueue's ``next()``)."""

@@ -226,6 +226,15 @@ class JobBase:
                     self.attempts, self.max_attempts, error_summary(text), delay)
         log.debug("job %s attempt %d failed with:\n%s", self.id, self.attempts, text)
 
+    def _fail(self, message: str) -> Plan[None]:
+        """Dead-letter now, whatever the attempts left: retrying cannot help."""
+        text = truncate_error(message)
+        queue = self._queue
+        yield from self._settle(queue.plans.bury(self.id, self._token, text))
+        queue.hooks.failed(queue.name, self.attempts, self.run_seconds)
+        queue.hooks.dead(queue.name, self.attempts)
+        log.warning("job %s failed for good (not retried): %s", self.id, error_summary(text))
+
     def _release(self, delay: float) -> Plan[None]:
         delay = check_seconds("delay", delay)
         yield from self._settle(self._queue.plans.requeue(
@@ -337,12 +346,15 @@ class QueueBase(Generic[J]):
     # -- producing ------------------------------------------------------------------
 
     def _put(self, payload: Mapping[str, Any], priority: int | None, delay: float,
-             key: str | None, tags: Sequence[str], session: Any) -> Plan[ObjectId]:
+             key: str | None, tags: Sequence[str], session: Any,
+             max_attempts: int | None = None, lease: float | None = None) -> Plan[ObjectId]:
         checked_key = None if key is None else check_key(key)
         if checked_key is None:
-            ids = yield from self._put_many([payload], priority, delay, tags, session)
+            ids = yield from self._put_many([payload], priority, delay, tags, session,
+                                            max_attempts, lease)
             return ids[0]
-        job = self._new_jobs([payload], priority, delay, tags, checked_key)[0]
+        job = self._new_jobs([payload], priority, delay, tags, checked_key, max_attempts,
+                             lease)[0]
         if session is not None:
             self.check_session(session)
             written = yield from self.plans.insert_in_transaction([job], session)
@@ -356,10 +368,12 @@ class QueueBase(Generic[J]):
         return job_id
 
     def _put_many(self, payloads: Iterable[Mapping[str, Any]], priority: int | None,
-                  delay: float, tags: Sequence[str], session: Any) -> Plan[list[ObjectId]]:
+                  delay: float, tags: Sequence[str], session: Any,
+                  max_attempts: int | None = None,
+                  lease: float | None = None) -> Plan[list[ObjectId]]:
         if isinstance(payloads, Mapping | str | bytes):
             raise TypeError("put_many takes an iterable of payloads; use put() for one")
-        new_jobs = self._new_jobs(payloads, priority, delay, tags, None)
+        new_jobs = self._new_jobs(payloads, priority, delay, tags, None, max_attempts, lease)
         if session is not None:
             self.check_session(session)
         if not new_jobs:
@@ -374,14 +388,19 @@ class QueueBase(Generic[J]):
         return ids
 
     def _new_jobs(self, payloads: Iterable[Mapping[str, Any]], priority: int | None,
-                  delay: float, tags: Sequence[str], key: str | None) -> list[NewJob]:
+                  delay: float, tags: Sequence[str], key: str | None,
+                  max_attempts: int | None = None, lease: float | None = None) -> list[NewJob]:
         delay = check_seconds("delay", delay)
         checked_tags = check_tags(tags)
+        # Stored in each job, so a per-job limit or lease needs nothing of the consumer.
+        attempts = self.max_attempts if max_attempts is None else check_max_attempts(
+            max_attempts)
+        own_lease = None if lease is None else check_seconds("lease", lease, allow_zero=False)
         new_jobs = []
         for payload in payloads:
             checked = check_payload(payload)
             new_jobs.append(NewJob(checked, resolve_priority(checked, priority), delay,
-                                   self.max_attempts, checked_tags, key))
+                                   attempts, checked_tags, key, own_lease))
         return new_jobs
 
     def check_session(self, session: object) -> Any:

@@ -50,6 +50,10 @@ class AsyncJob(JobBase):
         """As ``Job.error``: retry after the backoff, or dead-letter once out of attempts."""
         await arun(self._error(message, retry_in))
 
+    async def fail(self, message: str) -> None:
+        """As ``Job.fail``: to the error queue now, without a retry."""
+        await arun(self._fail(message))
+
     async def release(self, *, delay: float = 0.0) -> None:
         """As ``Job.release``: hand the job back, due after ``delay``, attempt not counted."""
         await arun(self._release(delay))
@@ -150,9 +154,11 @@ class AsyncQueue(QueueBase[AsyncJob]):
 
     async def put(self, payload: Mapping[str, Any], *, priority: int | None = None,
                   delay: float = 0.0, key: str | None = None, tags: Sequence[str] = (),
-                  session: AsyncClientSession | None = None) -> ObjectId:
+                  session: AsyncClientSession | None = None,
+                  max_attempts: int | None = None, lease: float | None = None) -> ObjectId:
         """Enqueue one job (see ``Queue.put``)."""
-        return await arun(self._put(payload, priority, delay, key, tags, session))
+        return await arun(self._put(payload, priority, delay, key, tags, session,
+                                    max_attempts, lease))
 
     async def put_many(self, payloads: Iterable[Mapping[str, Any]], *,
                        priority: int | None = None, delay: float = 0.0,

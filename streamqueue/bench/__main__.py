@@ -41,10 +41,11 @@ from streamqueue.bench.report import (
     write_plots,
 )
 from streamqueue.bench.schedules import schedules
+from streamqueue.bench.tasks import tasks_bench
 from streamqueue.testing import ReplicaSet
 
 SCENARIOS = ("latency", "idle", "throughput", "herd", "fleet", "depth", "lifecycle", "control",
-             "schedules", "dashboard")
+             "schedules", "dashboard", "tasks")
 QUIET_LOAD = 1.0
 
 
@@ -321,6 +322,8 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
                          f"({row.ticks} ticks, {row.duplicates} twice, {row.gaps} gaps); idle "
                          f"{row.idle_ops_per_s_per_scheduler:.2f} ops/s per scheduler")
         attempt("schedules", run_schedules)
+    if "tasks" in only:
+        _run_tasks(ctx, config, attempt, results)
     if "dashboard" in only:
         ctx.progress(f"dashboard: the pages' reads on a queue of {config.dashboard_jobs:,} jobs, "
                      f"{config.dashboard_samples} samples each")
@@ -332,6 +335,27 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
                 ctx.progress(f"  {row.name:55} p50 {row.latency.p50:8.2f} ms  "
                              f"p99 {row.latency.p99:8.2f} ms  ({row.shows})")
         attempt("dashboard", run_dashboard)
+
+
+def _run_tasks(ctx: BenchContext, config: BenchConfig, attempt: Attempt,
+               results: Results) -> None:
+    ctx.progress(f"tasks: defer() against put(), {config.tasks_calls} calls each; idle task "
+                 f"workers (1 queue, 10 queues) for {config.tasks_idle_seconds:g} s each")
+
+    def run_tasks() -> None:
+        row = tasks_bench(ctx, calls=config.tasks_calls, idle_seconds=config.tasks_idle_seconds,
+                          drain_jobs=config.tasks_drain_jobs)
+        results.tasks.append(row)
+        ctx.progress(f"  defer {row.defer_us:.0f} us / put {row.put_us:.0f} us = "
+                     f"{row.defer_ratio:.3f}x; idle commands/s sent (server ops/s net): "
+                     f"1 queue {row.one_queue_commands_per_s:.3f} "
+                     f"({row.one_queue_ops_per_s:.2f}), 10 queues "
+                     f"{row.ten_queues_commands_per_s:.3f} ({row.ten_queues_ops_per_s:.2f}), "
+                     f"10 single-queue Workers {row.ten_workers_commands_per_s:.3f} "
+                     f"({row.ten_workers_ops_per_s:.2f}); drain {row.drain_jobs} jobs: "
+                     f"{row.drain_one_queue_jobs_per_s:,.0f} jobs/s from 1 queue, "
+                     f"{row.drain_ten_queues_jobs_per_s:,.0f} from 10")
+    attempt("tasks", run_tasks)
 
 
 def _run_lifecycle(ctx: BenchContext, config: BenchConfig, attempt: Attempt,

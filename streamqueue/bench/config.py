@@ -66,6 +66,11 @@ class BenchConfig:
     # Schedules: seconds of every=1 ticks with 3 schedulers, and of idle schedulers.
     schedule_seconds: float = 60.0
     schedule_idle_seconds: float = 30.0
+    # Tasks (issue 18): defer() against put() over this many calls each, and seconds of
+    # idle task workers (1 queue, 10 queues) against the baseline.
+    tasks_calls: int = 2_000
+    tasks_idle_seconds: float = 30.0
+    tasks_drain_jobs: int = 2_000
     # The dashboard's reads on a queue this deep (issue 15: <= 300 ms with 1,000,000 jobs).
     dashboard_jobs: int = 1_000_000
     dashboard_samples: int = 20
@@ -134,6 +139,9 @@ class BenchConfig:
             schedule_idle_seconds=5.0,
             dashboard_jobs=20_000,
             dashboard_samples=5,
+            tasks_calls=600,
+            tasks_idle_seconds=12.0,
+            tasks_drain_jobs=400,
             stall_timeout=15.0,
             rerun_budget=15.0,
             notes=(

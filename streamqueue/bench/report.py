@@ -28,6 +28,7 @@ from streamqueue.bench.fleet_herd import BACKLOG, FLEET, HERD, TRICKLE, FleetRow
 from streamqueue.bench.lifecycle import ResultWakeRow, RetentionRow, TxnPutRow
 from streamqueue.bench.scenarios import DepthRow, HerdRow, IdleRow, LatencyRow, ThroughputRow
 from streamqueue.bench.schedules import ScheduleRow
+from streamqueue.bench.tasks import TasksRow
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Results:
     control: list[ControlRow] = field(default_factory=list)
     schedules: list[ScheduleRow] = field(default_factory=list)
     dashboard: list[DashboardRow] = field(default_factory=list)
+    tasks: list[TasksRow] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -152,7 +154,28 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
             ", ".join(f"{r.mode}: {r.wasted_per_job:.2f}" for r in herd_push), _ok(worst <= 1.0)))
     else:
         targets.append(Target("Herd: wasted wake-ups per job", "<= 1", "not measured", None))
-    return targets + fleet_targets(results.fleet) + lifecycle_targets(results)
+    return (targets + fleet_targets(results.fleet) + lifecycle_targets(results)
+            + tasks_targets(results.tasks))
+
+
+def tasks_targets(rows: list[TasksRow]) -> list[Target]:
+    """Issue 18: defer() <= 1.1x put(); an idle 10-queue worker <= a 1-queue one."""
+    if not rows:
+        return []
+    row = rows[-1]
+    return [
+        Target("defer() against put()", "<= 1.1x",
+               f"{row.defer_ratio:.3f}x ({row.defer_us:.0f} / {row.put_us:.0f} us median, "
+               f"{row.calls} calls each, {row.rounds} interleaved rounds)",
+               _ok(row.defer_ratio <= 1.1)),
+        Target("Idle task worker: 10 queues against 1", "<= 1x the server ops/s",
+               f"{row.ten_queues_commands_per_s:.3f} / {row.one_queue_commands_per_s:.3f} "
+               f"commands/s sent = {row.idle_ratio:.2f}x (server opcounters, net: "
+               f"{row.ten_queues_ops_per_s:.2f} / {row.one_queue_ops_per_s:.2f}; 10 "
+               f"single-queue Workers: {row.ten_workers_commands_per_s:.2f} commands/s)",
+               # The windows' lengths differ by milliseconds: equal counts pass.
+               _ok(row.idle_ratio <= 1.005)),
+    ]
 
 
 def fleet_targets(rows: Sequence[FleetRow]) -> list[Target]:
@@ -452,6 +475,20 @@ def targets_tables(results: Results) -> list[str]:
         out += _table(["read", "samples", "p50 ms", "p99 ms", "max ms", "shows"],
                       [[r.name, str(r.latency.count), _num(r.latency.p50), _num(r.latency.p99),
                         _num(r.latency.max), r.shows] for r in results.dashboard])
+    if results.tasks:
+        out += ["", "## 11. Tasks (defer against put; idle task workers, net of the baseline)",
+                ""]
+        out += _table(["put us", "defer us", "defer/put", "idle s",
+                       "1 queue cmd/s (server ops/s)", "10 queues", "10 Workers",
+                       "drain jobs/s: 1 queue / 10 queues", "errors"],
+                      [[_num(r.put_us), _num(r.defer_us), f"{r.defer_ratio:.3f}",
+                        _num(r.idle_seconds),
+                        f"{r.one_queue_commands_per_s:.3f} ({r.one_queue_ops_per_s:.2f})",
+                        f"{r.ten_queues_commands_per_s:.3f} ({r.ten_queues_ops_per_s:.2f})",
+                        f"{r.ten_workers_commands_per_s:.3f} ({r.ten_workers_ops_per_s:.2f})",
+                        f"{r.drain_one_queue_jobs_per_s:,.0f} / "
+                        f"{r.drain_ten_queues_jobs_per_s:,.0f} ({r.drain_jobs} jobs)",
+                        "; ".join(r.errors) or "-"] for r in results.tasks])
     errors = [(r.label, e) for rows in (results.throughput, results.latency, results.idle,
                                          results.depth, results.herd) for r in rows for e in r.errors]
     if errors:

@@ -83,6 +83,11 @@ examples:
   STREAMQUEUE_URI=... STREAMQUEUE_DB=app STREAMQUEUE_QUEUE=images \\
       python -m streamqueue.worker myapp.tasks:resize --concurrency 8 --metrics-port 9100
   streamqueue worker myapp.tasks:resize --db app --queue images --burst   # drain, then exit
+  streamqueue worker myapp.tasks:tasks --queues high,low      # a task registry (docs/TASKS.md)
+
+A streamqueue.Tasks registry instead of a handler serves every queue of the
+registry (or --queues, in that priority order; --fair shares them) in one
+process: one claim loop, one change stream; each job runs the task it names.
 
 The handler is called with the job's payload (and the Job, if it takes a second
 argument or one named "job"); returning completes the job, raising retries it
@@ -101,6 +106,7 @@ examples:
   streamqueue reaper --uri "$URI" --db app --queue images --queue emails --metrics-port 9101
   STREAMQUEUE_QUEUE=images,emails python -m streamqueue.reaper --db app --interval 10
   streamqueue reaper --db app --queue images --once      # one pass (cron, tests)
+  streamqueue reaper --tasks myapp.tasks:tasks           # every queue of a task registry
 
 Each pass requeues expired leases with attempts left, moves exhausted jobs to
 the error queue (DB.NAME.failed) and publishes the queue gauges. Several
@@ -222,8 +228,14 @@ def build_parser() -> ArgumentParser:
     worker = _subparser(commands, "worker", "run a handler on a queue's jobs", WORKER_EPILOG)
     opts = Options(worker)
     opts.add("handler", env="HANDLER", positional=True, metavar="MODULE:FUNCTION",
-             required=True, help="the job handler, e.g. myapp.tasks:send_email")
-    _connection_options(opts, several_queues=False)
+             required=True, help="the job handler, e.g. myapp.tasks:send_email, or a task "
+                                 "registry (streamqueue.Tasks), e.g. myapp.tasks:tasks")
+    _connection_options(opts, several_queues=False, queue_required=False)
+    opts.add("--queues", env="QUEUES", convert=queue_names, metavar="A,B",
+             help="with a task registry: serve these queues, in strict priority order "
+                  "(default: every queue of the registry, shared fairly)")
+    opts.flag("--fair", env="FAIR",
+              help="with --queues: share claims fairly between them instead of in order")
     opts.add("--concurrency", env="CONCURRENCY", convert=positive_int, default=4, metavar="N",
              help="handler threads")
     opts.add("--lease", env="LEASE", convert=positive_seconds, default=300.0, metavar="SECONDS",
@@ -257,7 +269,9 @@ def build_parser() -> ArgumentParser:
     reaper = _subparser(commands, "reaper", "hand expired leases on; publish queue gauges",
                         REAPER_EPILOG)
     opts = Options(reaper)
-    _connection_options(opts, several_queues=True)
+    _connection_options(opts, several_queues=True, queue_required=False)
+    opts.add("--tasks", env="TASKS", metavar="MODULE:OBJECT",
+             help="also reap every queue of this task registry (streamqueue.Tasks)")
     opts.add("--interval", env="INTERVAL", convert=positive_seconds, default=5.0,
              metavar="SECONDS", help="time between passes")
     _metrics_options(opts)
@@ -442,18 +456,19 @@ def _subparser(commands: Any, name: str, summary: str, epilog: str) -> ArgumentP
     return parser
 
 
-def _connection_options(opts: Options, *, several_queues: bool) -> None:
+def _connection_options(opts: Options, *, several_queues: bool,
+                        queue_required: bool = True) -> None:
     opts.add("--uri", env="URI", required=True, secret=True, metavar="URI",
              help="MongoDB connection string (a replica set, for push wake-ups)")
     opts.add("--db", env="DB", metavar="DB",
              help="database; default: the one named in the URI")
     if several_queues:
-        opts.add("--queue", env="QUEUE", convert=queue_names, append=True, required=True,
-                 metavar="NAME", help="queue (collection) name; repeat or comma-separate "
-                                      "for several")
+        opts.add("--queue", env="QUEUE", convert=queue_names, append=True,
+                 required=queue_required, metavar="NAME",
+                 help="queue (collection) name; repeat or comma-separate for several")
     else:
-        opts.add("--queue", env="QUEUE", convert=queue_names, append=True, required=True,
-                 metavar="NAME", help="queue (collection) name")
+        opts.add("--queue", env="QUEUE", convert=queue_names, append=True,
+                 required=queue_required, metavar="NAME", help="queue (collection) name")
     opts.add("--server-timeout", env="SERVER_TIMEOUT", convert=positive_seconds,
              default=DEFAULT_SERVER_TIMEOUT, metavar="SECONDS",
              help="give up on an unreachable server after this long")
@@ -504,6 +519,10 @@ def _check_combinations(args: argparse.Namespace) -> None:
                          "schedule add", "schedule list", "schedule remove")
     if single and queues is not None and len(queues) > 1:
         raise UsageError(f"{command} takes one queue, not {len(queues)} ({', '.join(queues)})")
+    if command == "reaper" and not queues and args.tasks is None:
+        raise UsageError("reaper needs --queue or --tasks")
+    if command == "worker" and args.queues is not None and queues:
+        raise UsageError("--queues is for a task registry, --queue for a handler: not both")
     if command == "worker" and args.heartbeat is not None:
         try:
             check_heartbeat(args.heartbeat, args.lease)

@@ -31,17 +31,23 @@ log = logging.getLogger("streamqueue.cli")
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from streamqueue.backoff import ExponentialBackoff
-    from streamqueue.handlers import load_handler
+    from streamqueue.handlers import load_target
     from streamqueue.metrics import PrometheusHooks
     from streamqueue.queue import Queue
+    from streamqueue.tasks import Tasks
     from streamqueue.worker import Worker
 
     # The console script does not put the working directory on sys.path the
     # way `python -m` does; handlers are usually found relative to it.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    handler = load_handler(args.handler)
+    handler = load_target(args.handler)
     hooks = PrometheusHooks()
+    if isinstance(handler, Tasks):
+        return _run_task_worker(args, handler, hooks)
+    if args.queues is not None or not args.queue:
+        raise UsageError("a handler function serves one --queue (--queues is for a task "
+                         "registry)")
     session = open_session(args, "streamqueue-worker")
     name = session.queues[0]
     hooks.touch_queue(name)
@@ -79,6 +85,64 @@ def cmd_worker(args: argparse.Namespace) -> int:
         _stop_schedulers(schedulers)
         untrack()
         queue.close()
+        session.close()
+    return ExitCode.OK
+
+
+def _task_session(args: argparse.Namespace, registry: Any, queues: list[str],
+                  appname: str) -> Any:
+    """The connection of a command serving a registry: ``--db``, the URI's, or the registry's."""
+    from streamqueue.cli.runtime import database_name
+
+    try:
+        database_name(args)
+    except UsageError:
+        args.db = registry.database.name
+    args.queue = queues
+    return open_session(args, appname)
+
+
+def _run_task_worker(args: argparse.Namespace, registry: Any, hooks: Any) -> int:
+    """``streamqueue worker app:tasks``: every queue of the registry (or ``--queues``) in one
+    process, one claim loop and one change stream."""
+    from streamqueue.backoff import ExponentialBackoff
+    from streamqueue.multiqueue import task_worker
+
+    names = list(args.queues or registry.queues())
+    order = "priority" if args.queues and not args.fair else "fair"
+    session = _task_session(args, registry, names, "streamqueue-worker")
+    try:
+        worker = task_worker(
+            registry, names, database=session.client[session.db], order=order,
+            consumer_id=args.consumer_id, lease=args.lease, hooks=hooks,
+            concurrency=args.concurrency, heartbeat=args.heartbeat,
+            shutdown_grace=args.shutdown_grace, batch=args.batch, burst=args.burst,
+            backoff=ExponentialBackoff(base=args.backoff, cap=args.backoff_cap))
+    except (TypeError, ValueError) as exc:
+        session.close()
+        raise UsageError(str(exc)) from None
+    for name in names:
+        hooks.touch_queue(name)
+    untrack = hooks.track_worker(worker.group.name, slots=worker.slots,
+                                 busy=lambda: worker.busy_slots,
+                                 last_event_age=worker.group.watcher.last_event_age)
+    schedulers = (_start_schedulers(worker.group.members, required=True) if args.schedules
+                  else [])
+    try:
+        server = _serve_metrics(args, hooks)
+        try:
+            worker.install_signal_handlers()
+            log.info("worker %s: %d tasks of %s on %s.%s (%s) via %s, %d slots",
+                     worker.group.consumer_id, len(registry.names), args.handler, session.db,
+                     ",".join(names), order, redact_uri(args.uri), worker.slots)
+            worker.run()
+        finally:
+            if server is not None:
+                server.close()
+    finally:
+        _stop_schedulers(schedulers)
+        untrack()
+        worker.close()
         session.close()
     return ExitCode.OK
 
@@ -173,7 +237,7 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     from streamqueue.reaper import Reaper
 
     hooks = PrometheusHooks()
-    session = open_session(args, "streamqueue-reaper")
+    session = _reaper_session(args)
     try:
         # The reaper loop is itself a retry: a pass gives up after a bounded
         # while so a signal is answered promptly even in an outage.
@@ -209,6 +273,22 @@ def cmd_reaper(args: argparse.Namespace) -> int:
     finally:
         session.close()
     return ExitCode.OK
+
+
+def _reaper_session(args: argparse.Namespace) -> Any:
+    """The reaper's queues: ``--queue``, plus every queue of the ``--tasks`` registry."""
+    if args.tasks is None:
+        return open_session(args, "streamqueue-reaper")
+    from streamqueue.handlers import load_target
+    from streamqueue.tasks import Tasks
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    registry = load_target(args.tasks)
+    if not isinstance(registry, Tasks):
+        raise UsageError(f"--tasks {args.tasks}: not a streamqueue.Tasks registry")
+    names = list(dict.fromkeys([*(args.queue or []), *registry.queues()]))
+    return _task_session(args, registry, names, "streamqueue-reaper")
 
 
 def _run_until_signalled(run: Callable[[], None], stop: Callable[[], None], what: str, *,

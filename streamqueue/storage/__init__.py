@@ -13,6 +13,7 @@ A job is one document in the queue's collection::
     consumer_id, lease_token   who holds the lease; the token names one claim
     last_error, progress
     settled_lease the token of the claim that last requeued, buried or completed it
+    lease_ms      the job's own lease (ms), only when given at put; else the consumer's
     tags          list of short strings, only when given
     key           the unique key, only when given: one active (ready, delayed or
                   locked) job per key, enforced by the partial unique index ``key_active``
@@ -86,6 +87,8 @@ LOCK_FIELDS = ["lease_token", "consumer_id", "locked_at", "locked_until"]
 # The token of the claim that last settled the job (requeue, bury): a settle
 # retried after a lost reply reads it to learn whether its first try applied.
 SETTLED_BY = "settled_lease"
+# A job's own lease in ms, only when its producer gave one (put(lease=)).
+LEASE_MS = "lease_ms"
 # A two-step move (no transactions) marks its source first; see _move_in_steps.
 MOVE_FIELDS = ["_move", "_move_at"]
 # A marked move whose mover went quiet this long is finished by the next mover.
@@ -202,6 +205,7 @@ class NewJob:
     max_attempts: int
     tags: tuple[str, ...] = ()
     key: str | None = None
+    lease: float | None = None  # seconds; None: the claiming consumer's
 
 
 @dataclass(frozen=True)
@@ -776,7 +780,7 @@ class StorePlans:
                      progress: int | None) -> Plan[Document | None]:
         """Push the lease ``lease`` seconds past now; the job's ``locked_until`` and
         ``cancel_requested`` after it, or None if the lease is lost."""
-        changes: Document = {"locked_until": {"$add": [NOW, millis(lease)]}}
+        changes: Document = {"locked_until": lease_until(lease)}
         if progress is not None:
             changes["progress"] = {"$literal": progress}
         doc: Document | None = yield from self._retry_op("extend lease", call(
@@ -792,7 +796,7 @@ class StorePlans:
         if not held:
             return {}
         query = {"$or": [_held(job_id, token) for job_id, token in held]}
-        pipeline = [{"$set": {"locked_until": {"$add": [NOW, millis(lease)]}}}]
+        pipeline = [{"$set": {"locked_until": lease_until(lease)}}]
 
         def beat() -> Plan[dict[ObjectId, bool]]:
             yield call(self.jobs, "update_many", query, pipeline)
@@ -1527,6 +1531,9 @@ def new_document(job: NewJob, now: datetime) -> Document:
     if job.key is not None:
         # Absent when unkeyed, so the partial key indexes hold only keyed jobs.
         document["key"] = job.key
+    if job.lease is not None:
+        # Absent unless given: claims and heartbeats then use the consumer's lease.
+        document[LEASE_MS] = millis(job.lease)
     return document
 
 
@@ -1580,6 +1587,12 @@ def _is_duplicate_key(exc: BaseException | None) -> bool:
     return list(pattern) == ["key"]
 
 
+def lease_until(lease: float) -> Document:
+    """``locked_until`` for a lease taken or extended now: the job's own lease (``put(lease=)``)
+    if it has one, else ``lease`` seconds, the consumer's."""
+    return {"$add": [NOW, {"$ifNull": ["$" + LEASE_MS, millis(lease)]}]}
+
+
 def _claim_pipeline(consumer_id: str, token: str | Document, lease: float) -> list[Document]:
     return [{"$set": {
         "state": LOCKED,
@@ -1587,5 +1600,5 @@ def _claim_pipeline(consumer_id: str, token: str | Document, lease: float) -> li
         "lease_token": token,
         "attempts": {"$add": ["$attempts", 1]},
         "locked_at": NOW,
-        "locked_until": {"$add": [NOW, millis(lease)]},
+        "locked_until": lease_until(lease),
     }}]
