@@ -191,6 +191,10 @@ class QueueGroup:
         self._owners: dict[str, Queue] = {}  # lease token -> queue, for heartbeats
         self._owners_lock = threading.Lock()
 
+    def knows_empty(self) -> bool:
+        """As ``Queue.knows_empty``: a group has no fleet view, so it never knows."""
+        return False
+
     def wait_for_wakeup(self, deadline: float) -> Wake:
         """As ``Queue.wait_for_wakeup``; the claim after it asks the queues the wake names."""
         wake = self.board.wait(min(deadline, time.monotonic() + self.sweep_interval))

@@ -14,6 +14,7 @@ from typing import Any
 
 from pymongo.read_concern import ReadConcern
 
+from streamqueue.errors import ConfigurationError
 from streamqueue.plan import Plan, call, listed
 from streamqueue.storage import (
     NOW,
@@ -106,8 +107,15 @@ class GroupPlans:
         due = docs[0].get("due_in") if docs else None
         return None if due is None else max(0.0, due / 1000.0)
 
-    def watch(self, resume_after: Mapping[str, Any] | None, max_await: float) -> Plan[Any]:
-        """One stream for every queue of the group (a database stream)."""
+    def watch(self, resume_after: Mapping[str, Any] | None, max_await: float,
+              pipeline: list[Document] | None = None) -> Plan[Any]:
+        """One stream for every queue of the group (a database stream).
+
+        ``pipeline`` is the fleet's wider stream, which a group never asks for:
+        a task worker does not join a fleet (yet).
+        """
+        if pipeline is not None:
+            raise ConfigurationError("a queue group cannot join a fleet")
         database = self._first.streams.database.with_options(read_concern=ReadConcern())
         return (yield call(database, "watch", group_wake_pipeline(self.names),
                            resume_after=resume_after, max_await_time_ms=millis(max_await)))
