@@ -661,7 +661,7 @@ class StorePlans:
         """Finish every listed job still held by its token (as ``complete``); return how many."""
         if not held:
             return 0
-        query = {"$or": [_held(job_id, token) for job_id, token in held]}
+        query = _all_held(held)
         if self.keep_completed <= 0:
             return (yield from self._retry("complete many", lambda: _deleted(
                 call(self.jobs, "delete_many", query))))
@@ -675,7 +675,7 @@ class StorePlans:
         if self.keep_completed <= 0:
             # Still there means re-claimed by someone else after our lease ran out.
             return set(ids) - (yield from self.present(ids))
-        query = {"$or": [_completed_by(job_id, token) for job_id, token in held]}
+        query = _all_held(held, state=COMPLETED, claim_field=SETTLED_BY)
         found = yield from self._retry_op("find", listed(self.jobs, "find", query, {"_id": 1}))
         return {doc["_id"] for doc in found}
 
@@ -753,8 +753,7 @@ class StorePlans:
         """Which of these claims' jobs have a cancel request."""
         if not held:
             return set()
-        query = {"$or": [{**_held(job_id, token), "cancel_requested": True}
-                         for job_id, token in held]}
+        query = {**_all_held(held), "cancel_requested": True}
         found = yield from self._retry_op("read cancel requests",
                                           listed(self.jobs, "find", query, {"_id": 1}))
         return {doc["_id"] for doc in found}
@@ -791,7 +790,7 @@ class StorePlans:
         """Extend every listed lease; map each id still held to its ``cancel_requested``."""
         if not held:
             return {}
-        query = {"$or": [_held(job_id, token) for job_id, token in held]}
+        query = _all_held(held)
         pipeline = [{"$set": {"locked_until": {"$add": [NOW, millis(lease)]}}}]
 
         def beat() -> Plan[dict[ObjectId, bool]]:
@@ -1439,6 +1438,15 @@ def _absent(job_id: ObjectId) -> Document:
 
 def _held(job_id: ObjectId, token: str) -> Document:
     return {"_id": job_id, "lease_token": token, "state": LOCKED}
+
+
+def _all_held(held: Sequence[tuple[ObjectId, str]], *, state: str = LOCKED,
+              claim_field: str = "lease_token") -> Document:
+    """Every listed (id, token) pair at once: as the ``$or`` of each pair, because a token
+    is made for one claim of one job (unique, and indexed so). Two ``$in`` bounds cost
+    linear time; an ``$or`` of 2,000 pairs took the server 0.8 s (each branch planned)."""
+    return {"_id": {"$in": [job_id for job_id, _ in held]},
+            claim_field: {"$in": [token for _, token in held]}, "state": state}
 
 
 def _state_filter(state: str | None, now: datetime) -> Document:
