@@ -57,7 +57,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from streamqueue.errors import ConfigurationError, InvalidJob, QueueUnavailable, StorageError
-from streamqueue.plan import Detach, Invoke, Op, Plan, Sleep, Transaction, call, listed, once
+from streamqueue.plan import Detach, Op, Plan, Sleep, Transaction, call, listed, once
 from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_transient_bounded
 from streamqueue.servertime import ServerClock
 from streamqueue.storage.runner import run
@@ -1225,12 +1225,6 @@ class JobStore:
     @property
     def keep_completed(self) -> float:
         return self.plans.keep_completed
-
-    def _call(self, action: str, fn: Callable[[], T]) -> T:
-        """``fn`` (plain sync driver calls) under the retry policy, its errors translated:
-        for the stores built on this one (``storage.schedules``), which are sync only."""
-        result: T = run(self.plans._retry(action, lambda: once(Invoke(fn))))
-        return result
 
     def ensure_indexes(self) -> None:
         if not self.plans.indexes_ready:
