@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,7 +27,6 @@ from pymongo.errors import (
     WriteError,
 )
 from tenacity import (
-    DoAttempt,
     DoSleep,
     RetryCallState,
     Retrying,
@@ -162,33 +162,35 @@ class RetryPolicy:
         gives up once ``max_delay`` has passed since the first try. The one
         retry loop of both the sync and the async API.
 
-        tenacity decides (its ``iter`` answers each outcome with "attempt",
-        "sleep" or the result), but never sleeps itself: a wait is yielded as
-        ``Sleep``, which the sync runner sleeps and the async one awaits.
+        tenacity decides after each failure (its ``iter`` answers "sleep", or
+        raises once the error is not transient or time is up) but never sleeps
+        itself: the wait is yielded as ``Sleep``, which the sync runner sleeps
+        and the async one awaits. A try that succeeds at once (nearly all of
+        them) never asks tenacity, which would cost 8 us a plan.
         """
         retrying = _retrying(self, transient)
-        state = RetryCallState(retrying, fn=None, args=(), kwargs={"action": action})
+        started = time.monotonic()
+        state: RetryCallState | None = None
         while True:
             try:
-                decision = retrying.iter(state)
+                return (yield from attempt())
             # DocumentTooLarge derives from bson's InvalidDocument, not PyMongoError.
+            except (PyMongoError, DocumentTooLarge):
+                failure = cast(_ExcInfo, sys.exc_info())
+            if state is None:
+                state = RetryCallState(retrying, fn=None, args=(), kwargs={"action": action})
+                state.start_time = started  # max_delay counts from the first try
+            state.set_exception(failure)
+            if not retrying.statistics:
+                retrying.begin()  # tenacity counts its waits there (per thread)
+            try:
+                decision = retrying.iter(state)
             except (PyMongoError, DocumentTooLarge) as exc:  # not transient, or out of time
                 raise translate(exc, action) from exc
-            if isinstance(decision, DoAttempt):
-                try:
-                    result = yield from attempt()
-                except (PyMongoError, DocumentTooLarge):
-                    state.set_exception(cast(_ExcInfo, sys.exc_info()))
-                    if not retrying.statistics:
-                        retrying.begin()  # tenacity counts waits there (per thread)
-                else:
-                    state.set_result(result)
-            elif isinstance(decision, DoSleep):
-                state.prepare_for_next_attempt()
-                yield Sleep(float(decision))
-            else:
-                return cast(T, decision)
-
+            # iter's "attempt" (what it answers a fresh try) is the loop's next round.
+            assert isinstance(decision, DoSleep), decision
+            state.prepare_for_next_attempt()
+            yield Sleep(float(decision))
 
 
 @functools.lru_cache(maxsize=64)
