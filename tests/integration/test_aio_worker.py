@@ -227,7 +227,7 @@ def test_batch_above_concurrency_prefetches_and_stop_releases_the_buffer_at_once
         finally:
             running -= 1
 
-    async def body(queue: AsyncQueue) -> tuple[int, int, float]:
+    async def body(queue: AsyncQueue) -> tuple[int, int, bool]:
         worker = AsyncWorker(queue, handler, concurrency=4, batch=10, shutdown_grace=60.0)
         task = asyncio.create_task(worker.run())
         for _ in range(300):
@@ -235,21 +235,20 @@ def test_batch_above_concurrency_prefetches_and_stop_releases_the_buffer_at_once
                 break
             await asyncio.sleep(0.05)
         held, busy = worker.held, worker.busy_slots
-        stopped = asyncio.get_running_loop().time()
         worker.stop()
         # The buffered six are handed back now, not after the 60 s grace.
-        for _ in range(300):
+        for _ in range(200):
             if collection.count_documents({"state": "locked"}) == 4:
                 break
             await asyncio.sleep(0.05)
-        waited = asyncio.get_running_loop().time() - stopped
+        back = collection.count_documents({"state": "locked"}) == 4
         release.set()
         await asyncio.wait_for(task, 30)
-        return held, busy, waited
+        return held, busy, back
 
-    held, busy, waited = run_with_worker(mongo_uri, collection, body)
+    held, busy, back = run_with_worker(mongo_uri, collection, body)
     assert (held, busy, most) == (10, 4, 4)
-    assert waited < 30, "buffered jobs waited for the running handlers' grace"
+    assert back, "buffered jobs waited for the running handlers' grace"
     assert collection.count_documents({}) == 26  # 4 completed, the buffered 6 and 20 ready
     assert collection.count_documents({"state": "ready", "attempts": 0}) == 26
 
