@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamqueue.bench.aio_report import aio_table, aio_target_rows
 from streamqueue.bench.common import jsonable
 from streamqueue.bench.consumers import (
     DEFAULT_BATCH,
@@ -58,6 +59,7 @@ class Results:
     control: list[ControlRow] = field(default_factory=list)
     schedules: list[ScheduleRow] = field(default_factory=list)
     dashboard: list[DashboardRow] = field(default_factory=list)
+    aio: dict[str, Any] = field(default_factory=dict)  # bench/aio.py's result
     targets: list[Target] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -152,7 +154,8 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
             ", ".join(f"{r.mode}: {r.wasted_per_job:.2f}" for r in herd_push), _ok(worst <= 1.0)))
     else:
         targets.append(Target("Herd: wasted wake-ups per job", "<= 1", "not measured", None))
-    return targets + fleet_targets(results.fleet) + lifecycle_targets(results)
+    return (targets + fleet_targets(results.fleet) + lifecycle_targets(results)
+            + [Target(*row) for row in aio_target_rows(results.aio)])
 
 
 def fleet_targets(rows: Sequence[FleetRow]) -> list[Target]:
@@ -435,6 +438,7 @@ def targets_tables(results: Results) -> list[str]:
         out += _table(["read", "samples", "p50 ms", "p99 ms", "max ms", "shows"],
                       [[r.name, str(r.latency.count), _num(r.latency.p50), _num(r.latency.p99),
                         _num(r.latency.max), r.shows] for r in results.dashboard])
+    out += aio_table(results.aio)
     errors = [(r.label, e) for rows in (results.throughput, results.latency, results.idle,
                                          results.depth, results.herd) for r in rows for e in r.errors]
     if errors:
