@@ -2,7 +2,8 @@
 against the sync one, in the same run and on the same server.
 
 - throughput: N jobs drained by 4 consumers, ``AsyncQueue.next`` on 4 coroutines of one
-  loop against ``Queue.next`` on 4 threads; rounds alternate, medians reported;
+  loop against ``Queue.next`` on 4 threads, and the bare driver doing the same (claim,
+  delete) both ways; rounds alternate, medians reported;
 - latency: enqueue (from another client, one job every 20 ms) to claim by a waiting
   consumer, p50 and p99, for each API;
 - idle: commands per second an idle ``AsyncQueue`` consumer (``next(timeout=None)``) sends;
@@ -32,6 +33,7 @@ from pymongo import AsyncMongoClient, MongoClient, monitoring
 
 from streamqueue.aio import AsyncQueue
 from streamqueue.aio.worker import AsyncWorker
+from streamqueue.bench.aio_floor import floor_async, floor_sync
 from streamqueue.bench.common import percentile
 from streamqueue.queue import Queue
 from streamqueue.storage import Document
@@ -124,6 +126,14 @@ async def async_drain(uri: str, db: str, name: str, jobs: int) -> float:
     await client.close()
     assert done == jobs, done
     return jobs / elapsed
+
+
+def floor_drain(uri: str, db: str, name: str, jobs: int, api: str) -> float:
+    """The bare driver draining ``jobs`` of a queue's documents (``aio_floor``)."""
+    _fill(uri, db, name, jobs)
+    if api == "sync":
+        return floor_sync(uri, db, name, jobs)
+    return asyncio.run(floor_async(uri, db, name, jobs))
 
 
 def _produce(uri: str, db: str, name: str, count: int, gap: float,
@@ -273,11 +283,15 @@ def run(uri: str, jobs: int, rounds: int, latency_jobs: int, idle_seconds: float
 
     sync_rates: list[float] = []
     async_rates: list[float] = []
+    floor_rates: dict[str, list[float]] = {"sync": [], "async": []}
     for round_no in range(rounds):
         sync_rates.append(sync_drain(uri, db, name(), jobs))
         async_rates.append(asyncio.run(async_drain(uri, db, name(), jobs)))
+        for api in ("sync", "async"):
+            floor_rates[api].append(floor_drain(uri, db, name(), jobs, api))
         say(f"round {round_no + 1}: sync {sync_rates[-1]:.0f} jobs/s, "
-            f"async {async_rates[-1]:.0f} jobs/s")
+            f"async {async_rates[-1]:.0f} jobs/s; bare driver sync "
+            f"{floor_rates['sync'][-1]:.0f}, async {floor_rates['async'][-1]:.0f}")
     sync_waits = sync_latency(uri, db, name(), latency_jobs)
     async_waits = asyncio.run(async_latency(uri, db, name(), latency_jobs))
     idle = asyncio.run(async_idle(uri, db, name(), idle_seconds))
@@ -292,6 +306,11 @@ def run(uri: str, jobs: int, rounds: int, latency_jobs: int, idle_seconds: float
         "async_to_sync": round(async_rate / sync_rate, 2),
         "sync_rounds": [round(rate) for rate in sync_rates],
         "async_rounds": [round(rate) for rate in async_rates],
+        # The driver alone (bench/aio_floor.py): how much of the gap is pymongo's.
+        "driver_sync_jobs_per_s": round(statistics.median(floor_rates["sync"])),
+        "driver_async_jobs_per_s": round(statistics.median(floor_rates["async"])),
+        "driver_async_to_sync": round(statistics.median(floor_rates["async"])
+                                      / statistics.median(floor_rates["sync"]), 2),
         "latency_ms": {
             api: {"p50": round(percentile(sorted(waits), 50) * 1000, 1),
                   "p99": round(percentile(sorted(waits), 99) * 1000, 1)}

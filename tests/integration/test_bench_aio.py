@@ -30,4 +30,5 @@ def test_the_async_bench_reports_every_figure(mongo_uri: str) -> None:
     targets = aio_target_rows(result)
     assert len(targets) == 5 and all(isinstance(passed, bool) for *_, passed in targets)
     table = aio_table(result)
-    assert len(table) == 12 and "prefetch awaiting" in table[-1]
+    assert len(table) == 13 and "prefetch awaiting" in table[-1]
+    assert result["driver_sync_jobs_per_s"] > 0 and result["driver_async_jobs_per_s"] > 0
