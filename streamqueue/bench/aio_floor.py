@@ -12,11 +12,10 @@ import uuid
 from pymongo import AsyncMongoClient, MongoClient, ReturnDocument
 from pymongo.write_concern import WriteConcern
 
-from streamqueue.storage import Document
+from streamqueue.storage import CLAIM_SORT, Document
 
 CONSUMERS = 4
-READY = {"state": "ready"}
-ORDER = [("priority", -1), ("_id", 1)]
+READY = {"state": "ready"}  # every job here is due: no $$NOW test, only the claim order
 MAJORITY = WriteConcern("majority")
 
 
@@ -32,7 +31,7 @@ def floor_sync(uri: str, db: str, name: str, jobs: int) -> float:
 
     def consume() -> None:
         while (doc := jobs_collection.find_one_and_update(
-                READY, lock(), sort=ORDER, return_document=ReturnDocument.AFTER)) is not None:
+                READY, lock(), sort=CLAIM_SORT, return_document=ReturnDocument.AFTER)) is not None:
             jobs_collection.delete_one({"_id": doc["_id"], "state": "locked"})
 
     threads = [threading.Thread(target=consume) for _ in range(CONSUMERS)]
@@ -53,7 +52,7 @@ async def floor_async(uri: str, db: str, name: str, jobs: int) -> float:
 
     async def consume() -> None:
         while (doc := await jobs_collection.find_one_and_update(
-                READY, lock(), sort=ORDER, return_document=ReturnDocument.AFTER)) is not None:
+                READY, lock(), sort=CLAIM_SORT, return_document=ReturnDocument.AFTER)) is not None:
             await jobs_collection.delete_one({"_id": doc["_id"], "state": "locked"})
 
     started = time.monotonic()
