@@ -26,10 +26,9 @@ from streamqueue.queuebase import (
     outcome,
 )
 from streamqueue.retry import RetryPolicy
-from streamqueue.schedule import DEFAULT_CATCH_UP, ScheduleInfo, check_name, check_schedule
+from streamqueue.schedule import DEFAULT_CATCH_UP, ScheduleInfo
 from streamqueue.storage import Document, JobStore
 from streamqueue.storage.runner import run
-from streamqueue.storage.schedules import ScheduleStore
 from streamqueue.validation import Backoff
 from streamqueue.wakeups import Wake, WakeupBoard
 from streamqueue.watcher import ChangeStreamWatcher, watcher_options
@@ -273,20 +272,17 @@ class Queue(QueueBase[Job]):
         ``misfire``: ticks missed while no scheduler ran: "latest" fires the most recent,
         "skip" none (unless at most 1 s late), "all" the most recent ``catch_up``.
         """
-        spec = check_schedule(name, cron=cron, every=every, payload=payload, priority=priority,
-                              timezone=timezone, misfire=misfire, start_at=start_at,
-                              end_at=end_at, catch_up=catch_up, max_attempts=self.max_attempts)
-        store = ScheduleStore(self.store)
-        store.require_transactions()
-        store.save(spec, store.clock_now())
+        run(self._schedule(name, cron=cron, every=every, payload=payload, priority=priority,
+                           timezone=timezone, misfire=misfire, start_at=start_at,
+                           end_at=end_at, catch_up=catch_up))
 
     def unschedule(self, name: str) -> bool:
         """Remove the schedule ``name``; False if there was none. Fired jobs stay."""
-        return ScheduleStore(self.store).remove(check_name(name))
+        return run(self._unschedule(name))
 
     def schedules(self) -> list[ScheduleInfo]:
         """Every schedule of this queue, by name."""
-        return [ScheduleInfo.from_document(doc) for doc in ScheduleStore(self.store).all()]
+        return run(self._schedules())
 
     def complete_many(self, jobs: Sequence[Job]) -> list[Job]:
         """Complete several held jobs in one round trip; return those whose lease was lost."""

@@ -32,7 +32,9 @@ from streamqueue.hooks import Hooks
 from streamqueue.jobinfo import FINISHED, JOB_STATES, JobInfo
 from streamqueue.pause import PauseFlag
 from streamqueue.plan import Invoke, Plan
+from streamqueue.schedule import ScheduleInfo, check_name, check_schedule
 from streamqueue.storage import Document, NewJob, StorePlans
+from streamqueue.storage.schedules import SchedulePlans
 from streamqueue.validation import (
     Backoff,
     backoff_seconds,
@@ -537,6 +539,22 @@ class QueueBase(Generic[J]):
             else:
                 self.hooks.completed(self.name, job.attempts, job.run_seconds)
         return lost
+
+    # -- schedules (docs/SCHEDULES.md) ------------------------------------------------
+
+    def _schedule(self, name: str, **options: Any) -> Plan[None]:
+        """``schedule``'s checks and write; ``options`` are its keyword arguments."""
+        spec = check_schedule(name, max_attempts=self.max_attempts, **options)
+        schedules = SchedulePlans(self.plans)
+        yield from schedules.require_transactions()
+        yield from schedules.save(spec, (yield from schedules.clock_now()))
+
+    def _unschedule(self, name: str) -> Plan[bool]:
+        return (yield from SchedulePlans(self.plans).remove(check_name(name)))
+
+    def _schedules(self) -> Plan[list[ScheduleInfo]]:
+        docs = yield from SchedulePlans(self.plans).all()
+        return [ScheduleInfo.from_document(doc) for doc in docs]
 
     # -- looking and upkeep -----------------------------------------------------------
 

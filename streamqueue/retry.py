@@ -6,12 +6,14 @@ what escapes into the ``streamqueue.errors`` hierarchy with ``translate``.
 
 from __future__ import annotations
 
+import functools
 import logging
-import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from types import TracebackType
+from typing import TypeVar, cast
 
 from pymongo.errors import (
     BulkWriteError,
@@ -23,6 +25,14 @@ from pymongo.errors import (
     PyMongoError,
     WriteConcernError,
     WriteError,
+)
+from tenacity import (
+    DoSleep,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
 )
 
 from streamqueue.errors import (
@@ -37,6 +47,7 @@ from streamqueue.plan import Invoke, Plan, Sleep, once
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 
 # Server codes: Unauthorized, AuthenticationFailed, and Atlas' "user is not allowed".
 AUTH_CODES = frozenset({13, 18, 8000})
@@ -150,16 +161,51 @@ class RetryPolicy:
         Full-jitter exponential waits (``initial`` doubling up to ``cap``);
         gives up once ``max_delay`` has passed since the first try. The one
         retry loop of both the sync and the async API.
+
+        tenacity decides after each failure (its ``iter`` answers "sleep", or
+        raises once the error is not transient or time is up) but never sleeps
+        itself: the wait is yielded as ``Sleep``, which the sync runner sleeps
+        and the async one awaits. A try that succeeds at once (nearly all of
+        them) never asks tenacity, which would cost 8 us a plan.
         """
+        retrying = _retrying(self, transient)
         started = time.monotonic()
-        tries = 0
+        state: RetryCallState | None = None
         while True:
-            tries += 1
             try:
                 return (yield from attempt())
             # DocumentTooLarge derives from bson's InvalidDocument, not PyMongoError.
-            except (PyMongoError, DocumentTooLarge) as exc:
-                if not transient(exc) or time.monotonic() - started >= self.max_delay:
-                    raise translate(exc, action) from exc
-                log.warning("%s failed (try %d), retrying: %s", action, tries, exc)
-            yield Sleep(random.uniform(0, min(self.cap, self.initial * 2 ** (tries - 1))))
+            except (PyMongoError, DocumentTooLarge):
+                failure = cast(_ExcInfo, sys.exc_info())
+            if state is None:
+                state = RetryCallState(retrying, fn=None, args=(), kwargs={"action": action})
+                state.start_time = started  # max_delay counts from the first try
+            state.set_exception(failure)
+            if not retrying.statistics:
+                retrying.begin()  # tenacity counts its waits there (per thread)
+            try:
+                decision = retrying.iter(state)
+            except (PyMongoError, DocumentTooLarge) as exc:  # not transient, or out of time
+                raise translate(exc, action) from exc
+            # iter's "attempt" (what it answers a fresh try) is the loop's next round.
+            assert isinstance(decision, DoSleep), decision
+            state.prepare_for_next_attempt()
+            yield Sleep(float(decision))
+
+
+@functools.lru_cache(maxsize=64)
+def _retrying(policy: RetryPolicy, transient: Callable[[BaseException], bool]) -> Retrying:
+    """One tenacity controller per policy and predicate, shared by every plan: its
+    decisions read only the plan's own ``RetryCallState`` (a fresh one cost 20 us a plan)."""
+    # Only driver errors reach tenacity (see RetryPolicy.plan): any other error is a
+    # bug and propagates from the attempt itself, untouched.
+    return Retrying(retry=retry_if_exception(transient),
+                    stop=stop_after_delay(policy.max_delay),
+                    wait=wait_random_exponential(multiplier=policy.initial, max=policy.cap),
+                    before_sleep=_log_retry, reraise=True)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    log.warning("%s failed (try %d), retrying: %s", state.kwargs["action"],
+                state.attempt_number, exc)

@@ -9,6 +9,7 @@ the other. One change stream per ``AsyncQueue``, followed by a task on its loop.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -26,6 +27,7 @@ from streamqueue.pause import PauseFlag
 from streamqueue.plan import Invoke
 from streamqueue.queuebase import JobBase, QueueBase, object_id
 from streamqueue.retry import RetryPolicy
+from streamqueue.schedule import DEFAULT_CATCH_UP, ScheduleInfo
 from streamqueue.storage import Document
 from streamqueue.storage.aio import async_plans
 from streamqueue.storage.arunner import arun
@@ -219,6 +221,28 @@ class AsyncQueue(QueueBase[AsyncJob]):
     async def is_paused(self) -> bool:
         """The stored switch, read now."""
         return await arun(self.plans.is_paused())
+
+    # -- schedules (docs/SCHEDULES.md) ------------------------------------------------
+
+    async def schedule(self, name: str, *, cron: str | None = None,
+                       every: float | timedelta | None = None,
+                       payload: Mapping[str, Any] | None = None, priority: int | None = None,
+                       timezone: str = "UTC", misfire: str = "latest",
+                       start_at: datetime | None = None, end_at: datetime | None = None,
+                       catch_up: int = DEFAULT_CATCH_UP) -> None:
+        """Create or change the schedule ``name`` (see ``Queue.schedule``); the jobs it
+        fires are fired by the reapers or a ``Scheduler`` (sync), as for ``Queue``."""
+        await arun(self._schedule(name, cron=cron, every=every, payload=payload,
+                                  priority=priority, timezone=timezone, misfire=misfire,
+                                  start_at=start_at, end_at=end_at, catch_up=catch_up))
+
+    async def unschedule(self, name: str) -> bool:
+        """Remove the schedule ``name``; False if there was none. Fired jobs stay."""
+        return await arun(self._unschedule(name))
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule of this queue, by name."""
+        return await arun(self._schedules())
 
     async def complete_many(self, jobs: Sequence[AsyncJob]) -> list[AsyncJob]:
         """Complete several held jobs in one round trip; return those whose lease was lost."""

@@ -1,7 +1,8 @@
 """``AsyncWorker``: ``async def`` handlers on one event loop, as many in flight as ``concurrency``.
 
 One claim loop (one claim per wake-up, never one per coroutine), one change
-stream (the queue's), heartbeats for every held job, ordered shutdown. A
+stream (the queue's), heartbeats for every held job, completions written in
+bulk (``streamqueue.aio.completions``), ordered shutdown. A
 cancel request for a running job cancels its handler's task and the job ends
 cancelled. After ``stop()`` (SIGTERM/SIGINT) nothing more is claimed, running
 handlers get ``shutdown_grace`` seconds, then their tasks are cancelled and
@@ -17,6 +18,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 
+from streamqueue.aio.completions import Completions
 from streamqueue.aio.queue import AsyncJob, AsyncQueue
 from streamqueue.errors import LeaseLost, PermissionDenied, StreamQueueError
 from streamqueue.queuebase import traceback_text
@@ -46,29 +48,45 @@ class AsyncWorker:
     As ``Worker``: the handler gets the payload (and the ``AsyncJob`` when it asks
     for it); returning completes the job, raising calls ``error()`` with the
     traceback, retried after ``backoff``.
+
+    ``batch`` is, as for ``Worker``, the most jobs one round trip claims
+    (default: ``concurrency``), and above ``concurrency`` a prefetch: up to
+    ``batch`` jobs held, ``concurrency`` running and the rest buffered with
+    their leases extended, the buffer topped up half a batch at a time. With
+    ``batch`` above 1, completions are written in bulk.
     """
 
     def __init__(self, queue: AsyncQueue, handler: AsyncHandler, *, concurrency: int = 100,
                  heartbeat: float | None = None, shutdown_grace: float = 30.0,
-                 burst: bool = False, backoff: Backoff | None = None) -> None:
+                 burst: bool = False, backoff: Backoff | None = None,
+                 batch: int | None = None) -> None:
         if not asyncio.iscoroutinefunction(handler):
             raise TypeError("AsyncWorker runs coroutine functions (async def); "
                             "use Worker for plain functions")
         self.queue = queue
         self.handler = handler
         self.slots = check_count("concurrency", concurrency)
+        self.batch = check_count("batch", concurrency if batch is None else batch)
+        # Claimed jobs held at once, running or buffered.
+        self.capacity = max(self.slots, self.batch)
+        # Claim once this many places are free: the claim loop is one coroutine,
+        # and one claim per finished handler would make its round trips the limit.
+        self._refill = (max(1, min(REFILL_CAP, concurrency // 4)) if self.batch <= self.slots
+                        else max(1, self.batch // 2))
         self.burst = burst
         self.heartbeat, self.shutdown_grace, self.backoff = lease_keeping(
             queue.lease, heartbeat, shutdown_grace, backoff)
         self._pass_job = wants_job(handler)
-        # Claim once this many places are free (while handlers run): one round trip
-        # fills many places instead of one.
-        self._refill = max(1, min(REFILL_CAP, concurrency // 4))
+        # Every held job has a task from its claim until it is settled; a task
+        # runs its handler once it has one of the ``slots``, buffered until then.
         self._tasks: dict[asyncio.Task[None], AsyncJob] = {}
+        self._free_slots = asyncio.Semaphore(self.slots)
+        self._buffered: set[AsyncJob] = set()  # waiting for a slot
+        self._running: set[AsyncJob] = set()  # in their handler (not settling)
+        self._completions = Completions(queue) if self.batch > 1 else None
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._claiming: asyncio.Task[list[AsyncJob]] | None = None
-        self._shutting_down = False
         heard = queue._events.on_cancel
 
         def on_cancel(job_id: object) -> None:
@@ -80,15 +98,18 @@ class AsyncWorker:
 
     @property
     def busy_slots(self) -> int:
-        return len(self._tasks)
+        """Handlers running now (buffered jobs are not counted)."""
+        return len(self._running)
 
     @property
     def held(self) -> int:
-        return len(self._tasks)
+        """Jobs this worker holds a lease on: running, buffered or awaiting completion."""
+        return len(self._tasks) + (self._completions.pending if self._completions else 0)
 
     def stop(self) -> None:
         """Stop claiming; running handlers get ``shutdown_grace`` seconds, then are cancelled."""
         self._stopping.set()
+        self._room.set()  # the claim loop may be waiting for room
         if self._claiming is not None:
             self._claiming.cancel()  # a cancelled claim hands back whatever it locked
 
@@ -108,11 +129,14 @@ class AsyncWorker:
                  self.queue.name, self.slots)
         helpers = [asyncio.create_task(self._heartbeat_loop()),
                    asyncio.create_task(self._watch_cancels())]
+        writer = asyncio.create_task(self._completions.run()) if self._completions else None
         try:
             await self._claim_loop()
         finally:
             self._stopping.set()
             await self._shut_down()
+            if writer is not None and self._completions is not None:
+                await self._completions.finish(writer)
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -122,17 +146,15 @@ class AsyncWorker:
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
-            free = self.slots - len(self._tasks)
-            if free < self._refill and self._tasks:
-                # The claim loop is one coroutine: claiming one job per finished
-                # handler would make its round trips the limit. Claim in batches.
+            if not self._has_room():
                 self._room.clear()
                 await self._room.wait()
                 continue
             idle_before = not self._tasks
+            want = min(self.capacity - len(self._tasks), self.batch)
             # Burst mode never waits on the stream: it stops at the first empty
             # claim made while no handler ran (one that fails requeues its job).
-            jobs = await self._claim(free, wait=not self.burst)
+            jobs = await self._claim(want, wait=not self.burst)
             if jobs is None:
                 continue
             for job in jobs:
@@ -146,6 +168,12 @@ class AsyncWorker:
                 if self._tasks:  # else they all finished during the claim: claim again
                     self._room.clear()
                     await self._room.wait()
+
+    def _has_room(self) -> bool:
+        held = len(self._tasks)
+        # A slot about to go idle is always worth a claim; else wait for a good part.
+        return (not held or self.capacity - held >= self._refill
+                or (self.batch > self.slots and held < self.slots))
 
     async def _claim(self, want: int, *, wait: bool) -> list[AsyncJob] | None:
         """Up to ``want`` jobs, waiting on the stream for the first; None if interrupted."""
@@ -174,28 +202,60 @@ class AsyncWorker:
     # -- handling ------------------------------------------------------------------------
 
     async def _run_job(self, job: AsyncJob) -> None:
+        self._buffered.add(job)
+        try:
+            await self._free_slots.acquire()
+        except asyncio.CancelledError:
+            await self._settle_cancelled(job, started=False)
+            return
+        finally:
+            self._buffered.discard(job)
+        try:
+            if self._stopping.is_set():
+                await self._settle_cancelled(job, started=False)
+            else:
+                await self._handle(job)
+        finally:
+            self._free_slots.release()
+
+    async def _handle(self, job: AsyncJob) -> None:
+        failure: BaseException | None = None
+        self._running.add(job)
         try:
             if self._pass_job:
                 await self.handler(job.payload, job)
             else:
                 await self.handler(job.payload)
-        except asyncio.CancelledError:
-            await self._settle_cancelled(job)
-        except Exception as exc:
+        except (asyncio.CancelledError, Exception) as exc:
+            failure = exc
+        finally:
+            # Settling is never cancelled (see _cancellable): a write cut off
+            # half-way would leave the job to its lease.
+            self._running.discard(job)
+        if isinstance(failure, asyncio.CancelledError):
+            await self._settle_cancelled(job, started=True)
+        elif failure is not None:
             delay = self.backoff(job.attempts) if callable(self.backoff) else self.backoff
-            await self._settle(job, job.error(traceback_text(type(exc), exc, exc.__traceback__),
-                                              retry_in=delay))
-        else:
-            if not job.settled:
-                await self._settle(job, job.complete())
+            await self._settle(job, job.error(
+                traceback_text(type(failure), failure, failure.__traceback__), retry_in=delay))
+        elif not job.settled and not (self._completions and self._completions.add(job)):
+            await self._settle(job, job.complete())
 
-    async def _settle_cancelled(self, job: AsyncJob) -> None:
+    def _cancellable(self, job: AsyncJob) -> bool:
+        """Its task may be cancelled: waiting for a slot, or in its handler."""
+        return job in self._buffered or job in self._running
+
+    async def _settle_cancelled(self, job: AsyncJob, *, started: bool) -> None:
         if job.settled:
             return
         if job.cancel_requested:
             # With the request stored, error() ends the job cancelled.
             await self._settle(job, job.error("cancelled on request while running"))
             log.info("job %s: handler cancelled on request; the job is cancelled", job.id)
+        elif not started:
+            await self._settle(job, job.release())
+            log.info("job %s: buffered, never started, and the worker is stopping: released",
+                     job.id)
         else:
             await self._settle(job, job.release())
             log.warning("job %s still running after the %gs shutdown grace: cancelled and "
@@ -212,7 +272,7 @@ class AsyncWorker:
 
     def _cancel_requested_tasks(self) -> None:
         for task, job in list(self._tasks.items()):
-            if job.cancel_requested and not job.settled and not task.done():
+            if job.cancel_requested and self._cancellable(job) and not task.done():
                 task.cancel()
 
     # -- leases ---------------------------------------------------------------------------
@@ -258,13 +318,21 @@ class AsyncWorker:
     # -- shutdown ---------------------------------------------------------------------------
 
     async def _shut_down(self) -> None:
+        # Let tasks made by the last claim start: a task cancelled before its first
+        # step never runs its body, and its job would stay locked until the lease ends.
+        await asyncio.sleep(0)
+        # Buffered jobs go back at once, not after the grace (their tasks release them).
+        for task, job in list(self._tasks.items()):
+            if job in self._buffered:
+                task.cancel()
         if self._tasks:
             deadline = time.monotonic() + self.shutdown_grace
             while self._tasks and time.monotonic() < deadline:
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), deadline - time.monotonic())
-        leftovers = list(self._tasks)
-        for task in leftovers:
-            task.cancel()  # the task releases its job (see _settle_cancelled)
-        await asyncio.gather(*leftovers, return_exceptions=True)
+        leftovers = list(self._tasks.items())
+        for task, job in leftovers:
+            if self._cancellable(job):
+                task.cancel()  # the task releases its job (see _settle_cancelled)
+        await asyncio.gather(*(task for task, _ in leftovers), return_exceptions=True)

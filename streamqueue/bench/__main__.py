@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from streamqueue.bench import lifecycle as lc
 from streamqueue.bench import scenarios as sc
+from streamqueue.bench.aio import run as aio_run
 from streamqueue.bench.common import BenchContext, machine_description
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
 from streamqueue.bench.consumers import (
@@ -45,7 +46,7 @@ from streamqueue.bench.tasks import tasks_bench
 from streamqueue.testing import ReplicaSet
 
 SCENARIOS = ("latency", "idle", "throughput", "herd", "fleet", "depth", "lifecycle", "control",
-             "schedules", "dashboard", "tasks")
+             "schedules", "dashboard", "tasks", "aio")
 QUIET_LOAD = 1.0
 
 
@@ -335,6 +336,15 @@ def run_all(ctx: BenchContext, config: BenchConfig, results: Results,
                 ctx.progress(f"  {row.name:55} p50 {row.latency.p50:8.2f} ms  "
                              f"p99 {row.latency.p99:8.2f} ms  ({row.shows})")
         attempt("dashboard", run_dashboard)
+    if "aio" in only:
+        ctx.progress(f"aio: the asyncio API against the sync one, {config.aio_rounds} rounds of "
+                     f"{config.aio_jobs:,} jobs, worker drains of {config.aio_worker_jobs:,}")
+
+        def run_aio() -> None:
+            results.aio = aio_run(ctx.uri, config.aio_jobs, config.aio_rounds,
+                                  config.latency_jobs, config.idle_seconds, ctx.progress,
+                                  config.aio_worker_jobs)
+        attempt("aio", run_aio)
 
 
 def _run_tasks(ctx: BenchContext, config: BenchConfig, attempt: Attempt,

@@ -2,13 +2,15 @@
 against the sync one, in the same run and on the same server.
 
 - throughput: N jobs drained by 4 consumers, ``AsyncQueue.next`` on 4 coroutines of one
-  loop against ``Queue.next`` on 4 threads; rounds alternate, medians reported;
+  loop against ``Queue.next`` on 4 threads, and the bare driver doing the same (claim,
+  delete) both ways; rounds alternate, medians reported;
 - latency: enqueue (from another client, one job every 20 ms) to claim by a waiting
   consumer, p50 and p99, for each API;
 - idle: commands per second an idle ``AsyncQueue`` consumer (``next(timeout=None)``) sends;
-- worker: an ``AsyncWorker`` at concurrency 500 draining N jobs whose handlers await
-  0.1 s, against the same with handlers that return at once; and the process's RSS
-  while 500 handlers are in flight.
+- worker: an ``AsyncWorker`` at concurrency 500 draining ``--worker-jobs`` jobs whose
+  handlers await 0.1 s, against the same with handlers that return at once, with the
+  default batch and with a prefetch buffer; and the process's RSS while 500 handlers
+  are in flight.
 
 Prints one JSON object; without ``--uri`` it starts a single-node replica set of its own.
 """
@@ -31,6 +33,7 @@ from pymongo import AsyncMongoClient, MongoClient, monitoring
 
 from streamqueue.aio import AsyncQueue
 from streamqueue.aio.worker import AsyncWorker
+from streamqueue.bench.aio_floor import floor_async, floor_sync
 from streamqueue.bench.common import percentile
 from streamqueue.queue import Queue
 from streamqueue.storage import Document
@@ -40,6 +43,13 @@ CONSUMERS = 4
 # The async worker: handlers that await this long (I/O-bound), this many in flight.
 WORKER_NAP = 0.1
 WORKER_CONCURRENCY = 500
+# The worker's runs: (handler's await, batch), by name; batch None is the default.
+WORKER_KINDS: dict[str, tuple[float, int | None]] = {
+    "instant": (0.0, None),
+    "awaiting": (WORKER_NAP, None),
+    "prefetch_instant": (0.0, 2 * WORKER_CONCURRENCY),
+    "prefetch_awaiting": (WORKER_NAP, 2 * WORKER_CONCURRENCY),
+}
 
 
 class Commands(monitoring.CommandListener):
@@ -118,6 +128,14 @@ async def async_drain(uri: str, db: str, name: str, jobs: int) -> float:
     return jobs / elapsed
 
 
+def floor_drain(uri: str, db: str, name: str, jobs: int, api: str) -> float:
+    """The bare driver draining ``jobs`` of a queue's documents (``aio_floor``)."""
+    _fill(uri, db, name, jobs)
+    if api == "sync":
+        return floor_sync(uri, db, name, jobs)
+    return asyncio.run(floor_async(uri, db, name, jobs))
+
+
 def _produce(uri: str, db: str, name: str, count: int, gap: float,
              stop: threading.Event) -> None:
     client: MongoClient[Document]
@@ -193,7 +211,7 @@ def rss_mib() -> float:
 
 
 async def worker_drain(uri: str, db: str, name: str, jobs: int, nap: float,
-                       concurrency: int) -> tuple[float, int, float]:
+                       concurrency: int, batch: int | None = None) -> tuple[float, int, float]:
     """(jobs/s, most handlers in flight, RSS MiB then) of an AsyncWorker draining ``jobs``."""
     await asyncio.to_thread(_fill, uri, db, name, jobs)
     client: AsyncMongoClient[Document] = AsyncMongoClient(uri)
@@ -211,7 +229,7 @@ async def worker_drain(uri: str, db: str, name: str, jobs: int, nap: float,
         in_flight -= 1
 
     async with AsyncQueue(client[db][name]) as queue:
-        worker = AsyncWorker(queue, handler, concurrency=concurrency, burst=True)
+        worker = AsyncWorker(queue, handler, concurrency=concurrency, burst=True, batch=batch)
         started = time.monotonic()
         await worker.run()
         elapsed = time.monotonic() - started
@@ -219,8 +237,44 @@ async def worker_drain(uri: str, db: str, name: str, jobs: int, nap: float,
     return jobs / elapsed, most, peak_rss
 
 
+def worker_rounds(uri: str, db: str, name: Callable[[], str], jobs: int, rounds: int,
+                  say: Callable[[str], None]) -> dict[str, Any]:
+    """The AsyncWorker at concurrency 500: handlers returning at once, then awaiting
+    ``WORKER_NAP``, with the default batch (one claim fills the free places) and with a
+    prefetch buffer (``batch`` twice the concurrency), rounds interleaved."""
+    rates: dict[str, list[float]] = {kind: [] for kind in WORKER_KINDS}
+    most, rss = 0, 0.0
+    for round_no in range(rounds):
+        for kind, (nap, batch) in WORKER_KINDS.items():
+            rate, in_flight, peak = asyncio.run(worker_drain(
+                uri, db, name(), jobs, nap, WORKER_CONCURRENCY, batch))
+            rates[kind].append(rate)
+            if nap:
+                most, rss = max(most, in_flight), max(rss, peak)
+        say(f"worker round {round_no + 1}: " + ", ".join(
+            f"{kind} {values[-1]:.0f} jobs/s" for kind, values in rates.items())
+            + f", {most} in flight, {rss:.0f} MiB")
+    median = {kind: statistics.median(values) for kind, values in rates.items()}
+    # What 500 handlers that each await 0.1 s can do at most, however fast the database.
+    ceiling = WORKER_CONCURRENCY / WORKER_NAP
+    return {
+        "concurrency": WORKER_CONCURRENCY, "jobs": jobs,
+        **{f"{kind}_jobs_per_s": round(rate) for kind, rate in median.items()},
+        **{f"{kind}_rounds": [round(rate) for rate in rates[kind]] for kind in rates},
+        "awaiting_to_instant": round(median["awaiting"] / median["instant"], 2),
+        "handler_ceiling_jobs_per_s": round(ceiling),
+        # The target's premise (the database is the limit) holds only while the
+        # instant rate is below the ceiling: compare with whichever limit binds.
+        "awaiting_to_limit": round(median["awaiting"] / min(median["instant"], ceiling), 2),
+        "prefetch_awaiting_to_limit": round(
+            median["prefetch_awaiting"] / min(median["prefetch_instant"], ceiling), 2),
+        "most_in_flight": most,
+        "rss_mib_at_most_in_flight": round(rss, 1),
+    }
+
+
 def run(uri: str, jobs: int, rounds: int, latency_jobs: int, idle_seconds: float,
-        say: Callable[[str], None]) -> dict[str, Any]:
+        say: Callable[[str], None], worker_jobs: int | None = None) -> dict[str, Any]:
     db = f"streamqueue_bench_aio_{uuid.uuid4().hex[:6]}"
     fresh = iter(range(1_000_000))
 
@@ -229,24 +283,19 @@ def run(uri: str, jobs: int, rounds: int, latency_jobs: int, idle_seconds: float
 
     sync_rates: list[float] = []
     async_rates: list[float] = []
+    floor_rates: dict[str, list[float]] = {"sync": [], "async": []}
     for round_no in range(rounds):
         sync_rates.append(sync_drain(uri, db, name(), jobs))
         async_rates.append(asyncio.run(async_drain(uri, db, name(), jobs)))
+        for api in ("sync", "async"):
+            floor_rates[api].append(floor_drain(uri, db, name(), jobs, api))
         say(f"round {round_no + 1}: sync {sync_rates[-1]:.0f} jobs/s, "
-            f"async {async_rates[-1]:.0f} jobs/s")
+            f"async {async_rates[-1]:.0f} jobs/s; bare driver sync "
+            f"{floor_rates['sync'][-1]:.0f}, async {floor_rates['async'][-1]:.0f}")
     sync_waits = sync_latency(uri, db, name(), latency_jobs)
     async_waits = asyncio.run(async_latency(uri, db, name(), latency_jobs))
     idle = asyncio.run(async_idle(uri, db, name(), idle_seconds))
-    instant: list[float] = []
-    napping: list[float] = []
-    most, rss = 0, 0.0
-    for round_no in range(rounds):
-        instant.append(asyncio.run(worker_drain(uri, db, name(), jobs, 0.0, WORKER_CONCURRENCY))[0])
-        rate, most, rss = asyncio.run(worker_drain(uri, db, name(), jobs, WORKER_NAP,
-                                                   WORKER_CONCURRENCY))
-        napping.append(rate)
-        say(f"worker round {round_no + 1}: instant {instant[-1]:.0f} jobs/s, "
-            f"awaiting {WORKER_NAP}s {napping[-1]:.0f} jobs/s, {most} in flight, {rss:.0f} MiB")
+    worker = worker_rounds(uri, db, name, worker_jobs or jobs, rounds, say)
     dropper: MongoClient[Document]
     with MongoClient(uri) as dropper:
         dropper.drop_database(db)
@@ -257,21 +306,17 @@ def run(uri: str, jobs: int, rounds: int, latency_jobs: int, idle_seconds: float
         "async_to_sync": round(async_rate / sync_rate, 2),
         "sync_rounds": [round(rate) for rate in sync_rates],
         "async_rounds": [round(rate) for rate in async_rates],
+        # The driver alone (bench/aio_floor.py): how much of the gap is pymongo's.
+        "driver_sync_jobs_per_s": round(statistics.median(floor_rates["sync"])),
+        "driver_async_jobs_per_s": round(statistics.median(floor_rates["async"])),
+        "driver_async_to_sync": round(statistics.median(floor_rates["async"])
+                                      / statistics.median(floor_rates["sync"]), 2),
         "latency_ms": {
             api: {"p50": round(percentile(sorted(waits), 50) * 1000, 1),
                   "p99": round(percentile(sorted(waits), 99) * 1000, 1)}
             for api, waits in (("sync", sync_waits), ("async", async_waits))},
         "idle_async_ops_per_s": round(idle, 2),
-        "worker": {
-            "concurrency": WORKER_CONCURRENCY,
-            "instant_jobs_per_s": round(statistics.median(instant)),
-            "awaiting_jobs_per_s": round(statistics.median(napping)),
-            "awaiting_to_instant": round(statistics.median(napping) / statistics.median(instant), 2),
-            "instant_rounds": [round(rate) for rate in instant],
-            "awaiting_rounds": [round(rate) for rate in napping],
-            "most_in_flight": most,
-            "rss_mib_at_most_in_flight": round(rss, 1),
-        },
+        "worker": worker,
     }
 
 
@@ -280,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--uri")
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--worker-jobs", type=int, default=20000,
+                        help="jobs per AsyncWorker drain (default 20,000: 4 s at 5,000/s)")
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
@@ -288,11 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"[bench.aio] {message}\n")
 
     if args.uri:
-        result = run(args.uri, args.jobs, args.rounds, args.latency_jobs, args.idle_seconds, say)
+        result = run(args.uri, args.jobs, args.rounds, args.latency_jobs, args.idle_seconds, say,
+                     args.worker_jobs)
     else:
         with ReplicaSet() as replica_set:
             result = run(replica_set.uri, args.jobs, args.rounds, args.latency_jobs,
-                         args.idle_seconds, say)
+                         args.idle_seconds, say, args.worker_jobs)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

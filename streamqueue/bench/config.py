@@ -74,6 +74,10 @@ class BenchConfig:
     # The dashboard's reads on a queue this deep (issue 15: <= 300 ms with 1,000,000 jobs).
     dashboard_jobs: int = 1_000_000
     dashboard_samples: int = 20
+    # The asyncio API against the sync one (issue 13; bench/aio.py): drains, worker drains.
+    aio_jobs: int = 3_000
+    aio_worker_jobs: int = 20_000
+    aio_rounds: int = 3
     # The polling consumer (and the floor, which has no push) claims this often when empty.
     poll_interval: float = 0.1
     # A run with no progress for this long stops and reports its losses.
@@ -142,6 +146,9 @@ class BenchConfig:
             tasks_calls=600,
             tasks_idle_seconds=12.0,
             tasks_drain_jobs=400,
+            aio_jobs=300,
+            aio_worker_jobs=2_000,
+            aio_rounds=1,
             stall_timeout=15.0,
             rerun_budget=15.0,
             notes=(

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamqueue.bench.aio_report import aio_table, aio_target_rows
 from streamqueue.bench.common import jsonable
 from streamqueue.bench.consumers import (
     DEFAULT_BATCH,
@@ -60,6 +61,7 @@ class Results:
     schedules: list[ScheduleRow] = field(default_factory=list)
     dashboard: list[DashboardRow] = field(default_factory=list)
     tasks: list[TasksRow] = field(default_factory=list)
+    aio: dict[str, Any] = field(default_factory=dict)  # bench/aio.py's result
     targets: list[Target] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -155,7 +157,8 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
     else:
         targets.append(Target("Herd: wasted wake-ups per job", "<= 1", "not measured", None))
     return (targets + fleet_targets(results.fleet) + lifecycle_targets(results)
-            + tasks_targets(results.tasks))
+            + tasks_targets(results.tasks)
+            + [Target(*row) for row in aio_target_rows(results.aio)])
 
 
 def tasks_targets(rows: list[TasksRow]) -> list[Target]:
@@ -489,6 +492,7 @@ def targets_tables(results: Results) -> list[str]:
                         f"{r.drain_one_queue_jobs_per_s:,.0f} / "
                         f"{r.drain_ten_queues_jobs_per_s:,.0f} ({r.drain_jobs} jobs)",
                         "; ".join(r.errors) or "-"] for r in results.tasks])
+    out += aio_table(results.aio)
     errors = [(r.label, e) for rows in (results.throughput, results.latency, results.idle,
                                          results.depth, results.herd) for r in rows for e in r.errors]
     if errors:

@@ -193,7 +193,7 @@ def _run_async_worker(args: argparse.Namespace, handler: Callable[..., Any], hoo
                                    hooks=hooks, fleet=args.concurrency if args.fleet else None)
                 worker = AsyncWorker(
                     queue, handler, concurrency=args.concurrency, heartbeat=args.heartbeat,
-                    shutdown_grace=args.shutdown_grace, burst=args.burst,
+                    shutdown_grace=args.shutdown_grace, burst=args.burst, batch=args.batch,
                     backoff=ExponentialBackoff(base=args.backoff, cap=args.backoff_cap))
             except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None

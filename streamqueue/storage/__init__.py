@@ -58,7 +58,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from streamqueue.errors import ConfigurationError, InvalidJob, QueueUnavailable, StorageError
-from streamqueue.plan import Detach, Invoke, Op, Plan, Sleep, Transaction, call, listed, once
+from streamqueue.plan import Detach, Op, Plan, Sleep, Transaction, call, listed, once
 from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_transient_bounded
 from streamqueue.servertime import ServerClock
 from streamqueue.storage.runner import run
@@ -665,7 +665,7 @@ class StorePlans:
         """Finish every listed job still held by its token (as ``complete``); return how many."""
         if not held:
             return 0
-        query = {"$or": [_held(job_id, token) for job_id, token in held]}
+        query = _all_held(held)
         if self.keep_completed <= 0:
             return (yield from self._retry("complete many", lambda: _deleted(
                 call(self.jobs, "delete_many", query))))
@@ -679,7 +679,7 @@ class StorePlans:
         if self.keep_completed <= 0:
             # Still there means re-claimed by someone else after our lease ran out.
             return set(ids) - (yield from self.present(ids))
-        query = {"$or": [_completed_by(job_id, token) for job_id, token in held]}
+        query = _all_held(held, state=COMPLETED, claim_field=SETTLED_BY)
         found = yield from self._retry_op("find", listed(self.jobs, "find", query, {"_id": 1}))
         return {doc["_id"] for doc in found}
 
@@ -757,8 +757,7 @@ class StorePlans:
         """Which of these claims' jobs have a cancel request."""
         if not held:
             return set()
-        query = {"$or": [{**_held(job_id, token), "cancel_requested": True}
-                         for job_id, token in held]}
+        query = {**_all_held(held), "cancel_requested": True}
         found = yield from self._retry_op("read cancel requests",
                                           listed(self.jobs, "find", query, {"_id": 1}))
         return {doc["_id"] for doc in found}
@@ -795,7 +794,7 @@ class StorePlans:
         """Extend every listed lease; map each id still held to its ``cancel_requested``."""
         if not held:
             return {}
-        query = {"$or": [_held(job_id, token) for job_id, token in held]}
+        query = _all_held(held)
         pipeline = [{"$set": {"locked_until": lease_until(lease)}}]
 
         def beat() -> Plan[dict[ObjectId, bool]]:
@@ -1233,12 +1232,6 @@ class JobStore:
     def keep_completed(self) -> float:
         return self.plans.keep_completed
 
-    def _call(self, action: str, fn: Callable[[], T]) -> T:
-        """``fn`` (plain sync driver calls) under the retry policy, its errors translated:
-        for the stores built on this one (``storage.schedules``), which are sync only."""
-        result: T = run(self.plans._retry(action, lambda: once(Invoke(fn))))
-        return result
-
     def ensure_indexes(self) -> None:
         if not self.plans.indexes_ready:
             with self._lock:  # one creator per process, not one per thread
@@ -1445,6 +1438,15 @@ def _absent(job_id: ObjectId) -> Document:
 
 def _held(job_id: ObjectId, token: str) -> Document:
     return {"_id": job_id, "lease_token": token, "state": LOCKED}
+
+
+def _all_held(held: Sequence[tuple[ObjectId, str]], *, state: str = LOCKED,
+              claim_field: str = "lease_token") -> Document:
+    """Every listed (id, token) pair at once: as the ``$or`` of each pair, because a token
+    is made for one claim of one job (unique, and indexed so). Two ``$in`` bounds cost
+    linear time; an ``$or`` of 2,000 pairs took the server 0.8 s (each branch planned)."""
+    return {"_id": {"$in": [job_id for job_id, _ in held]},
+            claim_field: {"$in": [token for _, token in held]}, "state": state}
 
 
 def _state_filter(state: str | None, now: datetime) -> Document:

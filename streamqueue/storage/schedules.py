@@ -19,8 +19,10 @@ meets a write conflict), and the transaction's all-or-nothing means a job
 exists exactly when ``next_at`` moved past its tick. The job's unique key
 (``schedule:NAME@TICK``) adds the key index's guarantee while the job is active.
 
-The pure builders (filters, pipelines, documents) are module functions so the
-asyncio API can run the same queries with its own driver.
+Defining, listing and removing schedules are plans (``SchedulePlans``), run by
+``Queue`` with the sync runner and by ``AsyncQueue`` with the async one. Firing
+and watching stay sync (``ScheduleStore``): only the threaded ``Scheduler``
+fires; its pure builders are module functions should an async firer come.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, IndexModel, ReadPreference, ReturnDocument
@@ -40,6 +43,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from streamqueue.errors import ConfigurationError
+from streamqueue.plan import Plan, call, listed
 from streamqueue.retry import is_transient, translate
 from streamqueue.schedule import ScheduleSpec, utc
 from streamqueue.storage import (
@@ -48,9 +52,11 @@ from streamqueue.storage import (
     Document,
     JobStore,
     NewJob,
+    StorePlans,
     millis,
     new_document,
 )
+from streamqueue.storage.runner import run
 from streamqueue.ticks import FirePlan
 
 log = logging.getLogger(__name__)
@@ -136,73 +142,110 @@ class Fired:
     missed: int
 
 
-class ScheduleStore:
-    """The schedules of one queue, beside its ``JobStore`` (same database, same client)."""
+class SchedulePlans:
+    """Defining, reading and removing a queue's schedules, as plans (either driver).
 
-    def __init__(self, store: JobStore) -> None:
-        self.jobs_store = store
-        self.collection: Collection[Document] = store.jobs.database.get_collection(
-            schedules_name(store.name), write_concern=store.jobs.write_concern,
+    ``plans`` is the queue's own (``StorePlans``): same database, client,
+    write concern and retry policy.
+    """
+
+    def __init__(self, plans: StorePlans) -> None:
+        self.store = plans
+        # get_collection does no I/O, on a Database as on an AsyncDatabase.
+        self.collection: Any = plans.jobs.database.get_collection(
+            schedules_name(plans.jobs.name), write_concern=plans.jobs.write_concern,
             read_preference=ReadPreference.PRIMARY, read_concern=ReadConcern("local"))
-        self._indexes_ready = False
+        self.indexes_ready = False
 
-    def require_transactions(self) -> None:
+    def require_transactions(self) -> Plan[None]:
         """Schedules need a replica set: a fire is a transaction, a wake-up a change stream."""
-        if not self.jobs_store.supports_transactions():
+        if not (yield from self.store.supports_transactions()):
             raise ConfigurationError(
-                f"schedules on {self.jobs_store.jobs.full_name} need a replica set (a fire is a "
+                f"schedules on {self.store.jobs.full_name} need a replica set (a fire is a "
                 "transaction and schedulers wait on a change stream); this server is standalone")
 
-    def ensure_indexes(self) -> None:
-        if not self._indexes_ready:
-            self.jobs_store._call("create schedule indexes",
-                                  lambda: self.collection.create_indexes(SCHEDULE_INDEXES))
-            self._indexes_ready = True
+    def ensure_indexes(self) -> Plan[None]:
+        if not self.indexes_ready:
+            yield from self.store._retry_op("create schedule indexes", call(
+                self.collection, "create_indexes", SCHEDULE_INDEXES))
+            self.indexes_ready = True
 
-    def find(self, name: str) -> Document | None:
-        doc: Document | None = self.jobs_store._call(
-            "read a schedule", lambda: self.collection.find_one({"_id": name}))
+    def find(self, name: str) -> Plan[Document | None]:
+        doc: Document | None = yield from self.store._retry_op(
+            "read a schedule", call(self.collection, "find_one", {"_id": name}))
         return doc
 
-    def all(self) -> list[Document]:
-        docs: list[Document] = self.jobs_store._call(
-            "list schedules", lambda: list(self.collection.find({}, sort=[("_id", ASCENDING)])))
+    def all(self) -> Plan[list[Document]]:
+        docs: list[Document] = yield from self.store._retry_op("list schedules", listed(
+            self.collection, "find", {}, sort=[("_id", ASCENDING)]))
         return docs
 
-    def save(self, spec: ScheduleSpec, now: datetime) -> bool:
+    def save(self, spec: ScheduleSpec, now: datetime) -> Plan[bool]:
         """Create or change a schedule; False when it is stored exactly so already.
 
         A changed definition starts from its first tick after ``now`` and after
         the last tick fired, so no tick is fired twice across the change.
         """
-        self.ensure_indexes()
+        yield from self.ensure_indexes()
 
-        def attempt() -> bool:
+        def attempt() -> Plan[bool]:
             # Compare-and-set on the revision read: a definition changed meanwhile
             # by another caller is read again, not overwritten blind.
             for _ in range(SAVE_ROUNDS):
-                current = self.collection.find_one({"_id": spec.name})
+                current = yield call(self.collection, "find_one", {"_id": spec.name})
                 if current is not None and current.get("revision") == spec.revision:
                     return False
                 last = current.get("last_tick") if current else None
                 start = max(now, _aware(last)) if isinstance(last, datetime) else now
                 update = definition_update(spec, spec.rule.next_after(start))
                 if current is None:
-                    self.collection.update_one({"_id": spec.name}, update, upsert=True)
+                    yield call(self.collection, "update_one", {"_id": spec.name}, update,
+                               upsert=True)
                     return True
-                if self.collection.update_one(
-                        {"_id": spec.name, "revision": current["revision"]}, update).matched_count:
+                if (yield call(self.collection, "update_one",
+                               {"_id": spec.name, "revision": current["revision"]},
+                               update)).matched_count:
                     return True
             raise ConfigurationError(f"schedule {spec.name!r} changed under this call "
                                      f"{SAVE_ROUNDS} times in a row")
 
-        changed: bool = self.jobs_store._call("save a schedule", attempt)
-        return changed
+        return (yield from self.store._retry("save a schedule", attempt))
+
+    def remove(self, name: str) -> Plan[bool]:
+        result = yield from self.store._retry_op("remove a schedule", call(
+            self.collection, "delete_one", {"_id": name}))
+        return bool(result.deleted_count)
+
+    def clock_now(self) -> Plan[datetime]:
+        """The server's clock estimated here (``ServerClock``): never ahead of it."""
+        return (yield from self.store.now())
+
+
+class ScheduleStore:
+    """``SchedulePlans`` run with the sync driver, and firing (sync only, see the module)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.jobs_store = store
+        self.plans = SchedulePlans(store.plans)
+        self.collection: Collection[Document] = self.plans.collection
+
+    def require_transactions(self) -> None:
+        run(self.plans.require_transactions())
+
+    def ensure_indexes(self) -> None:
+        run(self.plans.ensure_indexes())
+
+    def find(self, name: str) -> Document | None:
+        return run(self.plans.find(name))
+
+    def all(self) -> list[Document]:
+        return run(self.plans.all())
+
+    def save(self, spec: ScheduleSpec, now: datetime) -> bool:
+        return run(self.plans.save(spec, now))
 
     def remove(self, name: str) -> bool:
-        removed: int = self.jobs_store._call(
-            "remove a schedule", lambda: self.collection.delete_one({"_id": name}).deleted_count)
-        return bool(removed)
+        return run(self.plans.remove(name))
 
     def fire(self, doc: Document, plan: FirePlan, firer: str) -> Fired | None:
         """One transaction: move ``next_at`` on and insert one job per tick in ``plan.fire``.
@@ -262,10 +305,7 @@ class ScheduleStore:
         return _aware(self.jobs_store.server_now())
 
     def clock_now(self) -> datetime:
-        """The server's clock estimated here (``ServerClock``): never ahead of it."""
-        now: datetime = self.jobs_store.clock.cached() or self.jobs_store._call(
-            "read the server clock", self.jobs_store.clock.now)
-        return now
+        return run(self.plans.clock_now())
 
 
 def _aware(moment: datetime) -> datetime:

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.collection import Collection
 
 from streamqueue.aio import AsyncJob, AsyncQueue
@@ -54,7 +55,47 @@ def _wrap(loop: LoopThread, value: Any) -> Any:
 def _unwrap(value: Any) -> Any:
     if isinstance(value, list | tuple) and value and isinstance(value[0], JobFacade):
         return [job.job for job in value]
+    if isinstance(value, SessionFacade):
+        return value.session
     return value
+
+
+class SessionFacade:
+    """An ``AsyncClientSession`` in a transaction on a loop, handed to a test's sync
+    callback (running in a thread of its own, see ``run_transaction``)."""
+
+    def __init__(self, loop: LoopThread, session: AsyncClientSession) -> None:
+        self.loop = loop
+        self.session = session
+
+
+def run_transaction(queue: SyncFacade, callback: Callable[[SessionFacade], T], *,
+                    client: AsyncMongoClient[Document] | None = None) -> T:
+    """``callback(session)`` in a transaction of the queue's own async client (or
+    ``client``), through ``AsyncClientSession.with_transaction``, run again as it decides.
+
+    The callback is a test's sync code: it runs in a thread while the loop awaits it,
+    so its facade calls (given the ``SessionFacade``) run on the free loop.
+    """
+    loop = queue._loop
+    owner = client if client is not None else queue.aqueue.plans.client
+
+    async def transaction() -> T:
+        async with owner.start_session() as session:
+            async def body(session: AsyncClientSession) -> T:
+                return await asyncio.to_thread(callback, SessionFacade(loop, session))
+
+            result: T = await session.with_transaction(body)
+            return result
+
+    return loop.call(transaction())
+
+
+def on_session(session: SessionFacade, collection: Collection[Document]) -> Any:
+    """``collection`` through the session's own async client, its methods made blocking
+    (a test's own writes in that transaction)."""
+    client = session.session.client
+    return _Driven(session.loop, client[collection.database.name][collection.name])
 
 
 class _Driven:
@@ -73,6 +114,7 @@ class _Driven:
     def _blocking(self, method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             args = tuple(_unwrap(arg) for arg in args)
+            kwargs = {name: _unwrap(value) for name, value in kwargs.items()}
             return _wrap(self._loop, self._loop.call(method(*args, **kwargs)))
 
         return call

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 from pymongo.collection import Collection
 
 from streamqueue import Queue
@@ -163,5 +163,104 @@ def test_an_async_worker_refuses_a_plain_function(
     async def body(queue: AsyncQueue) -> None:
         with pytest.raises(TypeError, match="async def"):
             AsyncWorker(queue, plain)  # type: ignore[arg-type]
+
+    run_with_worker(mongo_uri, collection, body)
+
+
+class Deletes(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "delete":
+            self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        return None
+
+
+def test_completions_are_written_in_bulk(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    # 300 handlers returning in waves: one delete per handler made the database's
+    # round trips the worker's limit.
+    Queue(collection).put_many([{"n": n} for n in range(300)])
+    deletes = Deletes()
+    done: list[int] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        await asyncio.sleep(0.05)
+        done.append(payload["n"])
+
+    async def scenario() -> None:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_uri,
+                                                              event_listeners=[deletes])
+        try:
+            async with AsyncQueue(client[collection.database.name][collection.name]) as queue:
+                await AsyncWorker(queue, handler, concurrency=100, burst=True).run()
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    assert sorted(done) == list(range(300))
+    assert collection.count_documents({}) == 0
+    assert deletes.count <= 30, f"{deletes.count} deletes for 300 jobs"
+
+
+def test_batch_above_concurrency_prefetches_and_stop_releases_the_buffer_at_once(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    Queue(collection).put_many([{"n": n} for n in range(30)])
+    running = 0
+    most = 0
+    release = asyncio.Event()
+
+    async def handler(payload: dict[str, Any]) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await release.wait()
+        finally:
+            running -= 1
+
+    async def body(queue: AsyncQueue) -> tuple[int, int, bool]:
+        worker = AsyncWorker(queue, handler, concurrency=4, batch=10, shutdown_grace=60.0)
+        task = asyncio.create_task(worker.run())
+        for _ in range(300):
+            if worker.held == 10 and worker.busy_slots == 4:
+                break
+            await asyncio.sleep(0.05)
+        held, busy = worker.held, worker.busy_slots
+        worker.stop()
+        # The buffered six are handed back now, not after the 60 s grace.
+        for _ in range(200):
+            if collection.count_documents({"state": "locked"}) == 4:
+                break
+            await asyncio.sleep(0.05)
+        back = collection.count_documents({"state": "locked"}) == 4
+        release.set()
+        await asyncio.wait_for(task, 30)
+        return held, busy, back
+
+    held, busy, back = run_with_worker(mongo_uri, collection, body)
+    assert (held, busy, most) == (10, 4, 4)
+    assert back, "buffered jobs waited for the running handlers' grace"
+    assert collection.count_documents({}) == 26  # 4 completed, the buffered 6 and 20 ready
+    assert collection.count_documents({"state": "ready", "attempts": 0}) == 26
+
+
+def test_a_batch_of_zero_is_refused(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    async def handler(payload: dict[str, Any]) -> None:
+        return None
+
+    async def body(queue: AsyncQueue) -> None:
+        with pytest.raises(ValueError, match="batch"):
+            AsyncWorker(queue, handler, batch=0)
 
     run_with_worker(mongo_uri, collection, body)

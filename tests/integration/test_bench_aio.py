@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from streamqueue.bench.aio import run
+from streamqueue.bench.aio_report import aio_table, aio_target_rows
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -25,3 +26,9 @@ def test_the_async_bench_reports_every_figure(mongo_uri: str) -> None:
     assert worker["most_in_flight"] == 40  # every job in flight at once: 40 < concurrency
     assert worker["rss_mib_at_most_in_flight"] > 0
     assert len(said) == 2
+    # What the full bench (--only aio) reports from it: five targets, a table.
+    targets = aio_target_rows(result)
+    assert len(targets) == 5 and all(isinstance(passed, bool) for *_, passed in targets)
+    table = aio_table(result)
+    assert len(table) == 13 and "prefetch awaiting" in table[-1]
+    assert result["driver_sync_jobs_per_s"] > 0 and result["driver_async_jobs_per_s"] > 0

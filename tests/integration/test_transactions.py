@@ -1,5 +1,9 @@
 """Transactional enqueue and completion: ``put(session=)``, ``put_many(session=)``,
-``Job.complete(session=)`` joining the caller's transaction."""
+``Job.complete(session=)`` joining the caller's transaction.
+
+Run against both APIs: with ``AsyncQueue`` the transaction is an ``AsyncClientSession``'s
+``with_transaction`` on the queue's loop, and the test's callback (sync code) runs in a
+thread while the loop awaits it (``aio_adapter.run_transaction``)."""
 
 from __future__ import annotations
 
@@ -7,18 +11,20 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 
 from streamqueue import LeaseLost, Queue
 from streamqueue.storage import Document
 from tests.helpers import Background, on, wait_until
-from tests.integration.conftest import QueueFactory
+from tests.integration.aio_adapter import SessionFacade, SyncFacade, on_session, run_transaction
+from tests.integration.conftest import API_PARAMS, QueueFactory
 from tests.integration.failpoints import CommandHook, fail_point, hooked_client
 from tests.integration.processes import ROOT, child_env
 
@@ -38,21 +44,42 @@ def counters(collection: Collection[Document]) -> Iterator[Collection[Document]]
     other.drop()
 
 
-def in_transaction(collection: Collection[Document], callback: Any) -> Any:
-    with collection.database.client.start_session() as session:
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def in_transaction(queue: Queue, callback: Any) -> Any:
+    """``callback(session)`` in a transaction of the queue's own client, for either API."""
+    if isinstance(queue, SyncFacade):
+        return run_transaction(queue, callback)
+    with queue.collection.database.client.start_session() as session:
         return session.with_transaction(callback)
+
+
+def mine(collection: Collection[Document], session: Any) -> Any:
+    """``collection`` through the session's client: the test's own writes in its transaction."""
+    if isinstance(session, SessionFacade):
+        return on_session(session, collection)
+    return on(session.client, collection)
+
+
+def indexed(queue: Queue) -> None:
+    """Indexes first: a transaction cannot create them."""
+    queue.put({"setup": True})
+    queue.clear()
 
 
 def test_a_job_put_in_a_committed_transaction_exists_with_the_other_writes(
     queue: Queue, collection: Collection[Document], counters: Collection[Document],
 ) -> None:
-    queue.store.ensure_indexes()
+    indexed(queue)
 
     def callback(session: ClientSession) -> Any:
-        counters.insert_one({"_id": "order-1"}, session=session)
+        mine(counters, session).insert_one({"_id": "order-1"}, session=session)
         return queue.put({"order": 1}, session=session)
 
-    job_id = in_transaction(collection, callback)
+    job_id = in_transaction(queue, callback)
     assert counters.find_one({"_id": "order-1"}) is not None
     job = queue.next()
     assert job is not None and job.id == job_id
@@ -66,11 +93,11 @@ def test_a_job_put_in_an_aborted_transaction_never_exists(
     def callback(session: ClientSession) -> None:
         seen.append(queue.put({"order": 1}, session=session))
         seen.extend(queue.put_many([{"order": 2}, {"order": 3}], session=session))
-        counters.insert_one({"_id": "order-1"}, session=session)
+        mine(counters, session).insert_one({"_id": "order-1"}, session=session)
         raise Abort
 
     with pytest.raises(Abort):
-        in_transaction(collection, callback)
+        in_transaction(queue, callback)
     assert len(seen) == 3
     assert collection.count_documents({}) == 0 and counters.count_documents({}) == 1
     assert queue.next() is None
@@ -80,11 +107,11 @@ def test_a_waiting_consumer_claims_a_job_once_its_transaction_commits(
     make_queue: QueueFactory, collection: Collection[Document],
 ) -> None:
     producer = make_queue()
-    producer.store.ensure_indexes()
+    indexed(producer)
     consumer = make_queue()
     waiter = Background(lambda: consumer.next(timeout=30))
     waiter.start()
-    ids = in_transaction(collection, lambda s: producer.put_many([{"n": 1}], session=s))
+    ids = in_transaction(producer, lambda s: producer.put_many([{"n": 1}], session=s))
     job = waiter.join(30)
     assert job is not None and job.id == ids[0]
 
@@ -93,7 +120,7 @@ def test_a_keyed_put_in_a_transaction_returns_the_active_holder(
     queue: Queue, collection: Collection[Document],
 ) -> None:
     holder = queue.put({"n": 1}, key="k")
-    assert in_transaction(collection, lambda s: queue.put({"n": 2}, key="k", session=s)) == holder
+    assert in_transaction(queue, lambda s: queue.put({"n": 2}, key="k", session=s)) == holder
     assert collection.count_documents({}) == 1
 
 
@@ -106,10 +133,11 @@ def test_complete_in_a_committed_transaction_applies_with_the_handlers_writes(
     assert job is not None
 
     def callback(session: ClientSession) -> None:
-        counters.update_one({"_id": "n"}, {"$inc": {"n": 1}}, upsert=True, session=session)
+        mine(counters, session).update_one({"_id": "n"}, {"$inc": {"n": 1}}, upsert=True,
+                                           session=session)
         job.complete({"done": True}, session=session)
 
-    in_transaction(collection, callback)
+    in_transaction(queue, callback)
     info = queue.get(job_id)
     assert info is not None and (info.state, info.result) == ("completed", {"done": True})
     assert (counters.find_one({"_id": "n"}) or {})["n"] == 1
@@ -129,7 +157,7 @@ def test_complete_in_an_aborted_transaction_leaves_the_job_locked(
         raise Abort
 
     with pytest.raises(Abort):
-        in_transaction(collection, callback)
+        in_transaction(queue, callback)
     doc = collection.find_one({"_id": job_id}) or {}
     assert (doc.get("state"), doc.get("lease_token")) == ("locked", job.lease_token)
 
@@ -146,11 +174,12 @@ def test_complete_with_a_lost_lease_raises_and_the_transaction_commits_nothing(
     assert again is not None and again.id == job_id
 
     def callback(session: ClientSession) -> None:
-        counters.update_one({"_id": "n"}, {"$inc": {"n": 1}}, upsert=True, session=session)
+        mine(counters, session).update_one({"_id": "n"}, {"$inc": {"n": 1}}, upsert=True,
+                                           session=session)
         job.complete(session=session)
 
     with pytest.raises(LeaseLost):
-        in_transaction(collection, callback)
+        in_transaction(queue, callback)
     assert counters.find_one({"_id": "n"}) is None
     assert (collection.find_one({"_id": job_id}) or {}).get("lease_token") == again.lease_token
 
@@ -170,20 +199,59 @@ def test_complete_again_when_with_transaction_retries_the_callback(
 
         def callback(session: ClientSession) -> None:
             calls.append(1)
-            on(client, counters).update_one({"_id": "n"}, {"$inc": {"n": 1}}, upsert=True,
-                                            session=session)
+            mine(counters, session).update_one({"_id": "n"}, {"$inc": {"n": 1}}, upsert=True,
+                                               session=session)
             job.complete(session=session)
 
         conflict = {"failCommands": ["delete"], "appName": client.options.pool_options.metadata[
             "application"]["name"], "errorCode": 112,
             "errorLabels": ["TransientTransactionError"]}
         with fail_point(mongo_client, {"times": 1}, conflict):
-            in_transaction(on(client, collection), callback)
+            in_transaction(queue, callback)
     finally:
         client.close()
     assert len(calls) == 2
     assert collection.find_one({"_id": job_id}) is None
     assert (counters.find_one({"_id": "n"}) or {})["n"] == 1
+
+
+@contextmanager
+def other_client_of(queue: Queue, mongo_uri: str) -> Iterator[Any]:
+    """A second client of the queue's own flavour (``run_transaction``'s ``client``)."""
+    if not isinstance(queue, SyncFacade):
+        sync_client: MongoClient[Document]
+        with MongoClient(mongo_uri) as sync_client:
+            yield sync_client
+        return
+    async_client = queue._loop.call(_async_client(mongo_uri))
+    try:
+        yield async_client
+    finally:
+        queue._loop.call(async_client.close())
+
+
+async def _async_client(uri: str) -> AsyncMongoClient[Document]:
+    return AsyncMongoClient(uri)
+
+
+def in_transaction_of(client: Any, queue: Queue, callback: Any) -> Any:
+    if isinstance(queue, SyncFacade):
+        return run_transaction(queue, callback, client=client)
+    with client.start_session() as session:
+        return session.with_transaction(callback)
+
+
+@contextmanager
+def session_outside_a_transaction(queue: Queue) -> Iterator[Any]:
+    if not isinstance(queue, SyncFacade):
+        with queue.collection.database.client.start_session() as session:
+            yield session
+        return
+    session = queue.aqueue.plans.client.start_session()
+    try:
+        yield SessionFacade(queue._loop, session)
+    finally:
+        queue._loop.call(session.end_session())
 
 
 @pytest.mark.parametrize("call", [
@@ -192,21 +260,20 @@ def test_complete_again_when_with_transaction_retries_the_callback(
     lambda q, s: q.put_many([{"n": 1}], session=s),
 ])
 def test_a_session_from_another_client_is_refused_before_anything_is_written(
-    queue: Queue, collection: Collection[Document], other_client: MongoClient[Document],
-    call: Any,
+    queue: Queue, collection: Collection[Document], mongo_uri: str, call: Any,
 ) -> None:
     def callback(session: ClientSession) -> None:
         call(queue, session)
 
-    with other_client.start_session() as session, pytest.raises(ValueError, match="another"):
-        session.with_transaction(callback)
+    with other_client_of(queue, mongo_uri) as other, pytest.raises(ValueError, match="another"):
+        in_transaction_of(other, queue, callback)
     assert collection.count_documents({}) == 0
 
 
 def test_a_session_outside_a_transaction_or_not_a_session_is_refused(
-    queue: Queue, collection: Collection[Document], other_client: MongoClient[Document],
+    queue: Queue, collection: Collection[Document], mongo_uri: str,
 ) -> None:
-    with collection.database.client.start_session() as session, pytest.raises(
+    with session_outside_a_transaction(queue) as session, pytest.raises(
             ValueError, match="transaction"):
         queue.put({"n": 1}, session=session)
     with pytest.raises(TypeError):
@@ -214,13 +281,14 @@ def test_a_session_outside_a_transaction_or_not_a_session_is_refused(
     queue.put({"n": 1})
     job = queue.next()
     assert job is not None
-    with other_client.start_session() as session, pytest.raises(ValueError, match="another"):
-        session.with_transaction(lambda s: job.complete(session=s))
+    with other_client_of(queue, mongo_uri) as other, pytest.raises(ValueError, match="another"):
+        in_transaction_of(other, queue, lambda s: job.complete(session=s))
     assert collection.count_documents({}) == 1
     assert not job.settled
     job.complete()
 
 
+@pytest.mark.sync_only  # the worker it kills is a sync process
 def test_a_worker_killed_before_its_commit_applies_the_effect_exactly_once(
     mongo_uri: str, make_queue: QueueFactory, collection: Collection[Document],
     counters: Collection[Document], mongo_client: MongoClient[Document], tmp_path: Path,
@@ -253,7 +321,7 @@ def test_a_worker_killed_before_its_commit_applies_the_effect_exactly_once(
                                 session=session)
             job.complete(session=session)
 
-        in_transaction(collection, handle)
+        in_transaction(queue, handle)
     finally:
         if child.poll() is None:
             child.kill()

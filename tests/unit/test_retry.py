@@ -29,6 +29,7 @@ from streamqueue.errors import (
     StorageError,
     StreamQueueError,
 )
+from streamqueue.plan import Call, Plan, Sleep, once, step
 from streamqueue.retry import RetryPolicy, is_transient, is_transient_bounded, translate
 
 # A policy that retries quickly, so the unit tests take milliseconds.
@@ -256,3 +257,51 @@ def test_a_time_limit_that_ran_out_is_transient_for_bounded_tries_only(
     # try's work again; other writes do not, so for them it stays an error.
     assert is_transient_bounded(exc) is bounded
     assert is_transient(exc) is plain
+
+
+# -- RetryPolicy.plan: the waits are the runner's ------------------------------------------
+
+
+def test_the_plan_yields_its_waits_full_jitter_doubling_up_to_the_cap() -> None:
+    """No sleep inside the policy: each wait is a ``Sleep`` the runner (sync or async)
+    carries out, drawn from [0, min(cap, initial * 2**(try - 1))]."""
+    policy = RetryPolicy(max_delay=60.0, initial=0.05, cap=0.3)
+    tries = 0
+
+    def attempt() -> Plan[str]:
+        nonlocal tries
+        tries += 1
+        result: str = yield Call(None, f"try {tries}")
+        return result
+
+    plan = policy.plan("claim", attempt)
+    done, op = step(plan, None, None)
+    waits: list[float] = []
+    for _ in range(6):
+        assert not done and isinstance(op, Call)
+        done, op = step(plan, None, AutoReconnect("blip"))
+        assert not done and isinstance(op, Sleep)
+        waits.append(op.seconds)
+        done, op = step(plan, None, None)
+    assert not done and isinstance(op, Call)
+    assert step(plan, "claimed", None) == (True, "claimed")
+    bounds = [min(0.3, 0.05 * 2 ** n) for n in range(6)]
+    assert all(0 <= wait <= bound for wait, bound in zip(waits, bounds, strict=True)), waits
+    assert tries == 7
+
+
+def test_the_plan_gives_up_by_the_clock_not_by_its_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max_delay`` counts from the first try by the monotonic clock: a runner that has
+    not carried out the waits yet (or a slow attempt) still ends the episode on time."""
+    policy = RetryPolicy(max_delay=10.0, initial=0.05, cap=0.3)
+    now = [1000.0]
+    monkeypatch.setattr("time.monotonic", lambda: now[0])
+    plan = policy.plan("claim", lambda: once(Call(None, "find_one_and_update")))
+    assert isinstance(step(plan, None, None)[1], Call)
+    now[0] += 9.0
+    assert isinstance(step(plan, None, AutoReconnect("blip"))[1], Sleep)
+    assert isinstance(step(plan, None, None)[1], Call)
+    now[0] += 1.0
+    with pytest.raises(QueueUnavailable) as caught:
+        step(plan, None, AutoReconnect("still down"))
+    assert str(caught.value.__cause__) == "still down"
