@@ -624,6 +624,14 @@ class StorePlans:
             # the queue): a short claim would tell the caller the queue is
             # drained, and a worker would then wait for a wake-up a backlog
             # never sends. Take the next ones instead.
+        else:
+            if not locked:
+                # Lost every round: one findAndModify, which the server retries
+                # on conflicts itself, so it comes back empty only when nothing
+                # is due. An empty claim must mean an empty queue.
+                won_one = yield call(self.jobs, "find_one_and_update", READY_AND_DUE, update,
+                                     {"_id": 1}, sort=CLAIM_SORT)
+                locked = 1 if won_one is not None else 0
         return locked
 
     # -- settling a claim ---------------------------------------------------------

@@ -360,3 +360,28 @@ def test_batch_claims_read_what_they_locked_on_the_primary(
             producer.close()
             consumer.close()
             collection.drop()
+
+
+def test_a_batch_claim_that_loses_every_round_still_takes_a_due_job(
+    mongo_uri: str, collection: Collection[Document], make_queue: QueueFactory, hook: CommandHook,
+) -> None:
+    """An empty claim must mean an empty queue: a worker that hears "empty" waits
+    for a wake-up, and a backlog sends none (seen with 8 processes on one queue:
+    a batch claim of 4 came back empty with 4,000 jobs ready)."""
+    make_queue().put_many([{"n": i} for i in range(40)])
+
+    def rival_takes_the_candidates(event: Any) -> None:
+        # Another consumer locks every candidate this round read, just before its update.
+        candidates = event.command["updates"][0]["q"]["_id"]["$in"]
+        collection.update_many({"_id": {"$in": candidates}}, [{"$set": {
+            "state": "locked", "lease_token": {"$concat": ["rival:", {"$toString": "$_id"}]}}}])
+
+    for round_ in range(1, 9):  # every round the batch claim may try
+        hook.on("started", "update", rival_takes_the_candidates, nth=round_)
+    with hooked_client(mongo_uri, hook) as consumer_client:
+        consumer = make_queue(on(consumer_client, collection))
+        claimed = consumer.next_batch(4)
+    assert not hook.errors
+    assert hook.count("started", "update") == 8, "the rival did not take every round"
+    assert len(claimed) == 1
+    assert collection.count_documents({"state": "ready"}) == 40 - 8 * 4 - 1
