@@ -415,6 +415,10 @@ class Worker:
                 return
             while job is not None:
                 job = self._run_slot_job(job)
+            if self.burst:
+                # This slot went idle, and a job it finished may have requeued
+                # itself: the claim loop looks again (and stops if all is done).
+                self.queue.board.notify(1)
 
     def _run_slot_job(self, job: Job) -> Job | None:
         """Run one job; return the next one if this slot claimed it itself."""
@@ -433,9 +437,6 @@ class Worker:
                 self._running -= 1
                 self.sizing.note_handler(time.monotonic() - began)
             claim_next = self._forget(job, claim_next=self.sizing.batch == 1)
-            if self.burst:
-                # A finished job may have requeued itself: look again.
-                self.queue.board.notify(1)
         return self._claim_own() if claim_next else None
 
     def _handle(self, job: Job) -> None:
