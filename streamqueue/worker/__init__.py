@@ -146,6 +146,8 @@ class Worker:
         # Keyed by lease token, not job id: a job this worker failed and then
         # claimed again is held twice while the first slot is still settling it.
         self._held: dict[str, Job] = {}
+        # When each held job's handler started (monotonic), by lease token.
+        self._started: dict[str, float] = {}
         self._work: stdlib_queue.SimpleQueue[Job | None] = stdlib_queue.SimpleQueue()
         self._signals = 0
         # Batch mode completes in bulk: finished jobs wait here for one delete.
@@ -426,9 +428,10 @@ class Worker:
             # Buffered but never started: hand it back at once, not after the grace.
             self._release_unstarted(job)
             return None
+        began = time.monotonic()
         with self._slots_cond:
             self._running += 1
-        began = time.monotonic()
+            self._started[job.lease_token] = began
         claim_next = False
         try:
             self._handle(job)
@@ -545,9 +548,14 @@ class Worker:
         reaches it (``Job.cancel_requested``) within a second."""
         watching = False
         while not self._stopping.wait(CANCEL_TICK):
+            # Handlers started, not buffered jobs: a job waiting in the buffer
+            # runs no handler to tell, and must not hold the stream open.
             with self._slots_cond:
-                running = [job for job in self._held.values() if not job.settled]
-            wanted = any(job.run_seconds >= CANCEL_WATCH_AFTER for job in running)
+                started = [(job, self._started[token]) for token, job in self._held.items()
+                           if token in self._started and not job.settled]
+            running = [job for job, _ in started]
+            now = time.monotonic()
+            wanted = any(now - at >= CANCEL_WATCH_AFTER for _, at in started)
             if wanted == watching:
                 continue
             watching = wanted
@@ -599,6 +607,7 @@ class Worker:
         """
         with self._slots_cond:
             self._held.pop(job.lease_token, None)
+            self._started.pop(job.lease_token, None)
             reserve = (claim_next and self._backlog and not self._stopping.is_set()
                        and len(self._held) + self._claiming < self.slots)
             if reserve:

@@ -83,10 +83,11 @@ def test_a_default_worker_claims_a_lone_job_in_one_round_trip(
         worker = Worker(queue, lambda payload: done.append(payload["n"]), concurrency=4)
         runner = Background(worker.run).start()
         try:
-            # Parked on the wake-up board: the claims of the start-up are over.
-            assert wait_until(lambda: queue.board._blocked == 1, timeout=10)
             counter.reset()
             for n in range(5):
+                # Parked on the wake-up board: the claim after the last job came back
+                # empty (a trickle), so this job is the only one to claim.
+                assert wait_until(lambda: queue.board._blocked == 1, timeout=10)
                 queue.put({"n": n})
                 assert wait_until(lambda n=n: len(done) == n + 1, timeout=10)  # type: ignore[misc]
         finally:
