@@ -15,6 +15,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
+import streamqueue.worker as worker_module
 from streamqueue import Hooks, Job, Queue
 from streamqueue.storage import Document
 from streamqueue.worker import Worker
@@ -181,3 +182,35 @@ def test_stop_hands_an_adaptive_buffer_back_at_once(collection: Collection[Docum
         queue.close()
     assert queue.size() == 99
     assert queue.collection.count_documents({"state": "ready", "attempts": 0}) == 99
+
+
+def test_a_buffered_job_does_not_hold_the_stream_open_for_cancel_requests(
+        collection: Collection[Document], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A wide margin between the watcher's ticks and "running long", for a loaded machine.
+    monkeypatch.setattr(worker_module, "CANCEL_WATCH_AFTER", 2.0)
+    queue = Queue(collection, lease=30, max_await=1.0)
+    queue.put_many([{"n": n} for n in range(4)])
+    first_done = threading.Event()
+    release = threading.Event()
+    started: list[int] = []
+
+    def handle(payload: dict[str, Any]) -> None:
+        started.append(payload["n"])
+        (first_done if payload["n"] == 0 else release).wait(20)
+
+    worker = Worker(queue, handle, concurrency=1, batch=4)
+    runner = Background(worker.run).start()
+    try:
+        # The first handler runs long: the stream is kept open for its cancel requests.
+        assert wait_until(lambda: queue.board._keep_open, timeout=10)
+        assert worker.held == 4  # three more wait in the buffer, as long as it ran
+        first_done.set()
+        assert wait_until(lambda: len(started) == 2, timeout=10)
+        # The next handler has only just started, although its job was claimed long ago.
+        assert wait_until(lambda: not queue.board._keep_open, timeout=1.5)
+    finally:
+        first_done.set()
+        release.set()
+        worker.stop()
+        runner.join()
+        queue.close()
