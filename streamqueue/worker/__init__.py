@@ -363,15 +363,19 @@ class Worker:
                 self._slots_cond.wait()
             return 0
 
-    def _note_claimed(self, full_before: int, *, full: bool) -> None:
-        """Record a claim's outcome: a full one means a backlog, a short one its end."""
+    def _note_claimed(self, full_before: int, *, full: bool) -> bool:
+        """Record a claim's outcome: a full one means a backlog, a short one its end.
+
+        True if that started a backlog: the claim loop may have room now.
+        """
         with self._slots_cond:
+            started = full and not self._backlog
             if full:
                 self._full_claims += 1
                 self._backlog = True
             elif self._full_claims == full_before:
                 self._backlog = False
-            self._slots_cond.notify_all()
+            return started
 
     def _dispatch(self, job: Job) -> None:
         self._hold(job)
@@ -401,11 +405,13 @@ class Worker:
                 if jobs:
                     self._held[jobs[0].lease_token] = jobs[0]
                     self._retries.pop(jobs[0].id, None)
-        if jobs is None:
+        # The claim loop (or shutdown) waits on the room this slot held: wake it
+        # only if that changed (no job came), not for every job a slot claims.
+        # A failed claim (None) says nothing about the queue: the loop's next claim will.
+        started = jobs is not None and self._note_claimed(full_before, full=bool(jobs))
+        if started or not jobs:
             with self._slots_cond:
                 self._slots_cond.notify_all()
-            return None
-        self._note_claimed(full_before, full=bool(jobs))
         return jobs[0] if jobs else None
 
     # -- handling ------------------------------------------------------------------------
@@ -611,8 +617,10 @@ class Worker:
             reserve = (claim_next and self._backlog and not self._stopping.is_set()
                        and len(self._held) + self._claiming < self.slots)
             if reserve:
+                # Held plus claiming is unchanged: nobody waiting on room needs waking.
                 self._claiming += 1
-            self._slots_cond.notify_all()
+            else:
+                self._slots_cond.notify_all()
             return reserve
 
     def _release_unstarted(self, job: Job) -> None:
