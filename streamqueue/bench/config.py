@@ -35,6 +35,9 @@ class BenchConfig:
     # Jobs a batched Worker may claim in one round trip; above its slot count the
     # rest wait in its prefetch buffer.
     worker_batch: int = 16
+    # Issue 16, target 4: in the plan the targets use, the batched Worker and the
+    # batched floor also run at these sizes, to find the batch that reaches 0.9x.
+    batch_sweep: tuple[int, ...] = (8, 16, 32)
     # The peer row (kombu's MongoDB transport) runs in the plan with this many threads,
     # in one process; off where kombu is not installed.
     peer_threads: int = 4
@@ -151,6 +154,7 @@ class BenchConfig:
             aio_rounds=1,
             stall_timeout=15.0,
             rerun_budget=15.0,
+            batch_sweep=(16,),
             notes=(
                 "QUICK MODE: fewer jobs (throughput 300-1,000 per run, latency 100 jobs instead of "
                 ">= 500, idle windows of 2 s instead of 30 s, depth 100,000 instead of 1,000,000, "
@@ -158,6 +162,11 @@ class BenchConfig:
                 "judged on fewer than 500 samples.",
             ),
         )
+
+    def batch_sizes(self, plan: ThroughputPlan) -> list[int]:
+        """The batch sizes the batched rows of ``plan`` run with."""
+        sweep = plan.threads == self.peer_threads and plan.processes == 1
+        return sorted({self.worker_batch, *(self.batch_sweep if sweep else ())})
 
     def with_jobs(self, jobs: int) -> BenchConfig:
         """Drain ``jobs`` jobs in every throughput run."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from streamqueue.bench.aio_report import aio_table, aio_target_rows
-from streamqueue.bench.common import jsonable
+from streamqueue.bench.common import jsonable, ratio
 from streamqueue.bench.consumers import (
     DEFAULT_BATCH,
     FLOOR,
@@ -103,7 +103,8 @@ def evaluate(results: Results, *, target_plan: str = "4 threads", worker_batch: 
             + _rounds_note(row, floor) + (_store_note(store) if row is push else ""),
             _ok(row.ratio_to_floor >= need)))
 
-    targets.extend(scale_out_targets(plan_rows, worker_batch))
+    targets.extend(scale_out_targets(results.throughput, worker_batch,
+                                     latency=results.latency, target_plan=target_plan))
     bad = [r for r in results.throughput if r.duplicates or r.lost or r.left or r.errors]
     targets.append(Target(
         "No duplicates, no losses (all throughput runs)", "0 and 0",
@@ -231,27 +232,87 @@ def _fleet_herd_targets(rows: Sequence[FleetRow]) -> list[Target]:
     ]
 
 
-def scale_out_targets(plan_rows: Sequence[ThroughputRow], worker_batch: int) -> list[Target]:
-    """Issue 16's throughput targets: the batched floor, and kombu as the peer to beat."""
+def scale_out_targets(rows: Sequence[ThroughputRow], worker_batch: int, *,
+                      latency: Sequence[LatencyRow] = (),
+                      target_plan: str = "4 threads") -> list[Target]:
+    """Issue 16's targets 2-5, each against a floor or peer measured in the same run:
+    latency against the push floor, the Worker's batch=1 against next(), the batched
+    Worker against the batched floor (and the batch that reaches it), kombu."""
+    plan_rows = [r for r in rows if r.plan == target_plan]
+
     def find(kind: str, batch: int | None = None) -> ThroughputRow | None:
         return next((r for r in plan_rows if r.kind == kind and batch in (None, r.batch)), None)
 
-    targets = []
-    for name, need, row, base, base_name in (
-            (f"Throughput, Worker batch={worker_batch} vs the batched floor", 0.9,
-             find(WORKER, worker_batch), find(FLOOR_BATCH, worker_batch),
-             f"floor in batches of {worker_batch}"),
-            ("Throughput, Worker (defaults) vs kombu", 1.5, find(WORKER, DEFAULT_BATCH),
-             find(KOMBU), "kombu")):
-        if row is None or base is None or not base.jobs_per_s:
-            targets.append(Target(name, f">= {need:.1f}x", "not measured", None))
-            continue
+    targets = latency_floor_targets(latency)
+    targets.append(worker_vs_next_target(rows, target_plan))
+    targets.append(batched_floor_target(plan_rows, worker_batch))
+    name, row, base = ("Throughput, Worker (defaults) vs kombu", find(WORKER, DEFAULT_BATCH),
+                       find(KOMBU))
+    if row is None or base is None or not base.jobs_per_s:
+        targets.append(Target(name, ">= 1.5x", "not measured", None))
+    else:
         share = row.jobs_per_s / base.jobs_per_s
         targets.append(Target(
-            name, f">= {need:.1f}x",
-            f"{row.jobs_per_s:,.0f} vs {base.jobs_per_s:,.0f} jobs/s ({base_name}) = {share:.3f}x",
-            _ok(share >= need)))
+            name, ">= 1.5x", f"{row.jobs_per_s:,.0f} vs {base.jobs_per_s:,.0f} jobs/s (kombu) = "
+            f"{share:.3f}x" + _rounds_note(row, base), _ok(share >= 1.5)))
     return targets
+
+
+def latency_floor_targets(rows: Sequence[LatencyRow]) -> list[Target]:
+    """Target 2: enqueue-to-claim p50 <= 1.2x and p99 <= 1.5x the bare push floor, per consumer."""
+    floor = next((r for r in rows if r.kind == FLOOR_PUSH), None)
+    consumers = [r for r in rows if r.kind in (PUSH, WORKER)]
+    name = "Latency vs the push floor (p50 / p99)"
+    if floor is None or not consumers:
+        return [Target(name, "<= 1.2x / <= 1.5x", "not measured", None)]
+    targets = []
+    for row in consumers:
+        p50 = ratio(row.latency.p50, floor.latency.p50)
+        p99 = ratio(row.latency.p99, floor.latency.p99)
+        targets.append(Target(
+            f"Latency vs the push floor, {row.label} (p50 / p99)", "<= 1.2x / <= 1.5x",
+            f"{row.latency.p50:.2f} / {row.latency.p99:.2f} ms vs {floor.latency.p50:.2f} / "
+            f"{floor.latency.p99:.2f} ms = {_x(p50)} / {_x(p99)}",
+            None if p50 is None or p99 is None else _ok(p50 <= 1.2 and p99 <= 1.5)))
+    return targets
+
+
+def worker_vs_next_target(rows: Sequence[ThroughputRow], target_plan: str) -> Target:
+    """Target 3: the Worker with batch=1 against next() with as many threads, plan by plan.
+
+    Judged on the target plan and on one thread (one slot); other plans are shown."""
+    name = "Throughput, Worker batch=1 vs next() (1 slot; target plan)"
+    shares: dict[str, float] = {}
+    for plan in dict.fromkeys(r.plan for r in rows):
+        worker = next((r for r in rows if r.plan == plan and r.kind == WORKER and r.batch == 1),
+                      None)
+        push = next((r for r in rows if r.plan == plan and r.kind == PUSH), None)
+        if worker is not None and push is not None and push.jobs_per_s:
+            shares[plan] = worker.jobs_per_s / push.jobs_per_s
+    judged = [shares[p] for p in ("1 thread", target_plan) if p in shares]
+    if not judged:
+        return Target(name, ">= 0.95x", "not measured", None)
+    text = ", ".join(f"{plan}: {share:.3f}x" for plan, share in shares.items())
+    return Target(name, ">= 0.95x", text, _ok(min(judged) >= 0.95))
+
+
+def batched_floor_target(plan_rows: Sequence[ThroughputRow], worker_batch: int) -> Target:
+    """Target 4: ``Worker(batch=b)`` against the floor in batches of ``b``, at every ``b`` run."""
+    name = "Throughput, batched Worker vs the batched floor (same batch)"
+    shares: dict[int, float] = {}
+    for row in plan_rows:
+        if row.kind != WORKER or row.batch in (1, DEFAULT_BATCH):
+            continue
+        floor = next((r for r in plan_rows if r.kind == FLOOR_BATCH and r.batch == row.batch),
+                     None)
+        if floor is not None and floor.jobs_per_s:
+            shares[row.batch] = row.jobs_per_s / floor.jobs_per_s
+    if not shares:
+        return Target(name, ">= 0.9x at some batch", "not measured", None)
+    reached = [batch for batch, share in sorted(shares.items()) if share >= 0.9]
+    text = ", ".join(f"batch={b}: {share:.3f}x" for b, share in sorted(shares.items()))
+    text += f"; reached at batch={reached[0]}" if reached else "; reached at no batch tried"
+    return Target(name, ">= 0.9x at some batch", text, _ok(bool(reached)))
 
 
 def lifecycle_targets(results: Results) -> list[Target]:

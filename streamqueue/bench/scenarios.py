@@ -527,11 +527,13 @@ def add_herd_ratios(rows: Sequence[HerdRow]) -> None:
 
 def throughput_kinds(plan: ThroughputPlan, config: BenchConfig) -> list[Kind]:
     kinds = [Kind(PUSH), Kind(WORKER, 1)]
+    batches = config.batch_sizes(plan)
     if plan.threads > 1:
-        kinds.extend([Kind(WORKER, DEFAULT_BATCH), Kind(WORKER, config.worker_batch)])
+        kinds.append(Kind(WORKER, DEFAULT_BATCH))
+        kinds.extend(Kind(WORKER, batch) for batch in batches)
     kinds.extend([Kind(POLLING), Kind(STORE), Kind(FLOOR)])
     if plan.threads > 1:
-        kinds.append(Kind(FLOOR_BATCH, config.worker_batch))
+        kinds.extend(Kind(FLOOR_BATCH, batch) for batch in batches)
     if plan.processes == 1 and plan.threads == config.peer_threads and config.kombu:
         kinds.append(Kind(KOMBU))
     return kinds

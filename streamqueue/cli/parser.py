@@ -245,8 +245,9 @@ def build_parser() -> ArgumentParser:
     opts.add("--shutdown-grace", env="SHUTDOWN_GRACE", convert=seconds, default=30.0,
              metavar="SECONDS", help="on SIGTERM, how long running jobs may take to finish")
     opts.add("--batch", env="BATCH", convert=positive_int, metavar="N",
-             help="claim up to N jobs per round trip; default: --concurrency. Above it, the "
-                  "extra jobs wait in a local buffer (prefetch) with their leases kept alive")
+             help="claim up to N jobs per round trip; default: adaptive (one at a trickle, up "
+                  "to 16 in a backlog, buffered only for fast handlers). Above --concurrency, "
+                  "the extra jobs wait in a local buffer (prefetch) with their leases kept alive")
     opts.add("--backoff", env="BACKOFF", convert=seconds, default=1.0, metavar="SECONDS",
              help="retry delay after the first failure; doubles each attempt, with jitter")
     opts.add("--backoff-cap", env="BACKOFF_CAP", convert=seconds, default=300.0,

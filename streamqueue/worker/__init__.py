@@ -1,9 +1,12 @@
 """A long-running consumer: one claim loop feeding a fixed set of handler threads.
 
-The claim loop is the only thread that claims, so a process makes one claim
-per wake-up, never one per thread. It claims only while it has room (a free
-slot, or with ``batch > concurrency`` room in its prefetch buffer), and waits
-on the queue's change stream when the queue has nothing due.
+The claim loop is the only thread that waits for wake-ups, so a process makes
+one claim per wake-up, never one per thread. It claims only while it has room
+(a free slot, or room in its prefetch buffer; see ``streamqueue.prefetch``),
+and waits on the queue's change stream when the queue has nothing due. With
+``batch=1`` a slot that finishes a job during a backlog claims its next job
+itself, as a ``next()`` loop would, instead of handing the claim to the loop
+thread and waiting for it: one claim in flight per slot, not one per process.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from bson import ObjectId
 from streamqueue.backoff import ExponentialBackoff
 from streamqueue.errors import LeaseLost, PermissionDenied, StreamQueueError
 from streamqueue.exitcodes import ExitCode
+from streamqueue.prefetch import ClaimSizing
 from streamqueue.queue import Job, Queue
 from streamqueue.validation import Backoff, check_backoff, check_heartbeat, check_seconds
 from streamqueue.wakeups import Wake
@@ -87,13 +91,17 @@ class Worker:
     default). Leases of running jobs are extended every ``heartbeat`` seconds
     (default: a third of the queue's lease; more than half of it is refused).
 
-    ``batch`` is the most jobs one round trip claims (default: ``concurrency``).
-    A ``batch`` above ``concurrency`` prefetches: the worker holds up to
-    ``batch`` jobs, ``concurrency`` running and the rest waiting in a local
-    buffer with their leases extended like running ones, and tops the buffer
-    up half a batch at a time. That keeps the slots fed with few round trips
-    (fast handlers, deep queues); the cost is that buffered jobs wait behind
-    slow handlers instead of going to another worker.
+    ``batch`` is the most jobs one round trip claims. By default it adapts
+    (``streamqueue.prefetch``): one job per claim at a trickle, and in a
+    backlog up to 16 per claim with a buffer sized to what the slots finish
+    during one claim round trip (none for slow handlers). A fixed ``batch``
+    above ``concurrency`` prefetches: the worker holds up to ``batch`` jobs,
+    ``concurrency`` running and the rest waiting in a local buffer with their
+    leases extended like running ones, and tops the buffer up half a batch at
+    a time. That keeps the slots fed with few round trips (fast handlers, deep
+    queues); the cost is that buffered jobs wait behind slow handlers instead
+    of going to another worker. ``batch=1`` claims one job per round trip,
+    each slot for itself while there is a backlog.
     """
 
     def __init__(
@@ -110,18 +118,23 @@ class Worker:
     ) -> None:
         if not callable(handler):
             raise TypeError("handler must be callable")
-        # By default one round trip claims a job for every free slot.
-        batch = concurrency if batch is None else batch
-        for name, value in (("concurrency", concurrency), ("batch", batch)):
-            check_count(name, value)
+        check_count("concurrency", concurrency)
+        if batch is not None:
+            check_count("batch", batch)
         self.queue = queue
         self.handler = handler
         self.slots = concurrency
-        self.batch = batch
-        # Claimed jobs held at once, running or buffered.
-        self.capacity = max(concurrency, batch)
-        # With a buffer, claim again once half a batch fits, not for every finished job.
-        self._refill = 1 if batch <= concurrency else max(1, batch // 2)
+        self.sizing = ClaimSizing(concurrency, batch)
+        # The most jobs one claim asks for (above 1, completions go in bulk).
+        self.batch = self.sizing.most
+        # The last claim came back full: more may be due, so claim again without
+        # waiting for a wake-up. True at first: nothing is known about the queue yet.
+        self._backlog = True
+        # Claims that came back full so far: an empty claim that began before
+        # the latest full one ended must not end the backlog (stale news).
+        self._full_claims = 0
+        # Slots claiming their own next job right now (batch=1, in a backlog).
+        self._claiming = 0
         self._running = 0
         self.burst = burst
         self.heartbeat, self.shutdown_grace, self.backoff = lease_keeping(
@@ -133,6 +146,8 @@ class Worker:
         # Keyed by lease token, not job id: a job this worker failed and then
         # claimed again is held twice while the first slot is still settling it.
         self._held: dict[str, Job] = {}
+        # When each held job's handler started (monotonic), by lease token.
+        self._started: dict[str, float] = {}
         self._work: stdlib_queue.SimpleQueue[Job | None] = stdlib_queue.SimpleQueue()
         self._signals = 0
         # Batch mode completes in bulk: finished jobs wait here for one delete.
@@ -254,7 +269,7 @@ class Worker:
                          daemon=True).start()
         threading.Thread(target=self._heartbeat_loop, name="streamqueue-heartbeat",
                          daemon=True).start()
-        if self.batch > 1:
+        if self.sizing.most > 1:
             self._completer = threading.Thread(target=self._completion_loop,
                                                name="streamqueue-completer", daemon=True)
             self._completer.start()
@@ -262,33 +277,38 @@ class Worker:
     # -- claiming ------------------------------------------------------------------------
 
     def _claim_loop(self) -> None:
-        maybe_more = True  # nothing is known about the queue yet: claim once
         woken = False
         retry_due = math.inf  # in burst mode, when a retry of ours falls due
         while not self._stopping.is_set():
-            free = self._wait_for_room()
-            if free == 0:
+            want = self._wait_for_room()
+            if want == 0:
                 break
-            if not maybe_more:
+            if not self._backlog:
                 wake = self.queue.wait_for_wakeup(retry_due)
                 retry_due = math.inf
                 if self._stopping.is_set():
                     break
                 woken = wake not in (Wake.TIMEOUT, Wake.RESUME)
+                want = self._wait_for_room()
+                if want == 0:
+                    break
             if not woken and self.queue.knows_empty():
-                maybe_more = False  # the fleet view knows this claim would find nothing
+                with self._slots_cond:
+                    self._backlog = False  # the fleet view knows this claim would find nothing
                 continue
-            want = min(free, self.batch)
             # A claim that finds nothing proves the queue drained only if no job
-            # of ours was running while it ran: a handler failing meanwhile
-            # requeues its job after the claim looked.
-            idle_before = not self._held
+            # of ours was running (or being claimed by a slot) while it ran: a
+            # handler failing meanwhile requeues its job after the claim looked.
+            with self._slots_cond:
+                idle_before = not self._held and not self._claiming
+                full_before = self._full_claims
             claim_started = time.monotonic()
             jobs = self._claim(want)
             if jobs is None:
-                maybe_more = True  # the outage may have hidden new jobs
+                self._backlog = True  # the outage may have hidden new jobs
                 continue
-            maybe_more = len(jobs) == want
+            self.sizing.note_claim(time.monotonic() - claim_started)
+            self._note_claimed(full_before, full=len(jobs) == want)
             if not jobs and woken:
                 self.queue.hooks.claim_empty(self.queue.name)
             woken = False
@@ -337,46 +357,100 @@ class Worker:
         return jobs
 
     def _wait_for_room(self) -> int:
-        """Wait for room to claim into; return how many jobs fit (0 when stopping)."""
+        """Wait for room to claim into; return how many jobs to claim (0 when stopping)."""
         with self._slots_cond:
-            while not self._has_room() and not self._stopping.is_set():
+            while not self._stopping.is_set():
+                # A slot claiming for itself holds its place.
+                held = len(self._held) + self._claiming
+                if self.sizing.has_room(held, self._backlog):
+                    return self.sizing.want(held, self._backlog)
                 self._slots_cond.wait()
-            return 0 if self._stopping.is_set() else self.capacity - len(self._held)
+            return 0
 
-    def _has_room(self) -> bool:
-        # A slot about to go idle is always worth a claim; otherwise wait until
-        # a claim can fill a good part of the buffer.
-        held = len(self._held)
-        return held < self.slots or self.capacity - held >= self._refill
+    def _note_claimed(self, full_before: int, *, full: bool) -> bool:
+        """Record a claim's outcome: a full one means a backlog, a short one its end.
+
+        True if that started a backlog: the claim loop may have room now.
+        """
+        with self._slots_cond:
+            started = full and not self._backlog
+            if full:
+                self._full_claims += 1
+                self._backlog = True
+            elif self._full_claims == full_before:
+                self._backlog = False
+            return started
 
     def _dispatch(self, job: Job) -> None:
+        self._hold(job)
+        self._work.put(job)
+
+    def _hold(self, job: Job) -> None:
         with self._slots_cond:
             self._held[job.lease_token] = job
             self._retries.pop(job.id, None)
-        self._work.put(job)
+
+    def _claim_own(self) -> Job | None:
+        """A slot's own next job, claimed after it reserved its place (see ``_forget``).
+
+        Errors are left to the claim loop, which pauses through outages:
+        this slot gives its place back and goes idle.
+        """
+        with self._slots_cond:
+            full_before = self._full_claims
+        jobs: list[Job] | None = None
+        try:
+            jobs = self.queue.claim(1)
+        except StreamQueueError:
+            log.warning("claim failed; the claim loop takes over", exc_info=True)
+        finally:
+            with self._slots_cond:
+                self._claiming -= 1
+                if jobs:
+                    self._held[jobs[0].lease_token] = jobs[0]
+                    self._retries.pop(jobs[0].id, None)
+        # The claim loop (or shutdown) waits on the room this slot held: wake it
+        # only if that changed (no job came), not for every job a slot claims.
+        # A failed claim (None) says nothing about the queue: the loop's next claim will.
+        started = jobs is not None and self._note_claimed(full_before, full=bool(jobs))
+        if started or not jobs:
+            with self._slots_cond:
+                self._slots_cond.notify_all()
+        return jobs[0] if jobs else None
 
     # -- handling ------------------------------------------------------------------------
 
     def _slot(self) -> None:
         while True:
-            job = self._work.get()
+            job: Job | None = self._work.get()
             if job is None:
                 return
-            if self._stopping.is_set():
-                # Buffered but never started: hand it back at once, not after the grace.
-                self._release_unstarted(job)
-                continue
+            while job is not None:
+                job = self._run_slot_job(job)
+            if self.burst:
+                # This slot went idle, and a job it finished may have requeued
+                # itself: the claim loop looks again (and stops if all is done).
+                self.queue.board.notify(1)
+
+    def _run_slot_job(self, job: Job) -> Job | None:
+        """Run one job; return the next one if this slot claimed it itself."""
+        if self._stopping.is_set():
+            # Buffered but never started: hand it back at once, not after the grace.
+            self._release_unstarted(job)
+            return None
+        began = time.monotonic()
+        with self._slots_cond:
+            self._running += 1
+            self._started[job.lease_token] = began
+        claim_next = False
+        try:
+            self._handle(job)
+        finally:
             with self._slots_cond:
-                self._running += 1
-            try:
-                self._handle(job)
-            finally:
-                with self._slots_cond:
-                    self._running -= 1
-                self._forget(job)
-                if self.burst:
-                    # A finished job may have requeued itself: look again.
-                    self.queue.board.notify(1)
+                self._running -= 1
+                self.sizing.note_handler(time.monotonic() - began)
+            claim_next = self._forget(job, claim_next=self.sizing.batch == 1)
+        return self._claim_own() if claim_next else None
 
     def _handle(self, job: Job) -> None:
         try:
@@ -395,7 +469,7 @@ class Worker:
             if self._settle(job, fail, "failed") and job.attempts < job.max_attempts:
                 self._note_retry(job, delays[0])
         else:
-            if job.settled or not (self.batch > 1 and self._complete_later(job)):
+            if job.settled or not (self.sizing.most > 1 and self._complete_later(job)):
                 self._settle(job, job.complete, "finished")
 
     def _note_retry(self, job: Job, delay: float) -> None:
@@ -484,9 +558,14 @@ class Worker:
         reaches it (``Job.cancel_requested``) within a second."""
         watching = False
         while not self._stopping.wait(CANCEL_TICK):
+            # Handlers started, not buffered jobs: a job waiting in the buffer
+            # runs no handler to tell, and must not hold the stream open.
             with self._slots_cond:
-                running = [job for job in self._held.values() if not job.settled]
-            wanted = any(job.run_seconds >= CANCEL_WATCH_AFTER for job in running)
+                started = [(job, self._started[token]) for token, job in self._held.items()
+                           if token in self._started and not job.settled]
+            running = [job for job, _ in started]
+            now = time.monotonic()
+            wanted = any(now - at >= CANCEL_WATCH_AFTER for _, at in started)
             if wanted == watching:
                 continue
             watching = wanted
@@ -529,11 +608,24 @@ class Worker:
 
     # -- shutdown ---------------------------------------------------------------------------
 
-    def _forget(self, job: Job) -> None:
-        """The job is no longer ours (settled, or left to its lease): make room."""
+    def _forget(self, job: Job, *, claim_next: bool = False) -> bool:
+        """The job is no longer ours (settled, or left to its lease): make room.
+
+        With ``claim_next``, in a backlog, the slot keeps its place to claim its
+        own next job (True): taken in the same step, so the claim loop never
+        claims for a slot that is claiming for itself.
+        """
         with self._slots_cond:
             self._held.pop(job.lease_token, None)
-            self._slots_cond.notify_all()
+            self._started.pop(job.lease_token, None)
+            reserve = (claim_next and self._backlog and not self._stopping.is_set()
+                       and len(self._held) + self._claiming < self.slots)
+            if reserve:
+                # Held plus claiming is unchanged: nobody waiting on room needs waking.
+                self._claiming += 1
+            else:
+                self._slots_cond.notify_all()
+            return reserve
 
     def _release_unstarted(self, job: Job) -> None:
         self._settle(job, job.release)
@@ -553,7 +645,7 @@ class Worker:
         self._release_buffered()
         deadline = time.monotonic() + self.shutdown_grace
         with self._slots_cond:
-            while self._held and time.monotonic() < deadline:
+            while (self._held or self._claiming) and time.monotonic() < deadline:
                 self._slots_cond.wait(deadline - time.monotonic())
             leftovers = [job for job in self._held.values() if not job.settled]
         self._drained.set()

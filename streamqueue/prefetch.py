@@ -1,0 +1,95 @@
+"""How many jobs a worker claims at once, and when it claims again: pure decisions.
+
+No I/O and no threads, so the sync ``Worker`` and the asyncio worker can share
+them. A worker holds jobs in its slots (running) and, in a backlog, a few more
+in a local buffer (prefetched, their leases kept alive like running ones).
+
+With an explicit ``batch`` the sizes are fixed (see ``Worker``). The default
+adapts to what the worker sees:
+
+* At a trickle (the last claim came back short) it claims one job at a time:
+  one round trip (``findAndModify``) is the shortest path from a wake-up to a
+  running handler, and a job goes to whichever worker is free first.
+* In a backlog (the last claim came back full) it claims up to ``MAX_CLAIM``
+  jobs per round trip and buffers as many as its slots finish during one
+  claim round trip (``slots x claim time / handler time``, at most
+  ``MAX_BUFFER``). A buffered job then waits about as long as the claim it
+  saved would have taken; a slow handler gets no buffer, so its jobs stay in
+  the queue for other workers instead of waiting behind it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# The most jobs one adaptive claim asks for: past this the round trips saved
+# are few, and a claim's reply grows with its jobs.
+MAX_CLAIM = 16
+# The most jobs an adaptive worker buffers beyond its slots.
+MAX_BUFFER = 16
+# Weight of the newest sample in the running means of handler and claim times.
+SMOOTHING = 0.2
+
+
+def _mean(previous: float | None, sample: float) -> float:
+    return sample if previous is None else previous + SMOOTHING * (sample - previous)
+
+
+@dataclass
+class ClaimSizing:
+    """Claim sizes for a worker with ``slots`` handler slots; ``batch=None`` adapts."""
+
+    slots: int
+    batch: int | None = None
+    # Running means, in seconds; None until the first sample.
+    handler_seconds: float | None = field(default=None, init=False)
+    claim_seconds: float | None = field(default=None, init=False)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.batch is None
+
+    @property
+    def most(self) -> int:
+        """The most jobs one claim may ask for (above 1: completions go in bulk)."""
+        return MAX_CLAIM if self.batch is None else self.batch
+
+    def note_handler(self, seconds: float) -> None:
+        self.handler_seconds = _mean(self.handler_seconds, max(0.0, seconds))
+
+    def note_claim(self, seconds: float) -> None:
+        self.claim_seconds = _mean(self.claim_seconds, max(0.0, seconds))
+
+    def buffer(self, backlog: bool) -> int:
+        """Jobs held beyond the slots: enough to cover one claim round trip, in a backlog."""
+        if self.batch is not None:
+            return max(0, self.batch - self.slots)
+        if not backlog or self.handler_seconds is None or self.claim_seconds is None:
+            return 0
+        if self.handler_seconds <= 0:
+            return MAX_BUFFER
+        covered = self.slots * self.claim_seconds / self.handler_seconds
+        return min(MAX_BUFFER, math.ceil(covered)) if covered >= 0.5 else 0
+
+    def capacity(self, backlog: bool) -> int:
+        """Jobs held at most, running or buffered."""
+        return self.slots + self.buffer(backlog)
+
+    def has_room(self, held: int, backlog: bool) -> bool:
+        """Worth a claim now: a slot is free, or a claim can fill a good part of the buffer."""
+        if held < self.slots:
+            return True
+        buffer = self.buffer(backlog)
+        # Top the buffer up half a claim at a time, not one job per finished handler.
+        refill = self.batch if self.batch is not None else min(buffer, MAX_CLAIM)
+        return buffer > 0 and self.capacity(backlog) - held >= max(1, refill // 2)
+
+    def want(self, held: int, backlog: bool) -> int:
+        """How many jobs the next claim asks for (0: no room)."""
+        room = self.capacity(backlog) - held
+        if room <= 0:
+            return 0
+        if self.batch is None and not backlog:
+            return 1
+        return min(room, self.most)

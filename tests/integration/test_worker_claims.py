@@ -1,0 +1,216 @@
+"""How the Worker claims (issue 16): who claims, how many at once, and what it holds.
+
+The default adapts (streamqueue.prefetch): one job per claim at a trickle, a
+buffer in a backlog only for handlers fast enough that a claim round trip
+would leave slots idle. ``batch=1`` slots claim their own next job in a backlog.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+from pymongo.collection import Collection
+
+import streamqueue.worker as worker_module
+from streamqueue import Hooks, Job, Queue
+from streamqueue.storage import Document
+from streamqueue.worker import Worker
+from tests.helpers import Background, CommandCounter, wait_until
+
+
+class Released(Hooks):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def released(self, queue: str, run_seconds: float) -> None:
+        self.count += 1
+
+
+class RecordingQueue(Queue):
+    """Records each claim: the thread that made it, the jobs asked for and found."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+        self.claims: list[tuple[str, int, int]] = []
+
+    def claim(self, limit: int = 1) -> list[Job]:
+        jobs = super().claim(limit)
+        with self.lock:
+            self.claims.append((threading.current_thread().name, limit, len(jobs)))
+        return jobs
+
+
+@pytest.fixture
+def recording(collection: Collection[Document]) -> Iterator[RecordingQueue]:
+    queue = RecordingQueue(collection, lease=30, max_await=1.0)
+    yield queue
+    queue.close()
+
+
+def test_batch_1_slots_claim_their_own_next_job_in_a_backlog(recording: RecordingQueue) -> None:
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def handle(payload: dict[str, Any]) -> None:
+        with lock:
+            seen.append(payload["n"])
+
+    recording.put_many([{"n": n} for n in range(200)])
+    runner = Background(Worker(recording, handle, concurrency=4, batch=1, burst=True).run).start()
+    # Burst mode stops once the last slot's own claim found nothing, not a sweep later.
+    assert runner.done.wait(15)
+    runner.join()
+    assert sorted(seen) == list(range(200))
+    assert recording.size() == 0
+    assert {limit for _, limit, _ in recording.claims} == {1}
+    by_slots = sum(found for name, _, found in recording.claims
+                   if name.startswith("streamqueue-slot-"))
+    # The claim loop takes the first jobs; after that each slot claims for itself.
+    assert by_slots >= 150, recording.claims[:10]
+
+
+def test_a_default_worker_claims_a_lone_job_in_one_round_trip(
+        collection: Collection[Document],
+        counted_client: tuple[MongoClient[Document], CommandCounter]) -> None:
+    client, counter = counted_client
+    counted = client[collection.database.name][collection.name]
+    done: list[int] = []
+    with Queue(counted, lease=30, max_await=1.0) as queue:
+        worker = Worker(queue, lambda payload: done.append(payload["n"]), concurrency=4)
+        runner = Background(worker.run).start()
+        try:
+            counter.reset()
+            for n in range(5):
+                # Parked on the wake-up board: the claim after the last job came back
+                # empty (a trickle), so this job is the only one to claim.
+                assert wait_until(lambda: queue.board._blocked == 1, timeout=10)
+                queue.put({"n": n})
+                assert wait_until(lambda n=n: len(done) == n + 1, timeout=10)  # type: ignore[misc]
+        finally:
+            worker.stop()
+            runner.join()
+    # Each job: one findAndModify; no three-step batch claim (find, update_many, find).
+    assert counter.count("findAndModify", collection.name) >= 5
+    assert counter.count("update", collection.name) == 0
+
+
+def test_fast_handlers_get_a_buffer_in_a_backlog(recording: RecordingQueue) -> None:
+    most_held = 0
+    worker: Worker | None = None
+
+    def handle(payload: dict[str, Any]) -> None:
+        nonlocal most_held
+        assert worker is not None
+        most_held = max(most_held, worker.held)
+
+    recording.put_many([{"n": n} for n in range(400)])
+    worker = Worker(recording, handle, concurrency=2, burst=True)
+    worker.run()
+    assert recording.size() == 0
+    assert most_held > 2  # more held than slots: a prefetch buffer
+    assert max(limit for _, limit, _ in recording.claims) > 2
+
+
+def test_slow_handlers_get_no_buffer_so_other_workers_share_the_backlog(
+        collection: Collection[Document]) -> None:
+    ran: dict[str, int] = {"a": 0, "b": 0}
+    most_held = {"a": 0, "b": 0}
+    lock = threading.Lock()
+    stop = threading.Event()
+    queues = [Queue(collection, lease=30, max_await=1.0) for _ in range(2)]
+    workers: dict[str, Worker] = {}
+
+    def handler(name: str) -> Any:
+        def handle(payload: dict[str, Any]) -> None:
+            with lock:
+                ran[name] += 1
+                most_held[name] = max(most_held[name], workers[name].held)
+            stop.wait(0.1)  # the job's work
+        return handle
+
+    workers["a"] = Worker(queues[0], handler("a"), concurrency=2, burst=True)
+    workers["b"] = Worker(queues[1], handler("b"), concurrency=2, burst=True)
+    queues[0].put_many([{"n": n} for n in range(24)])
+    runners = [Background(w.run).start() for w in workers.values()]
+    try:
+        for runner in runners:
+            assert runner.done.wait(30)
+    finally:
+        for w in workers.values():
+            w.stop()
+        for queue in queues:
+            queue.close()
+    assert ran["a"] + ran["b"] == 24
+    assert most_held == {"a": 2, "b": 2}  # never more than its slots
+    assert min(ran.values()) >= 6
+
+
+def test_stop_hands_an_adaptive_buffer_back_at_once(collection: Collection[Document]) -> None:
+    hooks = Released()
+    queue = Queue(collection, lease=30, max_await=1.0, hooks=hooks)
+    queue.put_many([{"n": n} for n in range(300)])
+    blocking = threading.Event()
+    finish = threading.Event()
+
+    def fast_then_blocks(payload: dict[str, Any]) -> None:
+        if payload["n"] >= 200 and not blocking.is_set():
+            blocking.set()
+            finish.wait(20)
+
+    worker = Worker(queue, fast_then_blocks, concurrency=1, shutdown_grace=20)
+    runner = Background(worker.run).start()
+    try:
+        assert blocking.wait(20)
+        # Fast handlers so far: the worker holds a buffer behind the blocked one.
+        assert wait_until(lambda: worker.held > 1, timeout=10)
+        held = worker.held
+        worker.stop()
+        # The buffer goes back at once (never run, attempt uncounted), while
+        # the running handler still has its grace.
+        assert wait_until(lambda: queue.stats()["locked"] == 1, timeout=10)
+        assert not runner.done.is_set()
+        # Those held when stop() came, and any a claim then in flight brought.
+        assert hooks.count >= held - 1
+    finally:
+        finish.set()
+        runner.join()
+        queue.close()
+    assert queue.size() == 99
+    assert queue.collection.count_documents({"state": "ready", "attempts": 0}) == 99
+
+
+def test_a_buffered_job_does_not_hold_the_stream_open_for_cancel_requests(
+        collection: Collection[Document], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A wide margin between the watcher's ticks and "running long", for a loaded machine.
+    monkeypatch.setattr(worker_module, "CANCEL_WATCH_AFTER", 2.0)
+    queue = Queue(collection, lease=30, max_await=1.0)
+    queue.put_many([{"n": n} for n in range(4)])
+    first_done = threading.Event()
+    release = threading.Event()
+    started: list[int] = []
+
+    def handle(payload: dict[str, Any]) -> None:
+        started.append(payload["n"])
+        (first_done if payload["n"] == 0 else release).wait(20)
+
+    worker = Worker(queue, handle, concurrency=1, batch=4)
+    runner = Background(worker.run).start()
+    try:
+        # The first handler runs long: the stream is kept open for its cancel requests.
+        assert wait_until(lambda: queue.board._keep_open, timeout=10)
+        assert worker.held == 4  # three more wait in the buffer, as long as it ran
+        first_done.set()
+        assert wait_until(lambda: len(started) == 2, timeout=10)
+        # The next handler has only just started, although its job was claimed long ago.
+        assert wait_until(lambda: not queue.board._keep_open, timeout=1.5)
+    finally:
+        first_done.set()
+        release.set()
+        worker.stop()
+        runner.join()
+        queue.close()

@@ -1,0 +1,64 @@
+"""Issue 16's targets 2-5 as the bench judges them, from rows measured in one run."""
+
+from __future__ import annotations
+
+from streamqueue.bench import scenarios as sc
+from streamqueue.bench.common import Percentiles
+from streamqueue.bench.config import BenchConfig, ThroughputPlan
+from streamqueue.bench.consumers import DEFAULT_BATCH, FLOOR_BATCH, WORKER
+from streamqueue.bench.report import Target, scale_out_targets
+
+
+def tp(kind: str, jobs_per_s: float, *, batch: int = 1, plan: str = "4 threads") -> sc.ThroughputRow:
+    return sc.ThroughputRow(
+        plan=plan, threads=4, processes=1, consumers=4, kind=kind, label=f"{kind} {batch}",
+        batch=batch, jobs=100, seconds=100 / jobs_per_s, jobs_per_s=jobs_per_s, duplicates=0,
+        lost=0, left=0, enqueue_per_s=1000.0)
+
+
+def lat(kind: str, p50: float, p99: float) -> sc.LatencyRow:
+    samples = [p50] * 98 + [p99] * 2
+    return sc.LatencyRow(kind=kind, label=kind, jobs=100, warmup=1, interval_ms=20.0,
+                         latency=Percentiles.of_seconds([ms / 1000 for ms in samples]), lost=0,
+                         duplicates=0, samples_ms=samples)
+
+
+def by_name(targets: list[Target], fragment: str) -> list[Target]:
+    return [t for t in targets if fragment in t.name]
+
+
+ROWS = [
+    tp("push", 600.0), tp(WORKER, 590.0), tp("push", 300.0, plan="1 thread"),
+    tp(WORKER, 270.0, plan="1 thread"), tp("push", 800.0, plan="16 threads"),
+    tp(WORKER, 500.0, plan="16 threads"),
+    tp(WORKER, 2000.0, batch=DEFAULT_BATCH), tp("kombu", 1000.0),
+    tp(WORKER, 2500.0, batch=8), tp(FLOOR_BATCH, 3000.0, batch=8),
+    tp(WORKER, 2800.0, batch=16), tp(FLOOR_BATCH, 3000.0, batch=16),
+]
+
+
+def test_every_scale_out_target_is_judged_from_one_run() -> None:
+    targets = scale_out_targets(ROWS, 16, latency=[
+        lat("push", 4.0, 6.0), lat(WORKER, 5.0, 6.0), lat("floor-push", 3.6, 5.0)])
+    latency = by_name(targets, "push floor")
+    assert [t.passed for t in latency] == [True, False]  # 1.11x / 1.20x; 1.39x / 1.20x
+    worker = by_name(targets, "batch=1 vs next()")[0]
+    # Judged on one slot and the target plan (0.90x fails it); 16 threads shown only.
+    assert worker.passed is False and "16 threads: 0.625x" in worker.measured
+    batched = by_name(targets, "batched floor")[0]
+    assert batched.passed is True and batched.measured.endswith("reached at batch=16")
+    assert "batch=8: 0.833x" in batched.measured
+    kombu = by_name(targets, "kombu")[0]
+    assert kombu.passed is True and "2.000x" in kombu.measured
+
+
+def test_targets_without_their_rows_are_not_measured() -> None:
+    targets = scale_out_targets([tp("push", 600.0)], 16)
+    assert {t.passed for t in targets} == {None}
+
+
+def test_the_batch_sweep_runs_in_the_plan_the_targets_use_only() -> None:
+    config = BenchConfig.full()
+    assert config.batch_sizes(ThroughputPlan(threads=4, jobs=10)) == [8, 16, 32]
+    assert config.batch_sizes(ThroughputPlan(threads=16, jobs=10)) == [16]
+    assert config.batch_sizes(ThroughputPlan(threads=4, jobs=10, processes=4)) == [16]
