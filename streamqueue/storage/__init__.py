@@ -165,27 +165,31 @@ FAILED_INDEXES = [IndexModel([("failed_at", DESCENDING)], name="failed_at")]
 
 # Events that can make a job claimable. Everything else (locks, heartbeats,
 # deletes) is filtered out on the server so idle consumers are not woken.
+# Rare writes a consumer must hear of: pause/resume, and a cancel request for a
+# held job (its holder tells the running handler).
+CONTROL_EVENTS: list[Document] = [
+    {"operationType": "update", "documentKey._id": CONTROL_ID},
+    {"operationType": "update", "updateDescription.updatedFields.cancel_requested": True},
+]
+WAKE_FIELDS: Document = {
+    "operationType": 1,
+    "wallTime": 1,
+    "clusterTime": 1,
+    "documentKey._id": 1,
+    "fullDocument.available_at": 1,
+    "fullDocument.paused": 1,
+    "updateDescription.updatedFields.available_at": 1,
+    "updateDescription.updatedFields.paused": 1,
+    "updateDescription.updatedFields.cancel_requested": 1,
+}
 WAKE_PIPELINE: list[Document] = [
     {"$match": {"$or": [
         {"operationType": "insert"},
         {"operationType": "replace", "fullDocument.state": READY},
         {"operationType": "update", "updateDescription.updatedFields.state": READY},
-        # Rare writes a consumer must hear of: pause/resume, and a cancel
-        # request for a held job (its holder tells the running handler).
-        {"operationType": "update", "documentKey._id": CONTROL_ID},
-        {"operationType": "update", "updateDescription.updatedFields.cancel_requested": True},
+        *CONTROL_EVENTS,
     ]}},
-    {"$project": {
-        "operationType": 1,
-        "wallTime": 1,
-        "clusterTime": 1,
-        "documentKey._id": 1,
-        "fullDocument.available_at": 1,
-        "fullDocument.paused": 1,
-        "updateDescription.updatedFields.available_at": 1,
-        "updateDescription.updatedFields.paused": 1,
-        "updateDescription.updatedFields.cancel_requested": 1,
-    }},
+    {"$project": WAKE_FIELDS},
 ]
 
 

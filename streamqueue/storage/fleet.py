@@ -14,7 +14,15 @@ from typing import Any
 
 from streamqueue.fleet import MEMBER, MEMBER_PREFIX, member_id
 from streamqueue.plan import Plan, call, listed
-from streamqueue.storage import CONTROL_ID, LOCKED, NOW, Document, StorePlans, millis
+from streamqueue.storage import (
+    CONTROL_EVENTS,
+    LOCKED,
+    NOW,
+    WAKE_FIELDS,
+    Document,
+    StorePlans,
+    millis,
+)
 
 # WAKE_PIPELINE's events, plus what the fleet view needs: claims (state
 # "locked", with the claimer), settles (deletes, finished states) and member
@@ -26,22 +34,13 @@ FLEET_PIPELINE: list[Document] = [
         {"operationType": "replace", "fullDocument.state": {"$exists": True}},
         {"operationType": "update", "updateDescription.updatedFields.state": {"$exists": True}},
         {"operationType": "update", "updateDescription.updatedFields.slots": {"$exists": True}},
-        {"operationType": "update", "documentKey._id": CONTROL_ID},
-        {"operationType": "update", "updateDescription.updatedFields.cancel_requested": True},
+        *CONTROL_EVENTS,
     ]}},
     {"$project": {
-        "operationType": 1,
-        "wallTime": 1,
-        "clusterTime": 1,
-        "documentKey._id": 1,
-        "fullDocument.available_at": 1,
-        "fullDocument.paused": 1,
+        **WAKE_FIELDS,
         "fullDocument.state": 1,
         "fullDocument.consumer_id": 1,
         "fullDocument.slots": 1,
-        "updateDescription.updatedFields.available_at": 1,
-        "updateDescription.updatedFields.paused": 1,
-        "updateDescription.updatedFields.cancel_requested": 1,
         "updateDescription.updatedFields.state": 1,
         "updateDescription.updatedFields.consumer_id": 1,
         "updateDescription.updatedFields.slots": 1,
