@@ -70,23 +70,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
                                  last_event_age=queue.watcher.last_event_age)
     schedulers = _start_schedulers([queue], required=True) if args.schedules else []
     try:
-        server = _serve_metrics(args, hooks)
-        try:
-            # Handlers first: the line below tells whoever waits for it that Ctrl-C now drains.
-            worker.install_signal_handlers()
-            log.info("worker %s: %s on %s.%s via %s, %d slots, lease %gs",
-                     queue.consumer_id, args.handler, session.db, name, redact_uri(args.uri),
-                     worker.slots, queue.lease)
-            worker.run()
-        finally:
-            if server is not None:
-                server.close()
+        _serve(args, hooks, worker, lambda: log.info(
+            "worker %s: %s on %s.%s via %s, %d slots, lease %gs", queue.consumer_id,
+            args.handler, session.db, name, redact_uri(args.uri), worker.slots, queue.lease))
     finally:
         _stop_schedulers(schedulers)
         untrack()
         queue.close()
         session.close()
     return ExitCode.OK
+
+
+def _serve(args: argparse.Namespace, hooks: Any, worker: Any, announce: Callable[[], None]) -> None:
+    """Run a threaded worker with its metrics endpoint until it stops."""
+    server = _serve_metrics(args, hooks)
+    try:
+        # Handlers first: the line announce() logs tells whoever waits for it that
+        # Ctrl-C now drains.
+        worker.install_signal_handlers()
+        announce()
+        worker.run()
+    finally:
+        if server is not None:
+            server.close()
 
 
 def _task_session(args: argparse.Namespace, registry: Any, queues: list[str],
@@ -129,16 +135,10 @@ def _run_task_worker(args: argparse.Namespace, registry: Any, hooks: Any) -> int
     schedulers = (_start_schedulers(worker.group.members, required=True) if args.schedules
                   else [])
     try:
-        server = _serve_metrics(args, hooks)
-        try:
-            worker.install_signal_handlers()
-            log.info("worker %s: %d tasks of %s on %s.%s (%s) via %s, %d slots",
-                     worker.group.consumer_id, len(registry.names), args.handler, session.db,
-                     ",".join(names), order, redact_uri(args.uri), worker.slots)
-            worker.run()
-        finally:
-            if server is not None:
-                server.close()
+        _serve(args, hooks, worker, lambda: log.info(
+            "worker %s: %d tasks of %s on %s.%s (%s) via %s, %d slots",
+            worker.group.consumer_id, len(registry.names), args.handler, session.db,
+            ",".join(names), order, redact_uri(args.uri), worker.slots))
     finally:
         _stop_schedulers(schedulers)
         untrack()
