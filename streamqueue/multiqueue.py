@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from itertools import zip_longest
 from typing import TYPE_CHECKING, Any, cast
 
 from bson import ObjectId
@@ -187,7 +188,8 @@ class QueueGroup:
         self.lease = min(queue.lease for queue in members)
         self.sweep_interval = sweep_interval
         self._wake: Wake | None = Wake.TIMEOUT  # the first claim probes every queue
-        self._turn = 0
+        self._turn = 0  # the member queue a fair round starts from
+        self._position = {queue.name: index for index, queue in enumerate(self.members)}
         self._owners: dict[str, Queue] = {}  # lease token -> queue, for heartbeats
         self._owners_lock = threading.Lock()
 
@@ -227,32 +229,46 @@ class QueueGroup:
         if not targets:
             return []
         if self.order == "priority":
-            return self._claim_rounds([(queue, limit) for queue in targets], limit)
-        # Each round starts one queue further: a batch goes to one queue in turn (one
-        # claim_many, not one single-job claim per queue), the next filling what it lacks.
-        self._turn = (self._turn + 1) % len(self.members)
-        start = self._turn % len(targets)
-        turn = targets[start:] + targets[:start]
-        return self._claim_rounds([(queue, limit) for queue in turn], limit)
+            taken = self._claim_each([(queue, limit) for queue in targets], limit)
+            return [job for jobs in taken for job in jobs]
+        # Fair: every queue with jobs gets an even share of the round, starting where the
+        # last round's jobs stopped, and the jobs are run turn by turn; so one slot (or a
+        # claim of several jobs) serves the queues job by job. Queues after a short one
+        # fill what it lacked.
+        count = len(self.members)
+        turn = sorted(targets, key=lambda queue: (self._position[queue.name] - self._turn) % count)
+        shares = [limit // len(turn) + (index < limit % len(turn)) for index in range(len(turn))]
+        jobs = _interleaved(self._claim_each(list(zip(turn, shares, strict=True)), limit))
+        if len(jobs) < limit:
+            jobs += _interleaved(self._claim_each([(queue, limit) for queue in turn],
+                                                  limit - len(jobs), claimed=len(jobs)))
+        if jobs:
+            self._turn = (self._position[jobs[-1]._queue.name] + 1) % count
+        return jobs
 
-    def _claim_rounds(self, asks: list[tuple[Queue, int]], limit: int) -> list[Job]:
-        jobs: list[Job] = []
+    def _claim_each(self, asks: list[tuple[Queue, int]], limit: int,
+                    claimed: int = 0) -> list[list[Job]]:
+        """Each queue's jobs, in ``asks`` order, up to ``limit`` in all."""
+        taken: list[list[Job]] = []
+        got = 0
         for queue, wanted in asks:
-            room = min(wanted, limit - len(jobs))
+            room = min(wanted, limit - got)
             if room <= 0:
-                break
+                continue
             try:
-                jobs += queue.claim(room)
+                jobs = queue.claim(room)
             except PermissionDenied:
                 raise
             except StreamQueueError:
-                if not jobs:
+                if not got and not claimed:
                     raise
                 # Jobs already claimed this round must reach the worker, not their leases.
                 log.warning("claim on %s failed; keeping the %d job(s) claimed from other "
-                            "queues", queue.name, len(jobs), exc_info=True)
+                            "queues", queue.name, got + claimed, exc_info=True)
                 break
-        return jobs
+            taken.append(jobs)
+            got += len(jobs)
+        return taken
 
     def split(self, held: Sequence[tuple[ObjectId, str]],
               prune: bool = False) -> Iterator[tuple[Queue, list[tuple[ObjectId, str]]]]:
@@ -364,6 +380,12 @@ class TaskRunner:
         thread.join(timeout)
         if not thread.is_alive():
             loop.close()
+
+
+def _interleaved(per_queue: list[list[Job]]) -> list[Job]:
+    """One job of each queue in turn: the order the worker starts them in."""
+    rounds = zip_longest(*per_queue)
+    return [job for jobs in rounds for job in jobs if job is not None]
 
 
 async def _as_job(job: Job, coroutine: Awaitable[Any]) -> None:
