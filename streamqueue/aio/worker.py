@@ -173,11 +173,10 @@ class AsyncWorker:
                 if wake is None:
                     continue
                 woken = wake not in (Wake.TIMEOUT, Wake.RESUME)
+                if not woken and self.queue.knows_empty():
+                    continue  # a sweep, but the fleet view knows a claim would find nothing
                 if not self.sizing.has_room(len(self._tasks), self._backlog):
                     continue
-            if not woken and not self._backlog and self.queue.knows_empty():
-                woken = False
-                continue  # the fleet view knows this claim would find nothing
             idle_before = not self._tasks
             want = self.sizing.want(len(self._tasks), self._backlog)
             started = time.monotonic()
@@ -203,6 +202,7 @@ class AsyncWorker:
                 if self._tasks:  # else they all finished during the claim: claim again
                     self._room.clear()
                     await self._room.wait()
+                # A handler that failed meanwhile requeued its job: claim, do not wait.
                 self._backlog = True
 
     async def _claim(self, want: int) -> list[AsyncJob] | None:

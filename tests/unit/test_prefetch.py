@@ -69,11 +69,12 @@ def test_coroutine_bounds_grow_with_the_slots_so_one_claim_loop_keeps_them_fed()
     sizing = ClaimSizing.for_coroutines(500)
     sizing.note_claim(0.010)
     sizing.note_handler(0.1)
-    # 500 slots x 10 ms / 100 ms: 50 handlers finish while one claim is in flight.
-    assert sizing.buffer(backlog=True) == 50
+    # 500 slots x 10 ms / 100 ms: 50 handlers finish while one claim is in flight;
+    # the buffer covers three such claims.
+    assert sizing.buffer(backlog=True) == 150
     assert sizing.want(0, backlog=True) == 500  # one claim fills the slots at the start
-    assert sizing.want(500, backlog=True) == 50
-    assert sizing.has_room(525, backlog=True) and not sizing.has_room(526, backlog=True)
+    assert sizing.want(500, backlog=True) == 150
+    assert sizing.has_room(575, backlog=True) and not sizing.has_room(576, backlog=True)
     assert sizing.want(0, backlog=False) == 1  # a trickle is still one job per claim
 
 
