@@ -32,6 +32,7 @@ from streamqueue.storage import Document
 from streamqueue.storage.aio import async_plans
 from streamqueue.storage.arunner import arun
 from streamqueue.validation import Backoff
+from streamqueue.wakeups import Wake
 from streamqueue.watcher import watcher_options
 
 # An ``async for`` consumer looks at least this often whether the queue was closed.
@@ -188,6 +189,11 @@ class AsyncQueue(QueueBase[AsyncJob]):
         await self.watcher.start()
         with self.board.waiting():
             return await arun(self._wait_and_claim(limit, deadline))
+
+    async def wait_for_wakeup(self, deadline: float) -> Wake:
+        """As ``Queue.wait_for_wakeup``: the caller is registered on ``self.board`` and
+        started the watcher before its last claim attempt."""
+        return await arun(self._wait_for_wakeup(deadline))
 
     async def claim(self, limit: int = 1) -> list[AsyncJob]:
         """One claim attempt for up to ``limit`` jobs, without waiting; none while paused."""

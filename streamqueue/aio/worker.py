@@ -1,10 +1,12 @@
 """``AsyncWorker``: ``async def`` handlers on one event loop, as many in flight as ``concurrency``.
 
-One claim loop (one claim per wake-up, never one per coroutine), one change
-stream (the queue's), heartbeats for every held job, completions written in
-bulk (``streamqueue.aio.completions``), ordered shutdown. A
-cancel request for a running job cancels its handler's task and the job ends
-cancelled. After ``stop()`` (SIGTERM/SIGINT) nothing more is claimed, running
+One claim loop (one claim per wake-up, never one per coroutine), sized as the
+threaded ``Worker``'s by ``streamqueue.prefetch`` (one job per claim at a
+trickle, bigger claims and a short buffer in a backlog), one change stream
+(the queue's), heartbeats for every held job, completions written in bulk
+(``streamqueue.aio.completions``), ordered shutdown. A cancel request for a
+running job cancels its handler's task and the job ends cancelled. After
+``stop()`` (SIGTERM/SIGINT) nothing more is claimed, running
 handlers get ``shutdown_grace`` seconds, then their tasks are cancelled and
 their jobs released (ready again, the attempt not counted).
 """
@@ -17,13 +19,16 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from streamqueue.aio.completions import Completions
 from streamqueue.aio.queue import AsyncJob, AsyncQueue
 from streamqueue.errors import LeaseLost, PermissionDenied, StreamQueueError
+from streamqueue.prefetch import ClaimSizing
 from streamqueue.queuebase import traceback_text
 from streamqueue.storage.arunner import arun
 from streamqueue.validation import Backoff
+from streamqueue.wakeups import Wake
 from streamqueue.worker import (
     CANCEL_TICK,
     CANCEL_WATCH_AFTER,
@@ -36,10 +41,9 @@ from streamqueue.worker import (
 log = logging.getLogger(__name__)
 
 AsyncHandler = Callable[..., Awaitable[object]]
+T = TypeVar("T")
 # A claim loop that found nothing waits this long at most before it looks again.
 CLAIM_WAIT = 30.0
-# The most free places the claim loop waits for before it claims (see _refill).
-REFILL_CAP = 100
 
 
 class AsyncWorker:
@@ -49,11 +53,15 @@ class AsyncWorker:
     for it); returning completes the job, raising calls ``error()`` with the
     traceback, retried after ``backoff``.
 
-    ``batch`` is, as for ``Worker``, the most jobs one round trip claims
-    (default: ``concurrency``), and above ``concurrency`` a prefetch: up to
-    ``batch`` jobs held, ``concurrency`` running and the rest buffered with
-    their leases extended, the buffer topped up half a batch at a time. With
-    ``batch`` above 1, completions are written in bulk.
+    ``batch`` is, as for ``Worker``, the most jobs one round trip claims. By
+    default it adapts (``ClaimSizing.for_coroutines``): one job per claim at a
+    trickle; in a backlog up to ``concurrency`` per claim and a buffer of what
+    the handlers finish during one claim round trip (none for slow handlers). A
+    fixed ``batch`` above ``concurrency`` prefetches: up to ``batch`` jobs held,
+    ``concurrency`` running and the rest buffered with their leases extended,
+    the buffer topped up half a batch at a time; up to ``concurrency`` it claims
+    once a quarter of the places (at most 100) are free. Completions are
+    written in bulk unless ``batch=1``.
     """
 
     def __init__(self, queue: AsyncQueue, handler: AsyncHandler, *, concurrency: int = 100,
@@ -66,13 +74,14 @@ class AsyncWorker:
         self.queue = queue
         self.handler = handler
         self.slots = check_count("concurrency", concurrency)
-        self.batch = check_count("batch", concurrency if batch is None else batch)
-        # Claimed jobs held at once, running or buffered.
-        self.capacity = max(self.slots, self.batch)
-        # Claim once this many places are free: the claim loop is one coroutine,
-        # and one claim per finished handler would make its round trips the limit.
-        self._refill = (max(1, min(REFILL_CAP, concurrency // 4)) if self.batch <= self.slots
-                        else max(1, self.batch // 2))
+        if batch is not None:
+            check_count("batch", batch)
+        self.sizing = ClaimSizing.for_coroutines(self.slots, batch)
+        # The most jobs one claim asks for (above 1, completions go in bulk).
+        self.batch = self.sizing.most
+        # The last claim came back full: more may be due, so claim again without
+        # waiting for a wake-up. True at first: nothing is known about the queue yet.
+        self._backlog = True
         self.burst = burst
         self.heartbeat, self.shutdown_grace, self.backoff = lease_keeping(
             queue.lease, heartbeat, shutdown_grace, backoff)
@@ -83,10 +92,12 @@ class AsyncWorker:
         self._free_slots = asyncio.Semaphore(self.slots)
         self._buffered: set[AsyncJob] = set()  # waiting for a slot
         self._running: set[AsyncJob] = set()  # in their handler (not settling)
+        # When each running handler started (monotonic): a buffered job is not running.
+        self._started: dict[AsyncJob, float] = {}
         self._completions = Completions(queue) if self.batch > 1 else None
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._claiming: asyncio.Task[list[AsyncJob]] | None = None
+        self._claiming: asyncio.Future[Any] | None = None
         heard = queue._events.on_cancel
 
         def on_cancel(job_id: object) -> None:
@@ -125,13 +136,17 @@ class AsyncWorker:
     async def run(self) -> None:
         """Until ``stop()`` (or, in burst mode, until nothing is due and no handler runs)."""
         await arun(self.queue.plans.ensure_indexes())
+        await self.queue.watcher.start()
         log.info("async worker %s consuming %s with %d in flight", self.queue.consumer_id,
                  self.queue.name, self.slots)
         helpers = [asyncio.create_task(self._heartbeat_loop()),
                    asyncio.create_task(self._watch_cancels())]
         writer = asyncio.create_task(self._completions.run()) if self._completions else None
         try:
-            await self._claim_loop()
+            # One waiter on the board for the worker's life: a wake-up that comes
+            # while the loop claims or waits for room is kept, never lost.
+            with self.queue.board.waiting():
+                await self._claim_loop()
         finally:
             self._stopping.set()
             await self._shut_down()
@@ -145,46 +160,55 @@ class AsyncWorker:
     # -- claiming ------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
+        woken = False
         while not self._stopping.is_set():
-            if not self._has_room():
+            if not self.sizing.has_room(len(self._tasks), self._backlog):
                 self._room.clear()
                 await self._room.wait()
                 continue
+            if not self._backlog and not self.burst:
+                # The last claim came back short: wait for a job, not for nothing.
+                wake = await self._interruptible(
+                    self.queue.wait_for_wakeup(time.monotonic() + CLAIM_WAIT))
+                if wake is None:
+                    continue
+                woken = wake not in (Wake.TIMEOUT, Wake.RESUME)
+                if not woken and self.queue.knows_empty():
+                    continue  # a sweep, but the fleet view knows a claim would find nothing
+                if not self.sizing.has_room(len(self._tasks), self._backlog):
+                    continue
             idle_before = not self._tasks
-            want = min(self.capacity - len(self._tasks), self.batch)
-            # Burst mode never waits on the stream: it stops at the first empty
-            # claim made while no handler ran (one that fails requeues its job).
-            jobs = await self._claim(want, wait=not self.burst)
+            want = self.sizing.want(len(self._tasks), self._backlog)
+            started = time.monotonic()
+            jobs = await self._claim(want)
             if jobs is None:
+                self._backlog = True  # the outage may have hidden new jobs
                 continue
+            self.sizing.note_claim(time.monotonic() - started)
+            self._backlog = len(jobs) == want
+            if not jobs and woken:
+                self.queue.hooks.claim_empty(self.queue.name)
+            woken = False
             for job in jobs:
                 task = asyncio.create_task(self._run_job(job))
                 self._tasks[task] = job
                 task.add_done_callback(self._finished)
             if self.burst and not jobs:
+                # Burst mode stops at the first empty claim made while no handler
+                # ran (one that fails requeues its job).
                 if idle_before:
                     log.info("burst mode: nothing due and no handler running; stopping")
                     return
                 if self._tasks:  # else they all finished during the claim: claim again
                     self._room.clear()
                     await self._room.wait()
+                # A handler that failed meanwhile requeued its job: claim, do not wait.
+                self._backlog = True
 
-    def _has_room(self) -> bool:
-        held = len(self._tasks)
-        # A slot about to go idle is always worth a claim; else wait for a good part.
-        return (not held or self.capacity - held >= self._refill
-                or (self.batch > self.slots and held < self.slots))
-
-    async def _claim(self, want: int, *, wait: bool) -> list[AsyncJob] | None:
-        """Up to ``want`` jobs, waiting on the stream for the first; None if interrupted."""
-        self._claiming = asyncio.create_task(
-            self.queue.next_batch(want, timeout=CLAIM_WAIT if wait else 0))
+    async def _claim(self, want: int) -> list[AsyncJob] | None:
+        """Up to ``want`` jobs, in one claim; None if interrupted or after an outage."""
         try:
-            return await self._claiming
-        except asyncio.CancelledError:
-            if self._stopping.is_set():
-                return None
-            raise
+            return await self._interruptible(self.queue.claim(want))
         except PermissionDenied:
             raise
         except StreamQueueError:
@@ -192,6 +216,17 @@ class AsyncWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), OUTAGE_PAUSE)
             return None
+
+    async def _interruptible(self, step: Awaitable[T]) -> T | None:
+        """Await ``step`` as a task ``stop()`` cancels; None if it did."""
+        task: asyncio.Future[T] = asyncio.ensure_future(step)
+        self._claiming = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if self._stopping.is_set():
+                return None
+            raise
         finally:
             self._claiming = None
 
@@ -221,6 +256,7 @@ class AsyncWorker:
     async def _handle(self, job: AsyncJob) -> None:
         failure: BaseException | None = None
         self._running.add(job)
+        began = self._started[job] = time.monotonic()
         try:
             if self._pass_job:
                 await self.handler(job.payload, job)
@@ -232,6 +268,8 @@ class AsyncWorker:
             # Settling is never cancelled (see _cancellable): a write cut off
             # half-way would leave the job to its lease.
             self._running.discard(job)
+            self._started.pop(job, None)
+            self.sizing.note_handler(time.monotonic() - began)
         if isinstance(failure, asyncio.CancelledError):
             await self._settle_cancelled(job, started=True)
         elif failure is not None:
@@ -301,7 +339,9 @@ class AsyncWorker:
         while True:
             await asyncio.sleep(CANCEL_TICK)
             running = [job for job in self._tasks.values() if not job.settled]
-            wanted = any(job.run_seconds >= CANCEL_WATCH_AFTER for job in running)
+            # From the handler's start: a job waiting in the buffer is not running long.
+            now = time.monotonic()
+            wanted = any(now - began >= CANCEL_WATCH_AFTER for began in self._started.values())
             if wanted == watching:
                 continue
             watching = wanted

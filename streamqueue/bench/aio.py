@@ -240,8 +240,8 @@ async def worker_drain(uri: str, db: str, name: str, jobs: int, nap: float,
 def worker_rounds(uri: str, db: str, name: Callable[[], str], jobs: int, rounds: int,
                   say: Callable[[str], None]) -> dict[str, Any]:
     """The AsyncWorker at concurrency 500: handlers returning at once, then awaiting
-    ``WORKER_NAP``, with the default batch (one claim fills the free places) and with a
-    prefetch buffer (``batch`` twice the concurrency), rounds interleaved."""
+    ``WORKER_NAP``, with the default batch (adaptive: ``ClaimSizing.for_coroutines``) and
+    with a prefetch buffer (``batch`` twice the concurrency), rounds interleaved."""
     rates: dict[str, list[float]] = {kind: [] for kind in WORKER_KINDS}
     most, rss = 0, 0.0
     for round_no in range(rounds):

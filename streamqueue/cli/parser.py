@@ -246,7 +246,8 @@ def build_parser() -> ArgumentParser:
              metavar="SECONDS", help="on SIGTERM, how long running jobs may take to finish")
     opts.add("--batch", env="BATCH", convert=positive_int, metavar="N",
              help="claim up to N jobs per round trip; default: adaptive (one at a trickle, up "
-                  "to 16 in a backlog, buffered only for fast handlers). Above --concurrency, "
+                  "to 16 in a backlog, or to --concurrency for async def handlers, buffered only "
+                  "for fast handlers). Above --concurrency, "
                   "the extra jobs wait in a local buffer (prefetch) with their leases kept alive")
     opts.add("--backoff", env="BACKOFF", convert=seconds, default=1.0, metavar="SECONDS",
              help="retry delay after the first failure; doubles each attempt, with jitter")

@@ -11,6 +11,7 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.collection import Collection
 
+import streamqueue.aio.worker as aio_worker_module
 from streamqueue import Queue
 from streamqueue.aio import AsyncQueue
 from streamqueue.aio.worker import AsyncWorker
@@ -264,3 +265,88 @@ def test_a_batch_of_zero_is_refused(
             AsyncWorker(queue, handler, batch=0)
 
     run_with_worker(mongo_uri, collection, body)
+
+
+def test_stop_hands_an_adaptive_buffer_back_at_once(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    # As the threaded Worker's (test_worker_claims.py): fast handlers get a buffer
+    # behind a slow one by default, and stop() hands it back at once, uncounted.
+    Queue(collection).put_many([{"n": n} for n in range(300)])
+    blocking = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def fast_then_blocks(payload: dict[str, Any]) -> None:
+        if payload["n"] >= 200 and not blocking.is_set():
+            blocking.set()
+            await finish.wait()
+
+    async def body(queue: AsyncQueue) -> tuple[int, bool]:
+        worker = AsyncWorker(queue, fast_then_blocks, concurrency=1, shutdown_grace=20.0)
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(blocking.wait(), 20)
+            for _ in range(200):
+                if len(worker._tasks) > 1:  # a buffer behind the blocked handler
+                    break
+                await asyncio.sleep(0.05)
+            buffered = len(worker._tasks) - 1
+            worker.stop()
+            for _ in range(200):
+                if collection.count_documents({"state": "locked"}) == 1:
+                    break
+                await asyncio.sleep(0.05)
+            back = collection.count_documents({"state": "locked"}) == 1 and not task.done()
+        finally:
+            finish.set()
+            await asyncio.wait_for(task, 30)
+        return buffered, back
+
+    buffered, back = run_with_worker(mongo_uri, collection, body)
+    assert buffered >= 1
+    assert back, "buffered jobs waited for the running handler's grace"
+    assert collection.count_documents({}) == 99
+    assert collection.count_documents({"state": "ready", "attempts": 0}) == 99
+
+
+def test_a_buffered_job_does_not_hold_the_stream_open_for_cancel_requests(
+    mongo_uri: str, collection: Collection[Document], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A wide margin between the watcher's ticks and "running long", for a loaded machine.
+    monkeypatch.setattr(aio_worker_module, "CANCEL_WATCH_AFTER", 2.0)
+    Queue(collection).put_many([{"n": n} for n in range(4)])
+    first_done = asyncio.Event()
+    release = asyncio.Event()
+    started: list[int] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        started.append(payload["n"])
+        await (first_done if payload["n"] == 0 else release).wait()
+
+    async def until(predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate():
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def body(queue: AsyncQueue) -> tuple[bool, int, bool, bool]:
+        worker = AsyncWorker(queue, handler, concurrency=1, batch=4)
+        task = asyncio.create_task(worker.run())
+        try:
+            # The first handler runs long: the stream is kept open for its cancel requests.
+            opened = await until(lambda: queue.board._keep_open, 10)
+            held = len(worker._tasks)  # three more wait in the buffer, as long as it ran
+            first_done.set()
+            second = await until(lambda: len(started) == 2, 10)
+            # The next handler has only just started, although its job was claimed long ago.
+            closed = await until(lambda: not queue.board._keep_open, 1.5)
+        finally:
+            first_done.set()
+            release.set()
+            worker.stop()
+            await asyncio.wait_for(task, 30)
+        return opened, held, second, closed
+
+    assert run_with_worker(mongo_uri, collection, body) == (True, 4, True, True)

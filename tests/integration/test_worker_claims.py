@@ -3,12 +3,17 @@
 The default adapts (streamqueue.prefetch): one job per claim at a trickle, a
 buffer in a backlog only for handlers fast enough that a claim round trip
 would leave slots idle. ``batch=1`` slots claim their own next job in a backlog.
+The cases marked with the ``api`` fixture run the ``AsyncWorker`` too, which
+shares the sizing (``ClaimSizing.for_coroutines``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,9 +22,74 @@ from pymongo.collection import Collection
 
 import streamqueue.worker as worker_module
 from streamqueue import Hooks, Job, Queue
+from streamqueue.aio.worker import AsyncWorker
 from streamqueue.storage import Document
 from streamqueue.worker import Worker
 from tests.helpers import Background, CommandCounter, wait_until
+from tests.integration.aio_adapter import SyncFacade
+from tests.integration.conftest import API_PARAMS, QueueFactory
+
+Record = Callable[[dict[str, Any]], None]
+
+
+@pytest.fixture(params=API_PARAMS)
+def api(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class Running:
+    """A ``Worker``, or an ``AsyncWorker`` on its queue's event loop thread, running
+    ``record(payload)`` then ``seconds`` of (sleeping or awaiting) work per job."""
+
+    def __init__(self, queue: Queue, record: Record, *, seconds: float = 0.0,
+                 **options: Any) -> None:
+        self.future: concurrent.futures.Future[None]
+        self.aworker: AsyncWorker | None = None
+        self.worker: Worker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if isinstance(queue, SyncFacade):
+            async def handle_async(payload: dict[str, Any]) -> None:
+                record(payload)
+                await asyncio.sleep(seconds)
+
+            self.aworker = AsyncWorker(queue.aqueue, handle_async, **options)
+            self.future = asyncio.run_coroutine_threadsafe(self.aworker.run(), queue._loop.loop)
+            self._loop = queue._loop.loop
+            return
+
+        def handle(payload: dict[str, Any]) -> None:
+            record(payload)
+            time.sleep(seconds)
+
+        worker = self.worker = Worker(queue, handle, **options)
+        self.future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                worker.run()
+            except BaseException as exc:  # handed to join()
+                self.future.set_exception(exc)
+            else:
+                self.future.set_result(None)
+
+        threading.Thread(target=run, name="test-worker", daemon=True).start()
+
+    @property
+    def held(self) -> int:
+        """Jobs running or waiting for a slot (not those awaiting a bulk completion)."""
+        if self.aworker is not None:
+            return len(self.aworker._tasks)
+        assert self.worker is not None
+        return self.worker.held
+
+    def stop(self) -> None:
+        if self.aworker is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.aworker.stop)
+        elif self.worker is not None:
+            self.worker.stop()
+
+    def join(self, timeout: float = 30.0) -> None:
+        self.future.result(timeout)
 
 
 class Released(Hooks):
@@ -75,79 +145,83 @@ def test_batch_1_slots_claim_their_own_next_job_in_a_backlog(recording: Recordin
 
 
 def test_a_default_worker_claims_a_lone_job_in_one_round_trip(
-        collection: Collection[Document],
+        collection: Collection[Document], make_queue: QueueFactory,
         counted_client: tuple[MongoClient[Document], CommandCounter]) -> None:
     client, counter = counted_client
     counted = client[collection.database.name][collection.name]
     done: list[int] = []
-    with Queue(counted, lease=30, max_await=1.0) as queue:
-        worker = Worker(queue, lambda payload: done.append(payload["n"]), concurrency=4)
-        runner = Background(worker.run).start()
-        try:
-            counter.reset()
-            for n in range(5):
-                # Parked on the wake-up board: the claim after the last job came back
-                # empty (a trickle), so this job is the only one to claim.
-                assert wait_until(lambda: queue.board._blocked == 1, timeout=10)
-                queue.put({"n": n})
-                assert wait_until(lambda n=n: len(done) == n + 1, timeout=10)  # type: ignore[misc]
-        finally:
-            worker.stop()
-            runner.join()
+    queue = make_queue(counted, lease=30)
+    worker = Running(queue, lambda payload: done.append(payload["n"]), concurrency=4)
+    try:
+        counter.reset()
+        for n in range(5):
+            # Parked on the wake-up board: the claim after the last job came back
+            # empty (a trickle), so this job is the only one to claim.
+            assert wait_until(lambda: queue.board._blocked == 1, timeout=10)
+            queue.put({"n": n})
+            assert wait_until(lambda n=n: len(done) == n + 1, timeout=10)  # type: ignore[misc]
+    finally:
+        worker.stop()
+        worker.join()
     # Each job: one findAndModify; no three-step batch claim (find, update_many, find).
     assert counter.count("findAndModify", collection.name) >= 5
     assert counter.count("update", collection.name) == 0
 
 
-def test_fast_handlers_get_a_buffer_in_a_backlog(recording: RecordingQueue) -> None:
+def test_fast_handlers_get_a_buffer_in_a_backlog(make_queue: QueueFactory) -> None:
     most_held = 0
-    worker: Worker | None = None
+    worker: Running | None = None
 
-    def handle(payload: dict[str, Any]) -> None:
+    def record(payload: dict[str, Any]) -> None:
         nonlocal most_held
-        assert worker is not None
-        most_held = max(most_held, worker.held)
+        if worker is not None:
+            most_held = max(most_held, worker.held)
 
-    recording.put_many([{"n": n} for n in range(400)])
-    worker = Worker(recording, handle, concurrency=2, burst=True)
-    worker.run()
-    assert recording.size() == 0
+    queue = make_queue(lease=30)
+    queue.put_many([{"n": n} for n in range(400)])
+    worker = Running(queue, record, concurrency=2, burst=True)
+    worker.join()
+    assert queue.size() == 0
     assert most_held > 2  # more held than slots: a prefetch buffer
+
+
+def test_fast_handlers_claim_more_than_their_slots_at_once(recording: RecordingQueue) -> None:
+    recording.put_many([{"n": n} for n in range(400)])
+    Worker(recording, lambda payload: None, concurrency=2, burst=True).run()
+    assert recording.size() == 0
     assert max(limit for _, limit, _ in recording.claims) > 2
 
 
 def test_slow_handlers_get_no_buffer_so_other_workers_share_the_backlog(
-        collection: Collection[Document]) -> None:
+        make_queue: QueueFactory) -> None:
     ran: dict[str, int] = {"a": 0, "b": 0}
     most_held = {"a": 0, "b": 0}
     lock = threading.Lock()
-    stop = threading.Event()
-    queues = [Queue(collection, lease=30, max_await=1.0) for _ in range(2)]
-    workers: dict[str, Worker] = {}
+    queues = [make_queue(lease=30) for _ in range(2)]
+    workers: dict[str, Running] = {}
 
-    def handler(name: str) -> Any:
-        def handle(payload: dict[str, Any]) -> None:
+    def recorder(name: str) -> Record:
+        def record(payload: dict[str, Any]) -> None:
             with lock:
                 ran[name] += 1
-                most_held[name] = max(most_held[name], workers[name].held)
-            stop.wait(0.1)  # the job's work
-        return handle
+                if name in workers:
+                    most_held[name] = max(most_held[name], workers[name].held)
+        return record
 
-    workers["a"] = Worker(queues[0], handler("a"), concurrency=2, burst=True)
-    workers["b"] = Worker(queues[1], handler("b"), concurrency=2, burst=True)
-    queues[0].put_many([{"n": n} for n in range(24)])
-    runners = [Background(w.run).start() for w in workers.values()]
+    queues[0].put_many([{"n": n} for n in range(12)])
+    # Handlers of 1 s: a claim round trip would have to take 25 ms (the threaded worker)
+    # or 83 ms (the async one, whose buffer covers three) for a buffer of one.
+    for name, queue in zip("ab", queues, strict=True):
+        workers[name] = Running(queue, recorder(name), seconds=1.0, concurrency=2, burst=True)
     try:
-        for runner in runners:
-            assert runner.done.wait(30)
+        for running in workers.values():
+            running.join()
     finally:
-        for w in workers.values():
-            w.stop()
-        for queue in queues:
-            queue.close()
-    assert ran["a"] + ran["b"] == 24
-    assert most_held == {"a": 2, "b": 2}  # never more than its slots
-    assert min(ran.values()) >= 6
+        for running in workers.values():
+            running.stop()
+    assert ran["a"] + ran["b"] == 12
+    assert max(most_held.values()) <= 2  # never more than its slots
+    assert min(ran.values()) >= 3
 
 
 def test_stop_hands_an_adaptive_buffer_back_at_once(collection: Collection[Document]) -> None:

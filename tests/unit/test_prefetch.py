@@ -63,3 +63,35 @@ def test_running_means_follow_a_change_of_handler_speed() -> None:
     for _ in range(50):
         sizing.note_handler(0.5)
     assert sizing.buffer(backlog=True) == 0
+
+
+def test_coroutine_bounds_grow_with_the_slots_so_one_claim_loop_keeps_them_fed() -> None:
+    sizing = ClaimSizing.for_coroutines(500)
+    sizing.note_claim(0.010)
+    sizing.note_handler(0.1)
+    # 500 slots x 10 ms / 100 ms: 50 handlers finish while one claim is in flight;
+    # the buffer covers three such claims.
+    assert sizing.buffer(backlog=True) == 150
+    assert sizing.want(0, backlog=True) == 500  # one claim fills the slots at the start
+    assert sizing.want(500, backlog=True) == 150
+    assert sizing.has_room(575, backlog=True) and not sizing.has_room(576, backlog=True)
+    assert sizing.want(0, backlog=False) == 1  # a trickle is still one job per claim
+
+
+def test_coroutine_buffer_is_at_most_the_slots() -> None:
+    sizing = ClaimSizing.for_coroutines(500)
+    sizing.note_claim(0.010)
+    sizing.note_handler(0.0)
+    assert sizing.buffer(backlog=True) == 500
+    small = ClaimSizing.for_coroutines(2)
+    small.note_claim(0.010)
+    small.note_handler(0.0)
+    assert small.buffer(backlog=True) == MAX_BUFFER and small.most == MAX_CLAIM
+
+
+def test_a_fixed_batch_within_the_slots_of_coroutines_claims_once_a_quarter_is_free() -> None:
+    sizing = ClaimSizing.for_coroutines(400, 400)
+    assert sizing.has_room(0, backlog=True)
+    assert not sizing.has_room(301, backlog=True) and sizing.has_room(300, backlog=True)
+    assert ClaimSizing(4, 4).has_room(3, backlog=True)  # threads: a claim per free slot
+    assert ClaimSizing.for_coroutines(4000, 4000).least_refill == 100
