@@ -34,7 +34,7 @@ from pymongo import AsyncMongoClient, MongoClient, monitoring
 from streamqueue.aio import AsyncQueue
 from streamqueue.aio.worker import AsyncWorker
 from streamqueue.bench.aio_floor import floor_async, floor_sync
-from streamqueue.bench.common import percentile
+from streamqueue.bench.common import percentile, timed_threads
 from streamqueue.queue import Queue
 from streamqueue.storage import Document
 from streamqueue.testing import ReplicaSet
@@ -91,13 +91,7 @@ def sync_drain(uri: str, db: str, name: str, jobs: int) -> float:
             with lock:
                 done[0] += 1
 
-    threads = [threading.Thread(target=consume) for _ in range(CONSUMERS)]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
+    elapsed = timed_threads(consume, CONSUMERS)
     queue.close()
     client.close()
     assert done[0] == jobs, done

@@ -5,13 +5,13 @@ ratio can be compared with: the part of the gap that is the driver's, not stream
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 
 from pymongo import AsyncMongoClient, MongoClient, ReturnDocument
 from pymongo.write_concern import WriteConcern
 
+from streamqueue.bench.common import timed_threads
 from streamqueue.storage import CLAIM_SORT, Document
 
 CONSUMERS = 4
@@ -34,13 +34,7 @@ def floor_sync(uri: str, db: str, name: str, jobs: int) -> float:
                 READY, lock(), sort=CLAIM_SORT, return_document=ReturnDocument.AFTER)) is not None:
             jobs_collection.delete_one({"_id": doc["_id"], "state": "locked"})
 
-    threads = [threading.Thread(target=consume) for _ in range(CONSUMERS)]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
+    elapsed = timed_threads(consume, CONSUMERS)
     client.close()
     return jobs / elapsed
 

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -239,6 +239,17 @@ class Percentiles:
             max=ordered[-1],
             mean=sum(ordered) / len(ordered),
         )
+
+
+def timed_threads(target: Callable[[], None], count: int) -> float:
+    """Run ``target`` in ``count`` threads at once; seconds until the last one ends."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.monotonic() - started
 
 
 def percentile(ordered: Sequence[float], pct: float) -> float:
