@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import pytest
 from pymongo import MongoClient
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from streamqueue import Queue
@@ -93,11 +97,27 @@ def _cell(driver: WebDriver, queue: str, field: str) -> str:
         By.CSS_SELECTOR, f'tr[data-queue="{queue}"] [data-field="{field}"]').text)
 
 
+def _replaced(page: WebElement) -> Callable[[WebDriver], bool]:
+    """``staleness_of``, also when chromedriver reports the old page's node as gone
+    ("Node with given id does not belong to the document") while it navigates."""
+    def gone(_: WebDriver) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+    return gone
+
+
 def _click(driver: WebDriver, element_id: str) -> None:
     """Click a button or link and wait until the page it loads has replaced this one."""
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, element_id).click()
-    WebDriverWait(driver, 10).until(staleness_of(page))
+    WebDriverWait(driver, 10).until(_replaced(page))
 
 
 def _row_ids(driver: WebDriver) -> list[str]:
@@ -361,7 +381,7 @@ def test_the_schedules_page_shows_a_new_schedule_and_its_next_fire_moves_after_a
     driver.back()
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.CSS_SELECTOR, 'tr[data-sched-name="heartbeat"] button').click()
-    WebDriverWait(driver, 10).until(staleness_of(page))
+    WebDriverWait(driver, 10).until(_replaced(page))
     assert "heartbeat" in str(driver.find_element(By.TAG_NAME, "h1").text)
     _click(driver, "confirm")
     assert "fires no more" in _text(driver, "notice")
