@@ -24,6 +24,7 @@ from streamqueue.bench.common import BenchContext, machine_description
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
 from streamqueue.bench.consumers import (
     KIND_FLOOR,
+    KIND_FLOOR_HANDOFF,
     KIND_FLOOR_PUSH,
     KIND_POLLING,
     KIND_PUSH,
@@ -181,7 +182,8 @@ def _run_throughput_plan(ctx: BenchContext, config: BenchConfig, plan: Throughpu
                               if runs[kind.label])
 
 
-LATENCY_KINDS = (KIND_PUSH, Kind("worker", 1), KIND_POLLING, KIND_FLOOR, KIND_FLOOR_PUSH)
+LATENCY_KINDS = (KIND_PUSH, Kind("worker", 1), KIND_POLLING, KIND_FLOOR, KIND_FLOOR_PUSH,
+                 KIND_FLOOR_HANDOFF)
 
 
 def _run_fleet(ctx: BenchContext, config: BenchConfig, attempt: Attempt, results: Results) -> None:

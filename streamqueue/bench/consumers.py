@@ -44,6 +44,10 @@ WORKER = "worker"
 POLLING = "polling"
 FLOOR = "floor"
 FLOOR_PUSH = "floor-push"
+# The push floor split over two threads as one stream per process must be: one reads the
+# stream and wakes one waiting thread, which claims. What it loses to FLOOR_PUSH is the
+# thread hand-off itself, which no design with a shared stream avoids.
+FLOOR_HANDOFF = "floor-handoff"
 # The queue's own claim and complete (JobStore), called bare: no Queue, Job, hooks or
 # watcher. Between the floor and next(), it splits the gap into what the server pays for
 # the queue's guarantees and what the client pays for its API.
@@ -76,6 +80,8 @@ class Kind:
             return "polling 100 ms"
         if self.kind == FLOOR_PUSH:
             return "floor + change stream (bare pymongo)"
+        if self.kind == FLOOR_HANDOFF:
+            return "floor + stream read by another thread (bare pymongo)"
         if self.kind == STORE:
             return "streamqueue storage ops only (no Queue)"
         if self.kind == FLOOR_BATCH:
@@ -86,7 +92,7 @@ class Kind:
 
     @property
     def uses_queue_shape(self) -> bool:
-        return self.kind not in (FLOOR, FLOOR_PUSH, FLOOR_BATCH, KOMBU)
+        return self.kind not in (FLOOR, FLOOR_PUSH, FLOOR_HANDOFF, FLOOR_BATCH, KOMBU)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "batch": self.batch, "queue_per_thread": self.queue_per_thread}
@@ -104,6 +110,7 @@ KIND_PUSH = Kind(PUSH)
 KIND_POLLING = Kind(POLLING)
 KIND_FLOOR = Kind(FLOOR)
 KIND_FLOOR_PUSH = Kind(FLOOR_PUSH)
+KIND_FLOOR_HANDOFF = Kind(FLOOR_HANDOFF)
 KIND_STORE = Kind(STORE)
 KIND_KOMBU = Kind(KOMBU)
 
@@ -277,6 +284,10 @@ class ConsumerGroup:
         self.floor: RawFloor | None = None
         self.worker: Worker | None = None
         self._streams_open = threading.Semaphore(0)
+        # FLOOR_HANDOFF: the reader's stream is open; wake-ups it has handed out.
+        self._stream_ready = threading.Event()
+        self._handoff = threading.Condition()
+        self._permits = 0
         self.kombu: KombuPeer | None = None
         if kind.kind == KOMBU:
             if uri is None:
@@ -312,6 +323,10 @@ class ConsumerGroup:
                             f"bench-kombu-{index}")
             elif self.kind.kind == FLOOR_PUSH:
                 self._spawn(self._floor_push_loop, f"bench-floor-push-{index}")
+            elif self.kind.kind == FLOOR_HANDOFF:
+                if index == 0:
+                    self._spawn(self._floor_reader_loop, "bench-floor-reader")
+                self._spawn(self._floor_woken_loop, f"bench-floor-woken-{index}")
             elif self.kind.kind == FLOOR_BATCH:
                 self._spawn(self._floor_batch_loop, f"bench-floor-batch-{index}")
             elif self.floor is not None:
@@ -326,7 +341,7 @@ class ConsumerGroup:
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Until every push waiter is parked on its queue's wake-up board (others: at once)."""
-        if self.kind.kind == FLOOR_PUSH:
+        if self.kind.kind in (FLOOR_PUSH, FLOOR_HANDOFF):
             deadline = time.monotonic() + timeout
             return all(self._streams_open.acquire(timeout=max(0.0, deadline - time.monotonic()))
                        for _ in range(self.threads))
@@ -455,6 +470,37 @@ class ConsumerGroup:
                 claimed = time.time()
                 floor.complete(doc)
                 self.sink.record(doc["payload"], claimed, time.time())
+
+    def _floor_reader_loop(self) -> None:
+        floor = self.floor
+        assert floor is not None
+        with floor.jobs.watch([{"$match": {"operationType": "insert"}}],
+                              max_await_time_ms=500) as stream:
+            self._stream_ready.set()
+            while not self.stop_event.is_set():
+                if stream.try_next() is not None:
+                    with self._handoff:
+                        self._permits += 1
+                        self._handoff.notify()
+
+    def _floor_woken_loop(self) -> None:
+        """Claim until empty, then wait for the reader's wake-up (stream open first: no lost one)."""
+        floor = self.floor
+        assert floor is not None
+        self._stream_ready.wait()
+        self._streams_open.release()
+        while not self.stop_event.is_set():
+            doc = floor.claim()
+            if doc is None:
+                self.sink.empty()
+                with self._handoff:
+                    while not self._permits and not self.stop_event.is_set():
+                        self._handoff.wait(0.5)
+                    self._permits = max(0, self._permits - 1)
+                continue
+            claimed = time.time()
+            floor.complete(doc)
+            self.sink.record(doc["payload"], claimed, time.time())
 
     def _handle(self, payload: dict[str, Any]) -> None:
         now = time.time()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from streamqueue.bench import scenarios as sc
 from streamqueue.bench.common import Percentiles
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
-from streamqueue.bench.consumers import DEFAULT_BATCH, FLOOR_BATCH, WORKER
+from streamqueue.bench.consumers import DEFAULT_BATCH, FLOOR_BATCH, FLOOR_HANDOFF, WORKER
 from streamqueue.bench.report import Target, scale_out_targets
 
 
@@ -62,3 +62,12 @@ def test_the_batch_sweep_runs_in_the_plan_the_targets_use_only() -> None:
     assert config.batch_sizes(ThroughputPlan(threads=4, jobs=10)) == [8, 16, 32]
     assert config.batch_sizes(ThroughputPlan(threads=16, jobs=10)) == [16]
     assert config.batch_sizes(ThroughputPlan(threads=4, jobs=10, processes=4)) == [16]
+
+
+def test_the_hand_off_floor_is_shown_against_the_push_floor_not_judged() -> None:
+    targets = scale_out_targets(ROWS, 16, latency=[
+        lat("push", 4.0, 6.0), lat("floor-push", 3.6, 5.0), lat(FLOOR_HANDOFF, 4.0, 5.5)])
+    handoff = by_name(targets, "hand-off")
+    assert len(handoff) == 1 and handoff[0].passed is None
+    assert "= 1.11x / 1.10x the push floor" in handoff[0].measured
+    assert len(by_name(targets, "push floor")) == 1  # judged: next() only
