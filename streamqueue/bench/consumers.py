@@ -81,7 +81,7 @@ class Kind:
         if self.kind == FLOOR_PUSH:
             return "floor + change stream (bare pymongo)"
         if self.kind == FLOOR_HANDOFF:
-            return "floor + stream read by another thread (bare pymongo)"
+            return "floor + stream hand-off (bare pymongo)"
         if self.kind == STORE:
             return "streamqueue storage ops only (no Queue)"
         if self.kind == FLOOR_BATCH:
