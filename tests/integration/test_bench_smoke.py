@@ -23,6 +23,7 @@ from streamqueue.bench.consumers import (
     DEFAULT_BATCH,
     FLOOR_BATCH,
     KIND_FLOOR,
+    KIND_FLOOR_HANDOFF,
     KIND_FLOOR_PUSH,
     KIND_KOMBU,
     KIND_POLLING,
@@ -74,7 +75,7 @@ def test_throughput_in_processes(ctx: BenchContext, results: Results, kind: Kind
 
 
 @pytest.mark.parametrize("kind", [KIND_PUSH, worker_kind(1), KIND_POLLING, KIND_FLOOR,
-                                  KIND_FLOOR_PUSH], ids=lambda k: k.label)
+                                  KIND_FLOOR_PUSH, KIND_FLOOR_HANDOFF], ids=lambda k: k.label)
 def test_latency(ctx: BenchContext, results: Results, kind: Kind) -> None:
     row = sc.latency(ctx, kind, jobs=6, warmup=1, interval=0.02, stall_timeout=20)
     assert (row.jobs, row.lost, row.duplicates, row.errors) == (6, 0, 0, [])
