@@ -52,6 +52,11 @@ READY = "ready"
 HEARTBEAT = 10.0
 MEMBER_TTL = 30.0
 DEFAULT_PATIENCE = 0.1
+# A member's stream closes after this long without a waiter (or the queue's own
+# pause_stream_after, if shorter). While a backlog drains, an open fleet stream
+# carries a lock and a settle event per job to every member, for nothing: every
+# member is busy. The narrow stream of a queue outside a fleet carries none then.
+PAUSE_AFTER = 0.5
 # Effective patience: at least this many times the smoothed handoff, at most MAX_PATIENCE.
 PATIENCE_MARGIN = 3.0
 MAX_PATIENCE = 1.0
