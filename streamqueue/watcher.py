@@ -229,7 +229,10 @@ class StreamEvents:
         # find the stream not live, or it would claim before the reopen.
         self._live.clear()
         self._wanted.clear()
-        if not self._board.try_pause(pause_after):
+        # A stop (which sets _stopping, then _wanted) that came before the clear
+        # is seen here; one after it leaves _wanted set. Either way the thread
+        # ends and leaves the fleet instead of waiting for a resume forever.
+        if self._stopping.is_set() or not self._board.try_pause(pause_after):
             self._live.set()
             return False
         self._resume_token = None
