@@ -249,17 +249,21 @@ LATENCY_SLACK = 1.05
 def fleet_floor_note(floors: Sequence[FleetRow], many: int, few: int) -> str:
     """What bare pymongo reached with the same processes in the same run: whether a p50 at
     ``many`` processes no worse than at ``few`` is possible on this machine at all."""
-    parts, reachable = [], []
+    parts, reached = [], {}
     for design, label in ((FLOOR_ALL, "every process claims"), (FLOOR_OWNER, "one hashed owner")):
         at = {r.processes: r for r in floors if r.design == design and r.mode == TRICKLE}
         if many in at and few in at:
-            ok = at[many].latency.p50 <= at[few].latency.p50 * LATENCY_SLACK
-            reachable.append(ok)
+            reached[design] = at[many].latency.p50 <= at[few].latency.p50 * LATENCY_SLACK
             parts.append(f"{label} {at[many].latency.p50:.2f} vs {at[few].latency.p50:.2f} ms")
     if not parts:
         return "; floor not measured"
-    verdict = ("the floor reaches it: the gap is the fleet's" if any(reachable) else
-               "the floor misses too: this machine cannot give it")
+    if reached.get(FLOOR_OWNER):
+        verdict = "the one-owner floor reaches it: the gap is the fleet's"
+    elif reached.get(FLOOR_ALL):
+        verdict = (f"only the floor where every process claims reaches it, at {many} claims "
+                   "per job: with one claimer per job this machine cannot")
+    else:
+        verdict = "the floor misses too: this machine cannot give it"
     return f"; bare-pymongo floor: {', '.join(parts)} ({verdict})"
 
 

@@ -29,9 +29,15 @@ def test_the_judgement_says_when_the_floor_misses_too() -> None:
     assert "the floor misses too" in measured
 
 
-def test_the_judgement_says_when_the_floor_reaches_it() -> None:
-    measured, _ = latency_target([row(FLOOR_ALL, 4, 5.0), row(FLOOR_ALL, 32, 5.1)])
-    assert "the floor reaches it" in measured
+def test_the_judgement_says_when_the_one_owner_floor_reaches_it() -> None:
+    measured, _ = latency_target([row(FLOOR_OWNER, 4, 5.0), row(FLOOR_OWNER, 32, 5.1)])
+    assert "the one-owner floor reaches it: the gap is the fleet's" in measured
+
+
+def test_the_judgement_says_when_only_claiming_everywhere_reaches_it() -> None:
+    measured, _ = latency_target([row(FLOOR_ALL, 4, 5.0), row(FLOOR_ALL, 32, 5.1),
+                                  row(FLOOR_OWNER, 4, 5.0), row(FLOOR_OWNER, 32, 120.0)])
+    assert "only the floor where every process claims reaches it, at 32 claims" in measured
 
 
 def test_without_floor_rows_the_judgement_says_so() -> None:
