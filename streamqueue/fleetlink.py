@@ -51,10 +51,11 @@ class FleetLink:
     def pipeline(self) -> list[Document]:
         return fleet_store.FLEET_PIPELINE
 
-    @staticmethod
-    def pause_after(queue_pause_after: float) -> float:
+    def pause_after(self, queue_pause_after: float) -> float:
         """How long the stream stays open without a waiter (see ``PAUSE_AFTER``)."""
-        return min(queue_pause_after, PAUSE_AFTER)
+        if self.view.full():
+            return min(queue_pause_after, PAUSE_AFTER)
+        return queue_pause_after
 
     def opened(self) -> Plan[None]:
         """The stream is open: join (or refresh), then read the snapshot the view starts from."""

@@ -366,19 +366,20 @@ def test_heartbeats_never_reach_other_members(collection: Collection[Document]) 
     assert seen == ["insert", "delete"]
 
 
-def test_a_member_stream_pauses_soon_and_reopens_without_a_beat(
+def test_a_full_member_stream_pauses_soon_and_reopens_without_a_beat(
     mongo_uri: str, collection: Collection[Document],
 ) -> None:
-    """While a backlog drains nobody waits, and an open fleet stream carries a lock and a
-    settle event per job to every member: it closes after PAUSE_AFTER, not after the
-    queue's pause_stream_after. A reopen soon after (the next wait) rebuilds the view but
-    sends no beat: the member document lives for most of its ttl yet."""
+    """While a backlog drains every slot is held, nobody waits, and an open fleet stream
+    carries a lock and a settle event per job to every member: it closes after
+    PAUSE_AFTER, not after the queue's pause_stream_after. A reopen soon after (the next
+    wait) rebuilds the view but sends no beat: the member document lives for most of its
+    ttl yet."""
     counter = CommandCounter()
     client: MongoClient[Document] = MongoClient(mongo_uri, event_listeners=[counter])
     queue = Queue(on(client, collection), fleet=1, max_await=0.2, pause_stream_after=60.0)
     try:
-        queue.store.ensure_indexes()
-        queue.watcher.start()
+        queue.put({"held": True})
+        assert queue.next(timeout=5) is not None  # its one slot is held from now on
         fleet = queue.watcher.fleet
         assert fleet is not None
         assert wait_until(lambda: queue.watcher.streams_paused == 1, 20)
