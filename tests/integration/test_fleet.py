@@ -376,10 +376,11 @@ def test_a_full_member_stream_pauses_soon_and_reopens_without_a_beat(
     ttl yet."""
     counter = CommandCounter()
     client: MongoClient[Document] = MongoClient(mongo_uri, event_listeners=[counter])
-    queue = Queue(on(client, collection), fleet=1, max_await=0.2, pause_stream_after=60.0)
+    queue = Queue(on(client, collection), fleet=2, max_await=0.2, pause_stream_after=60.0)
     try:
-        queue.put({"held": True})
-        assert queue.next(timeout=5) is not None  # its one slot is held from now on
+        queue.put_many([{"held": 1}, {"held": 2}])
+        assert len(queue.claim(2)) == 2  # both its slots are held from now on
+        queue.watcher.start()
         fleet = queue.watcher.fleet
         assert fleet is not None
         assert wait_until(lambda: queue.watcher.streams_paused == 1, 20)
