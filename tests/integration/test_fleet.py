@@ -395,3 +395,18 @@ def test_a_full_member_stream_pauses_soon_and_reopens_without_a_beat(
     finally:
         queue.close()
         client.close()
+
+
+def test_a_member_closed_as_its_stream_pauses_still_leaves(collection: Collection[Document]) -> None:
+    """close() lands while the watcher's getMore is out; when it returns the stream would
+    pause (no waiter for PAUSE_AFTER, every slot held). The thread must end and delete the
+    member document, not wait for a resume that nobody will ask for."""
+    queue = Queue(collection, fleet=2, max_await=1.0)
+    queue.put_many([{"held": 1}, {"held": 2}])
+    assert len(queue.claim(2)) == 2
+    queue.watcher.start()
+    fleet = queue.watcher.fleet
+    assert fleet is not None
+    assert wait_until(lambda: fleet.view.known and _members_joined(collection, 1), 10)
+    queue.close()
+    assert wait_until(lambda: collection.count_documents({"state": "member"}) == 0, 10)
