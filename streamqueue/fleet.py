@@ -52,6 +52,15 @@ READY = "ready"
 HEARTBEAT = 10.0
 MEMBER_TTL = 30.0
 DEFAULT_PATIENCE = 0.1
+# While its view shows every slot of a member of several slots held, its stream closes
+# after this long without a waiter (or the queue's own pause_stream_after, if shorter).
+# While a backlog drains, an open fleet stream carries a lock and a settle event per job
+# to every member, for nothing: every member is busy. The narrow stream of a queue
+# outside a fleet carries none then. Other members keep the queue's pause: one slot
+# held is every 1-slot worker running a job, even at a trickle, and there (32 x 1 on a
+# loaded machine) pausing after 0.5 s cost latency: a waiter the CPU did not run for
+# half a second lost its view.
+PAUSE_AFTER = 0.5
 # Effective patience: at least this many times the smoothed handoff, at most MAX_PATIENCE.
 PATIENCE_MARGIN = 3.0
 MAX_PATIENCE = 1.0
@@ -302,6 +311,12 @@ class FleetView:
         slots = self._members.get(self.me, 1)
         mine += range(len(order), len(order) + max(0, slots - len(mine)))
         return mine
+
+    def full(self) -> bool:
+        """The view knows this member holds a job in each of its slots, and it has several."""
+        with self._lock:
+            slots = self._members.get(self.me, 0)
+            return self.known and 1 < slots <= self._busy[self.me]
 
     def ready_count(self) -> int:
         with self._lock:

@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from streamqueue.errors import StreamQueueError
-from streamqueue.fleet import DEFAULT_PATIENCE, HEARTBEAT, MEMBER_TTL, FleetView, classify
+from streamqueue.fleet import (
+    DEFAULT_PATIENCE,
+    HEARTBEAT,
+    MEMBER_TTL,
+    PAUSE_AFTER,
+    FleetView,
+    classify,
+)
 from streamqueue.plan import Plan
 from streamqueue.storage import Document, StorePlans
 from streamqueue.storage import fleet as fleet_store
@@ -44,18 +51,27 @@ class FleetLink:
     def pipeline(self) -> list[Document]:
         return fleet_store.FLEET_PIPELINE
 
+    def pause_after(self, queue_pause_after: float) -> float:
+        """How long the stream stays open without a waiter (see ``PAUSE_AFTER``)."""
+        if self.view.full():
+            return min(queue_pause_after, PAUSE_AFTER)
+        return queue_pause_after
+
     def opened(self) -> Plan[None]:
         """The stream is open: join (or refresh), then read the snapshot the view starts from."""
         self.view.reset()
         try:
-            yield from fleet_store.beat(self._plans, self.consumer_id, self.slots, self._ttl)
+            # A stream that paused a moment ago (a backlog drains in pauses and
+            # reopens) left a member document that lives for most of its ttl yet.
+            if time.monotonic() >= self._next_beat:
+                yield from fleet_store.beat(self._plans, self.consumer_id, self.slots, self._ttl)
+                self._next_beat = time.monotonic() + self._heartbeat
             members, locked = yield from fleet_store.snapshot(self._plans)
         except StreamQueueError:
             # Unknown, the view leaves every wake-up as it was without a fleet.
             log.warning("could not join the fleet of %s; waking as without one",
                         self._plans.jobs.name, exc_info=True)
             return
-        self._next_beat = time.monotonic() + self._heartbeat
         self.view.snapshot(members, locked)
         self.sync()
 

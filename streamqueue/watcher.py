@@ -219,19 +219,26 @@ class StreamEvents:
         self._ready.set()
 
     def _pause_if_unneeded(self) -> bool:
-        if self._pause_after is None or not self._board.may_pause(self._pause_after):
+        if self._pause_after is None:
+            return False
+        pause_after = (self._pause_after if self.fleet is None
+                       else self.fleet.pause_after(self._pause_after))
+        if not self._board.may_pause(pause_after):
             return False
         # Cleared before the board can pause: a waiter told to resume must
         # find the stream not live, or it would claim before the reopen.
         self._live.clear()
         self._wanted.clear()
-        if not self._board.try_pause(self._pause_after):
+        # A stop (which sets _stopping, then _wanted) that came before the clear
+        # is seen here; one after it leaves _wanted set. Either way the thread
+        # ends and leaves the fleet instead of waiting for a resume forever.
+        if self._stopping.is_set() or not self._board.try_pause(pause_after):
             self._live.set()
             return False
         self._resume_token = None
         self.streams_paused += 1
         log.debug("no consumer of %s waited for %.1fs; change stream closed until one does",
-                  self._name, self._pause_after)
+                  self._name, pause_after)
         return True
 
     def _poll_instead(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import itertools
 import math
 import os
 import sys
@@ -33,7 +32,7 @@ from streamqueue.bench.consumers import (
 )
 from streamqueue.bench.control import control
 from streamqueue.bench.dashboard import dashboard_reads
-from streamqueue.bench.fleet_herd import FLEET, HERD, fleet_herd
+from streamqueue.bench.fleet_herd import FLEET, FLOORS, HERD, fleet_herd
 from streamqueue.bench.report import (
     Results,
     evaluate,
@@ -191,9 +190,7 @@ def _run_fleet(ctx: BenchContext, config: BenchConfig, attempt: Attempt, results
                  f"{config.fleet_trickle_jobs} jobs every {config.fleet_trickle_interval * 1000:.0f} ms, "
                  f"then a backlog of {config.fleet_backlog_jobs:,}")
     for processes, slots in config.fleet_shapes:
-        for (jobs, interval), design in itertools.product(
-                ((config.fleet_trickle_jobs, config.fleet_trickle_interval),
-                 (config.fleet_backlog_jobs, 0.0)), (HERD, FLEET)):
+        for jobs, interval, design in _fleet_runs(config, slots):
             def run(processes: int = processes, slots: int = slots, jobs: int = jobs,
                     interval: float = interval, design: str = design) -> None:
                 row = fleet_herd(ctx, processes, slots, jobs=jobs, interval=interval,
@@ -204,6 +201,16 @@ def _run_fleet(ctx: BenchContext, config: BenchConfig, attempt: Attempt, results
                              f"{row.claims_per_job:5.2f}  wasted/job {row.wasted_per_job:5.2f}  "
                              f"p50 {row.latency.p50:6.2f} ms" + _other(row.other_cpu))
             attempt(f"fleet {design} {processes}x{slots}", run)
+
+
+def _fleet_runs(config: BenchConfig, slots: int) -> list[tuple[int, float, str]]:
+    """(jobs, interval, design) for one shape: both designs at a trickle and on a backlog,
+    and for 1-slot shapes the bare-pymongo floors of the trickle."""
+    trickle = (config.fleet_trickle_jobs, config.fleet_trickle_interval)
+    backlog = (config.fleet_backlog_jobs, 0.0)
+    floors = FLOORS if slots == 1 else ()
+    return [(*trickle, design) for design in (HERD, FLEET, *floors)] + [
+        (*backlog, design) for design in (HERD, FLEET)]
 
 
 def _run_latency(ctx: BenchContext, config: BenchConfig, reruns: Reruns, attempt: Attempt,

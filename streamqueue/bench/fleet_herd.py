@@ -25,6 +25,11 @@ BACKLOG = "backlog"
 # baseline: Queue(fleet=None)), or the fleet view decides who claims (FLEET).
 HERD = "herd"
 FLEET = "fleet"
+# The floor of a trickle (bare pymongo, no queue): every process claims on every insert
+# event (FLOOR_ALL), or only the one a hash of the job's id names (FLOOR_OWNER).
+FLOOR_ALL = "floor-all"
+FLOOR_OWNER = "floor-owner"
+FLOORS = (FLOOR_ALL, FLOOR_OWNER)
 
 
 @dataclass
@@ -59,11 +64,10 @@ def fleet_herd(ctx: BenchContext, processes: int, slots: int, *, jobs: int, inte
     with ctx.scratch("fleet") as coll:
         if mode == BACKLOG:
             put_jobs(KIND_PUSH, coll, jobs)
-        spec = {"role": "fleet-consume", "uri": ctx.uri, "db": ctx.db_name,
-                "collection": coll.name, "slots": slots, "start_now": mode == TRICKLE,
-                "fleet": design == FLEET}
-        with children([spec] * processes, ready_timeout=120.0) as kids:
-            began = _trickle(ctx, coll.name, jobs, interval) if mode == TRICKLE else go_all(kids)
+        with children(_specs(ctx, coll.name, processes, slots, mode, design),
+                      ready_timeout=120.0) as kids:
+            began = (_trickle(ctx, coll.name, jobs, interval, design) if mode == TRICKLE
+                     else go_all(kids))
             _wait_drained(coll, jobs, stall_timeout)
             results = _stop(kids)
     other_cpu = ctx.other_cpu(cpu)
@@ -84,9 +88,23 @@ def fleet_herd(ctx: BenchContext, processes: int, slots: int, *, jobs: int, inte
     )
 
 
-def _trickle(ctx: BenchContext, collection: str, jobs: int, interval: float) -> float:
+def _specs(ctx: BenchContext, collection: str, processes: int, slots: int, mode: str,
+           design: str) -> list[dict[str, Any]]:
+    base = {"uri": ctx.uri, "db": ctx.db_name, "collection": collection}
+    if design in FLOORS:
+        if mode != TRICKLE or slots != 1:
+            raise ValueError("the floor rows are 1-slot trickles")
+        return [{**base, "role": "floor-consume",
+                 "owner": [index, processes] if design == FLOOR_OWNER else None}
+                for index in range(processes)]
+    return [{**base, "role": "fleet-consume", "slots": slots, "start_now": mode == TRICKLE,
+             "fleet": design == FLEET}] * processes
+
+
+def _trickle(ctx: BenchContext, collection: str, jobs: int, interval: float,
+             design: str) -> float:
     spec = {"role": "produce", "uri": ctx.uri, "db": ctx.db_name, "collection": collection,
-            "mode": "queue", "count": jobs, "interval": interval}
+            "mode": "floor" if design in FLOORS else "queue", "count": jobs, "interval": interval}
     with children([spec]) as producer:
         began = go_all(producer)
         producer[0].result(timeout=jobs * interval + 60)

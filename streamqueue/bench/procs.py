@@ -9,6 +9,7 @@ the parent's.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import queue as stdlib_queue
 import subprocess
@@ -267,6 +268,52 @@ def run_fleet_consumer(spec: Spec, control: _Control) -> dict[str, Any]:
             "claim_empty_hook": hooks.empty - empty_before, "errors": []}
 
 
+def run_floor_consumer(spec: Spec, control: _Control) -> dict[str, Any]:
+    """The floor of the fleet's trickle: bare pymongo, one thread, its own change stream of
+    inserts; on each event a ``find_one_and_update`` claim, then a delete. With ``owner``
+    ([index, processes]) only the process a hash of the job's id names claims it.
+
+    What N Python processes on this machine can do at best, with no fleet view, no
+    patience, no membership: the physical limit the fleet's latency is judged against.
+    """
+    counter = ClaimCounter()
+    client: MongoClient[Document] = MongoClient(spec["uri"], event_listeners=[counter])
+    collection = client.get_database(spec["db"], write_concern=WriteConcern("majority"))[
+        spec["collection"]]
+    sink = Sink()
+    with collection.watch([{"$match": {"operationType": "insert"}}],
+                          max_await_time_ms=100) as stream:
+        _say({"ready": True})
+        empty = _floor_loop(stream, RawFloor(collection), sink, spec.get("owner"), control.stop)
+    client.close()
+    return {"seqs": sink.seqs, "latencies": [lat for _, lat in sink.samples],
+            "last_done": sink.last_done, "claims": counter.claims,
+            "claim_empty_hook": empty, "errors": []}
+
+
+def _floor_loop(stream: Any, floor: RawFloor, sink: Sink, owner: list[int] | None,
+                stop: threading.Event) -> int:
+    """Claim on every insert event (this process's, with ``owner``); return the empty claims."""
+    empty = 0
+    while not stop.is_set():
+        event = stream.try_next()
+        if event is None or (owner is not None and not _owns(event, *owner)):
+            continue
+        doc = floor.claim()
+        if doc is None:
+            empty += 1
+            continue
+        sink.record(doc["payload"], time.time(), time.time())
+        floor.complete(doc)
+    return empty
+
+
+def _owns(event: Mapping[str, Any], index: int, processes: int) -> bool:
+    job_id = event.get("documentKey", {}).get("_id")
+    digest = hashlib.blake2b(str(job_id).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % processes == index
+
+
 def run_idle(spec: Spec, control: _Control) -> dict[str, Any]:
     """An idle consumer of ``kind``; ready once it is waiting (or polling); runs until stop."""
     client, collection = _collection(spec)
@@ -289,7 +336,7 @@ def run_idle(spec: Spec, control: _Control) -> dict[str, Any]:
 
 
 ROLES = {"produce": run_producer, "drain": run_drain, "idle": run_idle,
-         "fleet-consume": run_fleet_consumer}
+         "fleet-consume": run_fleet_consumer, "floor-consume": run_floor_consumer}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

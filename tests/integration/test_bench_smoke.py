@@ -34,7 +34,7 @@ from streamqueue.bench.consumers import (
 )
 from streamqueue.bench.control import control
 from streamqueue.bench.dashboard import dashboard_reads
-from streamqueue.bench.fleet_herd import FLEET, HERD, fleet_herd
+from streamqueue.bench.fleet_herd import FLEET, FLOOR_ALL, FLOOR_OWNER, HERD, fleet_herd
 from streamqueue.bench.report import Results, evaluate, markdown, write_json, write_plots
 from streamqueue.bench.schedules import schedules
 from streamqueue.prefetch import MAX_CLAIM
@@ -125,6 +125,15 @@ def test_fleet(ctx: BenchContext, results: Results, interval: float, design: str
     # The processes counted their claim commands (in a backlog one batch claim of the
     # default Worker takes several jobs, so fewer commands than jobs is right there).
     assert row.claims_per_job >= (1.0 if interval else 1.0 / MAX_CLAIM)
+    results.fleet.append(row)
+
+
+@pytest.mark.parametrize("design", [FLOOR_ALL, FLOOR_OWNER])
+def test_fleet_floor(ctx: BenchContext, results: Results, design: str) -> None:
+    row = fleet_herd(ctx, 2, 1, jobs=20, interval=0.02, stall_timeout=20, design=design)
+    assert (row.lost, row.duplicates, row.errors) == (0, 0, [])
+    # Every process claims on every insert, or only the hashed owner does.
+    assert row.claims_per_job == (2.0 if design == FLOOR_ALL else 1.0)
     results.fleet.append(row)
 
 

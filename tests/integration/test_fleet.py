@@ -364,3 +364,49 @@ def test_heartbeats_never_reach_other_members(collection: Collection[Document]) 
                 seen.append(event["operationType"])
         assert stream.try_next() is None
     assert seen == ["insert", "delete"]
+
+
+def test_a_full_member_stream_pauses_soon_and_reopens_without_a_beat(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    """While a backlog drains every slot is held, nobody waits, and an open fleet stream
+    carries a lock and a settle event per job to every member: it closes after
+    PAUSE_AFTER, not after the queue's pause_stream_after. A reopen soon after (the next
+    wait) rebuilds the view but sends no beat: the member document lives for most of its
+    ttl yet."""
+    counter = CommandCounter()
+    client: MongoClient[Document] = MongoClient(mongo_uri, event_listeners=[counter])
+    queue = Queue(on(client, collection), fleet=2, max_await=0.2, pause_stream_after=60.0)
+    try:
+        queue.put_many([{"held": 1}, {"held": 2}])
+        assert len(queue.claim(2)) == 2  # both its slots are held from now on
+        queue.watcher.start()
+        fleet = queue.watcher.fleet
+        assert fleet is not None
+        assert wait_until(lambda: queue.watcher.streams_paused == 1, 20)
+        counter.reset()
+        assert queue.next(timeout=0.1) is None  # the wait reopens the stream
+        assert queue.watcher.streams_opened == 2
+        assert wait_until(lambda: fleet.view.known, 10)
+        beats = [body for name, body in counter.commands
+                 if name == "update" and any(u["q"].get("_id") == member_id(queue.consumer_id)
+                                             for u in body.get("updates", []))]
+        assert beats == []
+    finally:
+        queue.close()
+        client.close()
+
+
+def test_a_member_closed_as_its_stream_pauses_still_leaves(collection: Collection[Document]) -> None:
+    """close() lands while the watcher's getMore is out; when it returns the stream would
+    pause (no waiter for PAUSE_AFTER, every slot held). The thread must end and delete the
+    member document, not wait for a resume that nobody will ask for."""
+    queue = Queue(collection, fleet=2, max_await=1.0)
+    queue.put_many([{"held": 1}, {"held": 2}])
+    assert len(queue.claim(2)) == 2
+    queue.watcher.start()
+    fleet = queue.watcher.fleet
+    assert fleet is not None
+    assert wait_until(lambda: fleet.view.known and _members_joined(collection, 1), 10)
+    queue.close()
+    assert wait_until(lambda: collection.count_documents({"state": "member"}) == 0, 10)

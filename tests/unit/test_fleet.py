@@ -268,3 +268,17 @@ def test_patience_grows_with_slow_handoffs_and_is_capped() -> None:
         clock.advance(5.0)
         view.apply(Change("locked", job, consumer_id="p0"))
     assert view.effective_patience == 1.0
+
+
+def test_a_member_of_several_slots_is_full_once_its_view_sees_every_slot_held() -> None:
+    view = FleetView("me")
+    assert not view.full()  # unknown
+    view.snapshot([("me", 2), ("other", 1)], [("j1", "me"), ("j2", "other")])
+    assert not view.full()
+    view.apply(Change("locked", "j3", consumer_id="me"))
+    assert view.full()
+    view.apply(Change("gone", "j1"))
+    assert not view.full()
+    single = FleetView("one")
+    single.snapshot([("one", 1)], [("j4", "one")])
+    assert not single.full()  # every 1-slot worker running a job, even at a trickle

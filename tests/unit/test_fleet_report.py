@@ -1,0 +1,45 @@
+"""The fleet bench's judgement of p50 at many processes against few, beside its floor."""
+
+from __future__ import annotations
+
+from streamqueue.bench.common import Percentiles
+from streamqueue.bench.fleet_herd import BACKLOG, FLEET, FLOOR_ALL, FLOOR_OWNER, TRICKLE, FleetRow
+from streamqueue.bench.report import fleet_targets
+
+
+def row(design: str, processes: int, p50: float, mode: str = TRICKLE) -> FleetRow:
+    return FleetRow(mode=mode, processes=processes, slots=1, jobs=300, interval_ms=10.0,
+                    seconds=3.0, jobs_per_s=100.0, claims_per_job=1.0, wasted_per_job=0.0,
+                    latency=Percentiles(300, p50, p50, p50, p50, p50), lost=0, duplicates=0,
+                    design=design)
+
+
+def latency_target(floors: list[FleetRow]) -> tuple[str, bool | None]:
+    rows = [row(FLEET, 4, 10.0), row(FLEET, 32, 80.0), row(FLEET, 4, 0.0, BACKLOG),
+            row(FLEET, 32, 0.0, BACKLOG), *floors]
+    (target,) = [t for t in fleet_targets(rows) if "latency p50" in t.name]
+    return target.measured, target.passed
+
+
+def test_the_judgement_says_when_the_floor_misses_too() -> None:
+    measured, passed = latency_target([row(FLOOR_ALL, 4, 5.0), row(FLOOR_ALL, 32, 35.0),
+                                       row(FLOOR_OWNER, 4, 5.0), row(FLOOR_OWNER, 32, 120.0)])
+    assert passed is False
+    assert "every process claims 35.00 vs 5.00 ms" in measured
+    assert "the floor misses too" in measured
+
+
+def test_the_judgement_says_when_the_one_owner_floor_reaches_it() -> None:
+    measured, _ = latency_target([row(FLOOR_OWNER, 4, 5.0), row(FLOOR_OWNER, 32, 5.1)])
+    assert "the one-owner floor reaches it: the gap is the fleet's" in measured
+
+
+def test_the_judgement_says_when_only_claiming_everywhere_reaches_it() -> None:
+    measured, _ = latency_target([row(FLOOR_ALL, 4, 5.0), row(FLOOR_ALL, 32, 5.1),
+                                  row(FLOOR_OWNER, 4, 5.0), row(FLOOR_OWNER, 32, 120.0)])
+    assert "only the floor where every process claims reaches it, at 32 claims" in measured
+
+
+def test_without_floor_rows_the_judgement_says_so() -> None:
+    measured, _ = latency_target([])
+    assert measured.endswith("floor not measured")
