@@ -32,7 +32,7 @@ from streamqueue.bench.consumers import (
 )
 from streamqueue.bench.control import control
 from streamqueue.bench.dashboard import dashboard_reads
-from streamqueue.bench.fleet_herd import FLEET, FLOORS, HERD, fleet_herd
+from streamqueue.bench.fleet_herd import BACKLOG_FLOORS, FLEET, HERD, TRICKLE_FLOORS, fleet_herd
 from streamqueue.bench.report import (
     Results,
     evaluate,
@@ -205,12 +205,13 @@ def _run_fleet(ctx: BenchContext, config: BenchConfig, attempt: Attempt, results
 
 def _fleet_runs(config: BenchConfig, slots: int) -> list[tuple[int, float, str]]:
     """(jobs, interval, design) for one shape: both designs at a trickle and on a backlog,
-    and for 1-slot shapes the bare-pymongo floors of the trickle."""
+    and for 1-slot shapes the bare-pymongo floors of both."""
     trickle = (config.fleet_trickle_jobs, config.fleet_trickle_interval)
     backlog = (config.fleet_backlog_jobs, 0.0)
-    floors = FLOORS if slots == 1 else ()
-    return [(*trickle, design) for design in (HERD, FLEET, *floors)] + [
-        (*backlog, design) for design in (HERD, FLEET)]
+    trickle_floors = TRICKLE_FLOORS if slots == 1 else ()
+    backlog_floors = BACKLOG_FLOORS if slots == 1 else ()
+    return [(*trickle, design) for design in (HERD, FLEET, *trickle_floors)] + [
+        (*backlog, design) for design in (HERD, FLEET, *backlog_floors)]
 
 
 def _run_latency(ctx: BenchContext, config: BenchConfig, reruns: Reruns, attempt: Attempt,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamqueue.bench.common import BenchContext, Percentiles
-from streamqueue.bench.consumers import KIND_PUSH, REAL_JOBS, put_jobs
+from streamqueue.bench.consumers import KIND_FLOOR, KIND_PUSH, REAL_JOBS, put_jobs
 from streamqueue.bench.procs import Child, children, go_all
 
 TRICKLE = "trickle"
@@ -29,7 +29,15 @@ FLEET = "fleet"
 # event (FLOOR_ALL), or only the one a hash of the job's id names (FLOOR_OWNER).
 FLOOR_ALL = "floor-all"
 FLOOR_OWNER = "floor-owner"
-FLOORS = (FLOOR_ALL, FLOOR_OWNER)
+TRICKLE_FLOORS = (FLOOR_ALL, FLOOR_OWNER)
+# The floor of a backlog (bare pymongo, no stream): every process claims and deletes until
+# its claim comes back empty, one job per ``find_one_and_update`` (FLOOR_DRAIN) or
+# ``DRAIN_BATCH`` per batch claim, as the Worker's default claims take them (FLOOR_DRAIN_BATCH).
+FLOOR_DRAIN = "floor-drain"
+FLOOR_DRAIN_BATCH = "floor-drain-batch"
+DRAIN_BATCH = 16
+BACKLOG_FLOORS = (FLOOR_DRAIN, FLOOR_DRAIN_BATCH)
+FLOORS = (*TRICKLE_FLOORS, *BACKLOG_FLOORS)
 
 
 @dataclass
@@ -63,7 +71,7 @@ def fleet_herd(ctx: BenchContext, processes: int, slots: int, *, jobs: int, inte
     cpu = ctx.cpu_start()
     with ctx.scratch("fleet") as coll:
         if mode == BACKLOG:
-            put_jobs(KIND_PUSH, coll, jobs)
+            put_jobs(KIND_FLOOR if design in BACKLOG_FLOORS else KIND_PUSH, coll, jobs)
         with children(_specs(ctx, coll.name, processes, slots, mode, design),
                       ready_timeout=120.0) as kids:
             began = (_trickle(ctx, coll.name, jobs, interval, design) if mode == TRICKLE
@@ -91,9 +99,14 @@ def fleet_herd(ctx: BenchContext, processes: int, slots: int, *, jobs: int, inte
 def _specs(ctx: BenchContext, collection: str, processes: int, slots: int, mode: str,
            design: str) -> list[dict[str, Any]]:
     base = {"uri": ctx.uri, "db": ctx.db_name, "collection": collection}
-    if design in FLOORS:
+    if design in BACKLOG_FLOORS:
+        if mode != BACKLOG or slots != 1:
+            raise ValueError("the drain floors are 1-slot backlogs")
+        return [{**base, "role": "floor-drain",
+                 "batch": DRAIN_BATCH if design == FLOOR_DRAIN_BATCH else 1}] * processes
+    if design in TRICKLE_FLOORS:
         if mode != TRICKLE or slots != 1:
-            raise ValueError("the floor rows are 1-slot trickles")
+            raise ValueError("the trickle floors are 1-slot trickles")
         return [{**base, "role": "floor-consume",
                  "owner": [index, processes] if design == FLOOR_OWNER else None}
                 for index in range(processes)]

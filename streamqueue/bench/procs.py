@@ -308,6 +308,50 @@ def _floor_loop(stream: Any, floor: RawFloor, sink: Sink, owner: list[int] | Non
     return empty
 
 
+def run_floor_drain(spec: Spec, control: _Control) -> dict[str, Any]:
+    """The floor of the fleet's backlog: bare pymongo, one thread, no stream; from ``go``,
+    claim ``batch`` jobs (``find_one_and_update`` when 1, else the minimal batch claim) and
+    delete them, until a claim comes back empty and nothing is ready.
+
+    What N Python processes on this machine can drain at best, with no lease by the
+    server's clock, no token-guarded settle, no wake-ups: the limit the fleet's throughput
+    at many processes is judged against.
+    """
+    counter = ClaimCounter()
+    client: MongoClient[Document] = MongoClient(spec["uri"], event_listeners=[counter])
+    collection = client.get_database(spec["db"], write_concern=WriteConcern("majority"))[
+        spec["collection"]]
+    floor, batch, sink = RawFloor(collection), int(spec["batch"]), Sink()
+    client.admin.command("ping")
+    _say({"ready": True})
+    control.go.wait()
+    while not control.stop.is_set():
+        docs = _floor_take(floor, batch)
+        if not docs and floor.jobs.find_one({"state": "ready"}, {"_id": 1}) is None:
+            break  # a batch claim can lose every job to other processes: empty only if none left
+        for doc in docs:
+            sink.record(doc["payload"], time.time(), time.time())
+        _floor_settle(floor, docs)
+    control.stop.wait()
+    client.close()
+    return {"seqs": sink.seqs, "latencies": [], "last_done": sink.last_done,
+            "claims": counter.claims, "claim_empty_hook": 0, "errors": []}
+
+
+def _floor_take(floor: RawFloor, batch: int) -> list[Document]:
+    if batch > 1:
+        return floor.claim_many(batch)
+    doc = floor.claim()
+    return [] if doc is None else [doc]
+
+
+def _floor_settle(floor: RawFloor, docs: Sequence[Document]) -> None:
+    if len(docs) > 1:
+        floor.complete_many(docs)
+    elif docs:
+        floor.complete(docs[0])
+
+
 def _owns(event: Mapping[str, Any], index: int, processes: int) -> bool:
     job_id = event.get("documentKey", {}).get("_id")
     digest = hashlib.blake2b(str(job_id).encode(), digest_size=8).digest()
@@ -336,7 +380,8 @@ def run_idle(spec: Spec, control: _Control) -> dict[str, Any]:
 
 
 ROLES = {"produce": run_producer, "drain": run_drain, "idle": run_idle,
-         "fleet-consume": run_fleet_consumer, "floor-consume": run_floor_consumer}
+         "fleet-consume": run_fleet_consumer, "floor-consume": run_floor_consumer,
+         "floor-drain": run_floor_drain}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,15 @@ from streamqueue.bench.consumers import (
 )
 from streamqueue.bench.control import control
 from streamqueue.bench.dashboard import dashboard_reads
-from streamqueue.bench.fleet_herd import FLEET, FLOOR_ALL, FLOOR_OWNER, HERD, fleet_herd
+from streamqueue.bench.fleet_herd import (
+    FLEET,
+    FLOOR_ALL,
+    FLOOR_DRAIN,
+    FLOOR_DRAIN_BATCH,
+    FLOOR_OWNER,
+    HERD,
+    fleet_herd,
+)
 from streamqueue.bench.report import Results, evaluate, markdown, write_json, write_plots
 from streamqueue.bench.schedules import schedules
 from streamqueue.prefetch import MAX_CLAIM
@@ -134,6 +142,20 @@ def test_fleet_floor(ctx: BenchContext, results: Results, design: str) -> None:
     assert (row.lost, row.duplicates, row.errors) == (0, 0, [])
     # Every process claims on every insert, or only the hashed owner does.
     assert row.claims_per_job == (2.0 if design == FLOOR_ALL else 1.0)
+    results.fleet.append(row)
+
+
+@pytest.mark.parametrize("design", [FLOOR_DRAIN, FLOOR_DRAIN_BATCH])
+def test_fleet_drain_floor(ctx: BenchContext, results: Results, design: str) -> None:
+    row = fleet_herd(ctx, 2, 1, jobs=40, interval=0.0, stall_timeout=20, design=design)
+    assert (row.lost, row.duplicates, row.errors) == (0, 0, [])
+    assert row.jobs_per_s > 0
+    # One findAndModify per job, or one locking update per batch of up to 16 (a batch
+    # claim that another process beat to every job still counts).
+    if design == FLOOR_DRAIN:
+        assert row.claims_per_job >= 1.0
+    else:
+        assert 40 / 16 / 40 <= row.claims_per_job < 1.0
     results.fleet.append(row)
 
 
