@@ -52,15 +52,20 @@ READY = "ready"
 HEARTBEAT = 10.0
 MEMBER_TTL = 30.0
 DEFAULT_PATIENCE = 0.1
-# While its view shows every slot of a member of several slots held, its stream closes
-# after this long without a waiter (or the queue's own pause_stream_after, if shorter).
-# While a backlog drains, an open fleet stream carries a lock and a settle event per job
-# to every member, for nothing: every member is busy. The narrow stream of a queue
-# outside a fleet carries none then. Other members keep the queue's pause: one slot
-# held is every 1-slot worker running a job, even at a trickle, and there (32 x 1 on a
-# loaded machine) pausing after 0.5 s cost latency: a waiter the CPU did not run for
-# half a second lost its view.
+# While its view shows every slot of a member held, its stream closes after this long
+# without a waiter (or the queue's own pause_stream_after, if shorter), if the member
+# has several slots or is draining (DRAINING full claims in a row). While a backlog
+# drains, an open fleet stream carries a lock and a settle event per job to every
+# member, for nothing: every member is busy. The narrow stream of a queue outside a
+# fleet carries none then. A 1-slot member that is not draining keeps the queue's
+# pause: one slot held is every 1-slot worker running a job, even at a trickle, and
+# there (32 x 1 on a loaded machine) pausing after 0.5 s cost latency: a waiter the
+# CPU did not run for half a second lost its view.
 PAUSE_AFTER = 0.5
+# Full claims in a row that mark a member as draining a backlog: at a trickle a 1-slot
+# member's claim on a wake-up is full and the next (its slot's, once the job is done)
+# finds nothing; in a backlog every claim is full.
+DRAINING = 2
 # Effective patience: at least this many times the smoothed handoff, at most MAX_PATIENCE.
 PATIENCE_MARGIN = 3.0
 MAX_PATIENCE = 1.0
@@ -317,6 +322,12 @@ class FleetView:
         with self._lock:
             slots = self._members.get(self.me, 0)
             return self.known and 1 < slots <= self._busy[self.me]
+
+    def every_slot_held(self) -> bool:
+        """The view knows this member holds a job in each of its slots, however many."""
+        with self._lock:
+            slots = self._members.get(self.me, 0)
+            return self.known and 0 < slots <= self._busy[self.me]
 
     def ready_count(self) -> int:
         with self._lock:

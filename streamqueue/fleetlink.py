@@ -17,6 +17,7 @@ from typing import Any
 from streamqueue.errors import StreamQueueError
 from streamqueue.fleet import (
     DEFAULT_PATIENCE,
+    DRAINING,
     HEARTBEAT,
     MEMBER_TTL,
     PAUSE_AFTER,
@@ -46,6 +47,9 @@ class FleetLink:
         self._ttl = ttl
         self._next_beat = 0.0
         self._syncing = threading.Lock()
+        # Full claims in a row (see DRAINING); claiming threads race on it harmlessly:
+        # a lost count only delays or advances one pause.
+        self._full_in_a_row = 0
 
     @property
     def pipeline(self) -> list[Document]:
@@ -53,9 +57,17 @@ class FleetLink:
 
     def pause_after(self, queue_pause_after: float) -> float:
         """How long the stream stays open without a waiter (see ``PAUSE_AFTER``)."""
-        if self.view.full():
+        if self.view.full() or (self.draining and self.view.every_slot_held()):
             return min(queue_pause_after, PAUSE_AFTER)
         return queue_pause_after
+
+    @property
+    def draining(self) -> bool:
+        return self._full_in_a_row >= DRAINING
+
+    def note_claim(self, *, full: bool) -> None:
+        """A claim of this member came back with all it asked for (or not)."""
+        self._full_in_a_row = self._full_in_a_row + 1 if full else 0
 
     def opened(self) -> Plan[None]:
         """The stream is open: join (or refresh), then read the snapshot the view starts from."""

@@ -491,6 +491,8 @@ class QueueBase(Generic[J]):
                 found = yield from self.plans.claim_many(self.consumer_id, self.lease, limit)
             return found
         finally:
+            if fleet is not None:
+                fleet.note_claim(full=found is not None and len(found) == limit)
             if fleet is not None and token is not None:
                 # An empty batch claim may have lost every round to other claims (all
                 # read the same head of the queue): only a single claim proves emptiness.

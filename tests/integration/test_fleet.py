@@ -21,7 +21,7 @@ from pymongo.collection import Collection
 
 from streamqueue import Queue
 from streamqueue.aio import AsyncQueue
-from streamqueue.fleet import HEARTBEAT, member_id
+from streamqueue.fleet import HEARTBEAT, PAUSE_AFTER, member_id
 from streamqueue.storage import Document
 from streamqueue.storage import fleet as fleet_store
 from streamqueue.storage.fleet import FLEET_PIPELINE
@@ -395,6 +395,32 @@ def test_a_full_member_stream_pauses_soon_and_reopens_without_a_beat(
     finally:
         queue.close()
         client.close()
+
+
+def test_a_draining_one_slot_member_pauses_soon_and_one_at_a_trickle_does_not(
+    collection: Collection[Document],
+) -> None:
+    """A 1-slot member whose claims came back full twice in a row is draining a backlog:
+    with its slot held its stream closes after PAUSE_AFTER. One whose last claim found
+    nothing (a trickle: one job per wake-up) keeps the queue's pause while it runs a job."""
+    queue = Queue(collection, fleet=1, max_await=0.2, pause_stream_after=60.0)
+    try:
+        queue.put({"n": 1})
+        assert len(queue.claim(1)) == 1  # its one slot is held from now on
+        assert queue.claim(1) == []  # as a slot finding nothing after its job
+        queue.watcher.start()
+        fleet = queue.watcher.fleet
+        assert fleet is not None
+        assert wait_until(lambda: fleet.view.known and fleet.view.every_slot_held(), 10)
+        assert not fleet.draining
+        assert fleet.pause_after(60.0) == 60.0
+        queue.put_many([{"n": 2}, {"n": 3}])
+        assert len(queue.claim(1)) == 1 and len(queue.claim(1)) == 1
+        assert fleet.draining
+        assert fleet.pause_after(60.0) == PAUSE_AFTER
+        assert wait_until(lambda: queue.watcher.streams_paused == 1, 20)
+    finally:
+        queue.close()
 
 
 def test_a_member_closed_as_its_stream_pauses_still_leaves(collection: Collection[Document]) -> None:

@@ -282,3 +282,6 @@ def test_a_member_of_several_slots_is_full_once_its_view_sees_every_slot_held() 
     single = FleetView("one")
     single.snapshot([("one", 1)], [("j4", "one")])
     assert not single.full()  # every 1-slot worker running a job, even at a trickle
+    assert single.every_slot_held()  # what a draining 1-slot member pauses on
+    single.apply(Change("gone", "j4"))
+    assert not single.every_slot_held()
