@@ -319,9 +319,11 @@ class FleetView:
 
     def full(self) -> bool:
         """The view knows this member holds a job in each of its slots, and it has several."""
+        return self.every_slot_held() and self.my_slots() > 1
+
+    def my_slots(self) -> int:
         with self._lock:
-            slots = self._members.get(self.me, 0)
-            return self.known and 1 < slots <= self._busy[self.me]
+            return self._members.get(self.me, 0)
 
     def every_slot_held(self) -> bool:
         """The view knows this member holds a job in each of its slots, however many."""
