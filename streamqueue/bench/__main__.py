@@ -156,6 +156,8 @@ def _in_rounds(ctx: BenchContext, rounds: int, kinds: Sequence[Kind], attempt: A
 def _describe_throughput(row: sc.ThroughputRow) -> str:
     server = ("" if row.server_cpu_ms_per_job is None
               else f"  server {row.server_cpu_ms_per_job:.2f} ms/job")
+    if row.client_cpu_ms_per_job is not None:
+        server += f"  client {row.client_cpu_ms_per_job:.2f} ms/job"
     return (f"{row.jobs_per_s:8,.0f} jobs/s{server}  "
             f"dup {row.duplicates} lost {row.lost} left {row.left}"
             + (f"  errors: {row.errors[:1]}" if row.errors else "") + _other(row.other_cpu))

@@ -78,6 +78,9 @@ class BenchContext:
     def server_cpu(self, start: CpuSample | None) -> float | None:
         return self.cpu.server_seconds(start)
 
+    def client_cpu(self, start: CpuSample | None) -> float | None:
+        return self.cpu.client_seconds(start)
+
     def server_ops(self) -> ServerOps:
         return ServerOps.read(self.client)
 
@@ -119,6 +122,13 @@ class CpuMeter:
         except (OSError, ValueError):
             return None
         return CpuSample(time.monotonic(), user + nice + system + irq + softirq + steal, ours, server)
+
+    def client_seconds(self, start: CpuSample | None) -> float | None:
+        """CPU seconds this process and its reaped children used since ``start``."""
+        end = self.sample()
+        if start is None or end is None:
+            return None
+        return ((end.ours - end.server) - (start.ours - start.server)) / self._hz
 
     def server_seconds(self, start: CpuSample | None) -> float | None:
         """CPU seconds the server's processes used since ``start``."""

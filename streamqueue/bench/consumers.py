@@ -52,6 +52,9 @@ FLOOR_HANDOFF = "floor-handoff"
 # watcher. Between the floor and next(), it splits the gap into what the server pays for
 # the queue's guarantees and what the client pays for its API.
 STORE = "store"
+# The same in batches: the queue's claim_many and complete_many, bare. Between the batched
+# floor and Worker(batch=...), it splits that gap the same way.
+STORE_BATCH = "store-batch"
 FLOOR_BATCH = "floor-batch"
 KOMBU = "kombu"
 # A Worker kind with this batch runs with the Worker's default (batch = its slots).
@@ -84,6 +87,8 @@ class Kind:
             return "floor + stream hand-off (bare pymongo)"
         if self.kind == STORE:
             return "streamqueue storage ops only (no Queue)"
+        if self.kind == STORE_BATCH:
+            return f"streamqueue storage ops in batches of {self.batch} (no Queue)"
         if self.kind == FLOOR_BATCH:
             return f"floor in batches of {self.batch} (bare pymongo)"
         if self.kind == KOMBU:
@@ -335,6 +340,8 @@ class ConsumerGroup:
                 self._spawn(self._polling_loop, f"bench-poll-{index}")
             elif self.kind.kind == STORE:
                 self._spawn(self._store_loop, f"bench-store-{index}")
+            elif self.kind.kind == STORE_BATCH:
+                self._spawn(self._store_batch_loop, f"bench-store-batch-{index}")
             else:
                 self._spawn(functools.partial(self._push_loop, self.queues[index % len(self.queues)]),
                             f"bench-push-{index}")
@@ -423,14 +430,26 @@ class ConsumerGroup:
     def _floor_batch_loop(self) -> None:
         floor = self.floor
         assert floor is not None
+        self._bare_batch_loop(lambda: floor.claim_many(self.kind.batch), floor.complete_many)
+
+    def _store_batch_loop(self) -> None:
+        queue = self.queues[0]
+        store = queue.store
+        self._bare_batch_loop(
+            lambda: store.claim_many(queue.consumer_id, queue.lease, self.kind.batch),
+            lambda docs: store.complete_many([(d["_id"], d["lease_token"]) for d in docs]))
+
+    def _bare_batch_loop(self, claim: Callable[[], list[Document]],
+                         complete: Callable[[list[Document]], object]) -> None:
+        """Claim a batch, complete it in one call, until stopped (empty: retry every poll)."""
         while not self.stop_event.is_set():
-            docs = floor.claim_many(self.kind.batch)
+            docs = claim()
             if not docs:
                 self.sink.empty()
                 self.stop_event.wait(self.poll_interval)
                 continue
             claimed = time.time()
-            floor.complete_many(docs)
+            complete(docs)
             done = time.time()
             for doc in docs:
                 self.sink.record(doc["payload"], claimed, done)

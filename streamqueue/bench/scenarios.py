@@ -30,6 +30,7 @@ from streamqueue.bench.consumers import (
     PUSH,
     REAL_JOBS,
     STORE,
+    STORE_BATCH,
     WORKER,
     ConsumerGroup,
     Kind,
@@ -70,6 +71,9 @@ class ThroughputRow:
     # The server's CPU time per job over the drain (None when its processes are unknown):
     # steadier than jobs/s on a machine the client and the server saturate together.
     server_cpu_ms_per_job: float | None = None
+    # The consumers' CPU time per job (this process and its consumer processes): with the
+    # server's, what a job costs the machine, whose cores bound every rate here.
+    client_cpu_ms_per_job: float | None = None
 
 
 def median_round(rows: Sequence[ThroughputRow]) -> ThroughputRow:
@@ -103,20 +107,26 @@ def throughput(ctx: BenchContext, plan: ThroughputPlan, kind: Kind, *,
             seqs, began, ended, errors = _drain_in_processes(ctx, coll, plan, kind, poll_interval,
                                                              stall_timeout)
         server_cpu = ctx.server_cpu(cpu)
+        client_cpu = ctx.client_cpu(cpu)
         other_cpu = ctx.other_cpu(cpu)
         left = KombuPeer(ctx.uri, coll).left() if kind.kind == KOMBU \
             else coll.count_documents(REAL_JOBS)
     unique = {s for s in seqs if 0 <= s < plan.jobs}
     seconds = max(ended - began, 1e-9)
-    server_ms = None if server_cpu is None else server_cpu * 1000 / max(len(unique), 1)
+    server_ms = _per_job_ms(server_cpu, len(unique))
+    client_ms = _per_job_ms(client_cpu, len(unique))
     return ThroughputRow(
         plan=plan.name, threads=plan.threads, processes=plan.processes, consumers=plan.consumers,
         kind=kind.kind, label=kind.label, batch=kind.batch, jobs=plan.jobs,
         seconds=seconds, jobs_per_s=len(unique) / seconds,
         duplicates=len(seqs) - len(set(seqs)), lost=plan.jobs - len(unique), left=left,
         enqueue_per_s=enqueue_rate, other_cpu=other_cpu, errors=errors,
-        server_cpu_ms_per_job=server_ms,
+        server_cpu_ms_per_job=server_ms, client_cpu_ms_per_job=client_ms,
     )
+
+
+def _per_job_ms(seconds: float | None, jobs: int) -> float | None:
+    return None if seconds is None else seconds * 1000 / max(jobs, 1)
 
 
 def _drain_here(coll: Collection[Document], plan: ThroughputPlan, kind: Kind, poll_interval: float,
@@ -533,6 +543,7 @@ def throughput_kinds(plan: ThroughputPlan, config: BenchConfig) -> list[Kind]:
         kinds.extend(Kind(WORKER, batch) for batch in batches)
     kinds.extend([Kind(POLLING), Kind(STORE), Kind(FLOOR)])
     if plan.threads > 1:
+        kinds.extend(Kind(STORE_BATCH, batch) for batch in batches)
         kinds.extend(Kind(FLOOR_BATCH, batch) for batch in batches)
     if plan.processes == 1 and plan.threads == config.peer_threads and config.kombu:
         kinds.append(Kind(KOMBU))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from streamqueue.bench.consumers import (
     KIND_POLLING,
     KIND_PUSH,
     KIND_STORE,
+    STORE_BATCH,
     Kind,
     worker_kind,
 )
@@ -61,7 +63,7 @@ def results() -> Results:
 
 
 KINDS = [KIND_PUSH, worker_kind(1), worker_kind(4), worker_kind(DEFAULT_BATCH), KIND_POLLING,
-         KIND_STORE, KIND_FLOOR, Kind(FLOOR_BATCH, 4), KIND_KOMBU]
+         KIND_STORE, KIND_FLOOR, Kind(STORE_BATCH, 4), Kind(FLOOR_BATCH, 4), KIND_KOMBU]
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.label)
@@ -259,3 +261,22 @@ def test_server_cpu_meter_counts_the_server_processes_only() -> None:
     assert used is not None and 0.2 <= used <= 5.0
     assert CpuMeter([]).server_seconds(None) is None
 
+
+
+def test_client_cpu_meter_counts_this_process_not_the_server() -> None:
+    idle_server = subprocess.Popen(["sleep", "60"])  # stands in for a server doing nothing
+    try:
+        meter = CpuMeter([idle_server.pid])
+        start = meter.sample()
+        if start is None:
+            pytest.skip("no /proc here")
+        deadline = time.process_time() + 0.3
+        while time.process_time() < deadline:
+            pass
+        used = meter.client_seconds(start)
+        assert used is not None and 0.2 <= used <= 5.0
+        assert (meter.server_seconds(start) or 0.0) < 0.05
+    finally:
+        idle_server.kill()
+        idle_server.wait()
+    assert CpuMeter([]).client_seconds(None) is None

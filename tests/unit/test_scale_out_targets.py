@@ -5,8 +5,14 @@ from __future__ import annotations
 from streamqueue.bench import scenarios as sc
 from streamqueue.bench.common import Percentiles
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
-from streamqueue.bench.consumers import DEFAULT_BATCH, FLOOR_BATCH, FLOOR_HANDOFF, WORKER
-from streamqueue.bench.report import Target, scale_out_targets
+from streamqueue.bench.consumers import (
+    DEFAULT_BATCH,
+    FLOOR_BATCH,
+    FLOOR_HANDOFF,
+    STORE_BATCH,
+    WORKER,
+)
+from streamqueue.bench.report import Target, batched_floor_target, job_cpu_ms, scale_out_targets
 
 
 def tp(kind: str, jobs_per_s: float, *, batch: int = 1, plan: str = "4 threads") -> sc.ThroughputRow:
@@ -71,3 +77,26 @@ def test_the_hand_off_floor_is_shown_against_the_push_floor_not_judged() -> None
     assert len(handoff) == 1 and handoff[0].passed is None
     assert "= 1.11x / 1.10x the push floor" in handoff[0].measured
     assert len(by_name(targets, "push floor")) == 1  # judged: next() only
+
+
+def with_cpu(row: sc.ThroughputRow, client: float, server: float) -> sc.ThroughputRow:
+    row.client_cpu_ms_per_job, row.server_cpu_ms_per_job = client, server
+    return row
+
+
+def test_the_batched_target_shows_the_bare_storage_calls_and_each_jobs_cpu() -> None:
+    rows = [with_cpu(tp(WORKER, 2100.0, batch=8), 0.12, 0.34),
+            with_cpu(tp(STORE_BATCH, 2200.0, batch=8), 0.10, 0.33),
+            with_cpu(tp(FLOOR_BATCH, 3000.0, batch=8), 0.09, 0.21),
+            tp(WORKER, 2000.0, batch=16), tp(FLOOR_BATCH, 3000.0, batch=16)]
+    target = batched_floor_target(rows, 16)
+    assert target.passed is False
+    assert ("batch=8: 0.700x (storage ops bare 0.733x; "
+            "CPU/job Worker 0.460 / storage 0.430 / floor 0.300 ms)") in target.measured
+    # Without the storage row or the CPU figures, the share stands alone.
+    assert "batch=16: 0.667x;" in target.measured
+
+
+def test_a_jobs_cpu_is_unknown_when_either_side_is() -> None:
+    assert job_cpu_ms(tp(WORKER, 100.0)) is None
+    assert job_cpu_ms(with_cpu(tp(WORKER, 100.0), 0.25, 0.5)) == 0.75
