@@ -61,6 +61,7 @@ from streamqueue.errors import ConfigurationError, InvalidJob, QueueUnavailable,
 from streamqueue.plan import Detach, Op, Plan, Sleep, Transaction, call, listed, once
 from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_transient_bounded
 from streamqueue.servertime import ServerClock
+from streamqueue.storage.inflight import ClaimsInFlight
 from streamqueue.storage.runner import run
 from streamqueue.tries import BoundedTries, time_limit
 
@@ -271,6 +272,7 @@ class StorePlans:
         # changes by itself) and refuses "local".
         self.streams: Any = collection.with_options(read_concern=ReadConcern())
         self.retry = retry or RetryPolicy()
+        self.in_flight = ClaimsInFlight()
         self.client: Any = collection.database.client
         self._socket_timeout: float | None = self.client.options.pool_options.socket_timeout
         self._primary = primary
@@ -612,15 +614,20 @@ class StorePlans:
         """Lock up to ``limit`` due jobs with ``update``; return how many."""
         locked = 0
         for _ in range(CLAIM_MANY_ROUNDS):
-            found = yield listed(self.jobs, "find", READY_AND_DUE, {"_id": 1}, sort=CLAIM_SORT,
-                                 limit=limit - locked)
+            found = yield listed(self.jobs, "find", _not_in_flight(self.in_flight.listed()),
+                                 {"_id": 1}, sort=CLAIM_SORT, limit=limit - locked)
             candidates = [doc["_id"] for doc in found]
             if not candidates:
                 break
             # Another consumer may take some candidates first; the filter
             # re-checks each, so a job is locked by exactly one claim.
-            won = (yield call(self.jobs, "update_many",
-                              {"_id": {"$in": candidates}, **READY_AND_DUE}, update)).modified_count
+            self.in_flight.add(candidates)
+            try:
+                won = (yield call(self.jobs, "update_many",
+                                  {"_id": {"$in": candidates}, **READY_AND_DUE},
+                                  update)).modified_count
+            finally:
+                self.in_flight.remove(candidates)
             locked += won
             if won == len(candidates):
                 break  # the claim is full, or every due job was a candidate
@@ -1446,6 +1453,11 @@ def _absent(job_id: ObjectId) -> Document:
     The insert fails with a duplicate key when the ``_id`` is taken.
     """
     return {"_id": job_id, "$nor": [{"_id": job_id}]}
+
+
+def _not_in_flight(listed_ids: list[ObjectId]) -> Document:
+    """Due jobs a batch claim may take: not those another claim of this store is locking."""
+    return {**READY_AND_DUE, "_id": {"$nin": listed_ids}} if listed_ids else READY_AND_DUE
 
 
 def _held(job_id: ObjectId, token: str) -> Document:

@@ -385,3 +385,24 @@ def test_a_batch_claim_that_loses_every_round_still_takes_a_due_job(
     assert hook.count("started", "update") == 8, "the rival did not take every round"
     assert len(claimed) == 1
     assert collection.count_documents({"state": "ready"}) == 40 - 8 * 4 - 1
+
+
+def test_a_batch_claim_leaves_out_what_another_claim_of_its_queue_is_locking(
+    collection: Collection[Document],
+) -> None:
+    """Two batch claims of one queue that start together would read the same head of
+    the queue, and one would lose its round; the candidates of a claim in flight are
+    listed, and a claim that reads meanwhile skips them (a hint: the update decides)."""
+    queue = Queue(collection, max_await=TEST_MAX_AWAIT)
+    try:
+        ids = queue.put_many([{"n": i} for i in range(8)])
+        in_flight = queue.store.plans.in_flight
+        in_flight.add(ids[:4])  # as a claim between its read and its update would
+        try:
+            claimed = queue.claim(4)
+        finally:
+            in_flight.remove(ids[:4])
+        assert sorted(job.payload["n"] for job in claimed) == [4, 5, 6, 7]
+        assert sorted(job.payload["n"] for job in queue.claim(4)) == [0, 1, 2, 3]
+    finally:
+        queue.close()
