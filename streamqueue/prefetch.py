@@ -56,6 +56,9 @@ class ClaimSizing:
     # With a fixed batch no larger than the slots: claim once this many slots are
     # free (or none is busy), not for every one that frees (see for_coroutines).
     least_refill: int = 1
+    # A fixed batch with this many claims in flight at once in a backlog: each may
+    # fill another batch, so the worker then holds up to this many batches.
+    claims_in_flight: int = 1
     # Claim round trips the buffer covers (see for_coroutines).
     margin: float = 1.0
     # Running means, in seconds; None until the first sample.
@@ -100,7 +103,8 @@ class ClaimSizing:
     def buffer(self, backlog: bool) -> int:
         """Jobs held beyond the slots: enough to cover one claim round trip, in a backlog."""
         if self.batch is not None:
-            return max(0, self.batch - self.slots)
+            batches = self.claims_in_flight if backlog else 1
+            return max(0, batches * self.batch - self.slots)
         if not backlog or self.handler_seconds is None or self.claim_seconds is None:
             return 0
         if self.handler_seconds <= 0:

@@ -102,6 +102,11 @@ class Worker:
     queues); the cost is that buffered jobs wait behind slow handlers instead
     of going to another worker. ``batch=1`` claims one job per round trip,
     each slot for itself while there is a backlog.
+
+    ``claims_in_flight`` (a fixed ``batch`` above 1 only) lets that many batch
+    claims overlap in a backlog, holding up to ``claims_in_flight x batch``
+    jobs: for tiny jobs, whose drain rate one claim at a time bounds at
+    ``batch`` per claim round trip.
     """
 
     def __init__(
@@ -115,16 +120,22 @@ class Worker:
         batch: int | None = None,
         burst: bool = False,
         backoff: Backoff | None = None,
+        claims_in_flight: int = 1,
     ) -> None:
         if not callable(handler):
             raise TypeError("handler must be callable")
         check_count("concurrency", concurrency)
         if batch is not None:
             check_count("batch", batch)
+        check_count("claims_in_flight", claims_in_flight)
+        if claims_in_flight > 1 and (batch is None or batch == 1):
+            raise ValueError("claims_in_flight above 1 needs a fixed batch above 1: it lets "
+                             "a backlog fill several batches at once")
         self.queue = queue
         self.handler = handler
         self.slots = concurrency
-        self.sizing = ClaimSizing(concurrency, batch)
+        self.sizing = ClaimSizing(concurrency, batch, claims_in_flight=claims_in_flight)
+        self.claims_in_flight = claims_in_flight
         # The most jobs one claim asks for (above 1, completions go in bulk).
         self.batch = self.sizing.most
         # The last claim came back full: more may be due, so claim again without
@@ -133,7 +144,8 @@ class Worker:
         # Claims that came back full so far: an empty claim that began before
         # the latest full one ended must not end the backlog (stale news).
         self._full_claims = 0
-        # Slots claiming their own next job right now (batch=1, in a backlog).
+        # Places reserved by claims in flight: a slot claiming its own next job
+        # (batch=1, in a backlog) reserves one, a claim loop the jobs it asked for.
         self._claiming = 0
         self._running = 0
         self.burst = burst
@@ -269,6 +281,9 @@ class Worker:
                          daemon=True).start()
         threading.Thread(target=self._heartbeat_loop, name="streamqueue-heartbeat",
                          daemon=True).start()
+        for index in range(1, self.claims_in_flight):
+            threading.Thread(target=self._claim_ahead_loop, name=f"streamqueue-claim-{index}",
+                             daemon=True).start()
         if self.sizing.most > 1:
             self._completer = threading.Thread(target=self._completion_loop,
                                                name="streamqueue-completer", daemon=True)
@@ -283,7 +298,8 @@ class Worker:
             want = self._wait_for_room()
             if want == 0:
                 break
-            if not self._backlog:
+            if not self._backlog and not woken:
+                # (A wake-up kept from a round that found no room stays pending.)
                 wake = self.queue.wait_for_wakeup(retry_due)
                 retry_due = math.inf
                 if self._stopping.is_set():
@@ -302,8 +318,18 @@ class Worker:
             with self._slots_cond:
                 idle_before = not self._held and not self._claiming
                 full_before = self._full_claims
+                # Alone, the loop keeps the room it counted; beside a claim-ahead
+                # thread it reserves it, and may find it taken meanwhile.
+                reserved = self._reserve(want) if self.claims_in_flight > 1 else 0
+            if self.claims_in_flight > 1 and reserved == 0:
+                continue  # the wake-up, if any, stays pending (woken)
+            want = reserved or want
             claim_started = time.monotonic()
-            jobs = self._claim(want)
+            jobs: list[Job] | None = None
+            try:
+                jobs = self._claim(want)
+            finally:
+                self._take_claimed(reserved, jobs)
             if jobs is None:
                 self._backlog = True  # the outage may have hidden new jobs
                 continue
@@ -313,7 +339,7 @@ class Worker:
                 self.queue.hooks.claim_empty(self.queue.name)
             woken = False
             for job in jobs:
-                self._dispatch(job)
+                self._work.put(job)
             if self.burst and not jobs and idle_before:
                 due = self._own_retry_due(claim_started)
                 if due is None:
@@ -381,14 +407,64 @@ class Worker:
                 self._backlog = False
             return started
 
-    def _dispatch(self, job: Job) -> None:
-        self._hold(job)
-        self._work.put(job)
+    def _reserve(self, want: int) -> int:
+        """Reserve places for a claim of up to ``want`` (caller holds ``_slots_cond``).
 
-    def _hold(self, job: Job) -> None:
+        Another claim may have reserved since the room was counted: take only
+        what is left, which may be nothing.
+        """
+        want = min(want, self.sizing.want(len(self._held) + self._claiming, self._backlog))
+        self._claiming += want
+        return want
+
+    def _take_claimed(self, reserved: int, jobs: list[Job] | None) -> None:
+        """A claim returned: its reservation becomes the jobs it got (none if it failed)."""
+        got = jobs or []
         with self._slots_cond:
-            self._held[job.lease_token] = job
-            self._retries.pop(job.id, None)
+            self._claiming -= reserved
+            for job in got:
+                self._held[job.lease_token] = job
+                self._retries.pop(job.id, None)
+            if len(got) < reserved:
+                self._slots_cond.notify_all()  # room freed, or the last claim ended
+
+    def _claim_ahead_loop(self) -> None:
+        """Another claim in flight beside the claim loop's, in a backlog only.
+
+        It never waits for wake-ups (the claim loop does): it claims while the
+        last claims came back full, there is room for another batch and the
+        worker is not stopping. A claim that comes back short ends the backlog,
+        and it goes quiet until one comes back full again.
+        """
+        while True:
+            with self._slots_cond:
+                want = 0
+                while not self._stopping.is_set():
+                    held = len(self._held) + self._claiming
+                    if self._backlog and self.sizing.has_room(held, True):
+                        want = self._reserve(self.batch)
+                        break
+                    self._slots_cond.wait()
+                if want == 0:
+                    return
+                full_before = self._full_claims
+            jobs: list[Job] | None = None
+            try:
+                jobs = self.queue.claim(want)
+            except StreamQueueError:
+                log.warning("claim failed; the claim loop takes over", exc_info=True)
+            finally:
+                self._take_claimed(want, jobs)
+            if jobs is None:
+                self._stopping.wait(OUTAGE_PAUSE)
+                continue
+            started = self._note_claimed(full_before, full=len(jobs) == want)
+            if started or (self.burst and not jobs):
+                # The claim loop may wait for a wake-up while this claim found a
+                # new backlog (or, in burst mode, its end): let it look again.
+                self.queue.board.notify(1)
+            for job in jobs:
+                self._work.put(job)
 
     def _claim_own(self) -> Job | None:
         """A slot's own next job, claimed after it reserved its place (see ``_forget``).
@@ -642,6 +718,8 @@ class Worker:
 
     def _shut_down(self) -> None:
         self._stopping.set()
+        with self._slots_cond:
+            self._slots_cond.notify_all()  # a claim-ahead thread waiting for room ends
         self._release_buffered()
         deadline = time.monotonic() + self.shutdown_grace
         with self._slots_cond:

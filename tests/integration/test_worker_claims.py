@@ -288,3 +288,88 @@ def test_a_buffered_job_does_not_hold_the_stream_open_for_cancel_requests(
         worker.stop()
         runner.join()
         queue.close()
+
+
+def test_claims_in_flight_overlap_claims_in_a_backlog_and_bound_what_is_held(
+        recording: RecordingQueue) -> None:
+    seen: list[int] = []
+    most_held = 0
+    lock = threading.Lock()
+    worker: Worker | None = None
+
+    def handle(payload: dict[str, Any]) -> None:
+        nonlocal most_held
+        with lock:
+            seen.append(payload["n"])
+            if worker is not None:
+                most_held = max(most_held, worker.held)
+        time.sleep(0.001)
+
+    recording.put_many([{"n": n} for n in range(600)])
+    worker = Worker(recording, handle, concurrency=2, batch=8, claims_in_flight=2, burst=True)
+    runner = Background(worker.run).start()
+    assert runner.done.wait(30)
+    runner.join()
+    assert sorted(seen) == list(range(600))  # each job once
+    assert recording.size() == 0
+    assert most_held <= 2 * 8  # two batches at most: one per claim in flight
+    threads = {name for name, _, found in recording.claims if found}
+    assert "streamqueue-claim-1" in threads, recording.claims[:10]
+    assert max(limit for _, limit, _ in recording.claims) <= 8
+
+
+def test_a_claim_ahead_worker_takes_a_trickle_after_its_backlog(
+        collection: Collection[Document]) -> None:
+    done: list[int] = []
+    queue = Queue(collection, lease=30, max_await=1.0)
+    queue.put_many([{"n": n} for n in range(100)])
+    worker = Worker(queue, lambda payload: done.append(payload["n"]), concurrency=2, batch=4,
+                    claims_in_flight=3)
+    runner = Background(worker.run).start()
+    try:
+        assert wait_until(lambda: len(done) == 100, timeout=20)
+        # The backlog is over: each job now comes through a wake-up, none is left waiting.
+        for n in range(100, 110):
+            queue.put({"n": n})
+            assert wait_until(lambda n=n: n in done, timeout=10)  # type: ignore[misc]
+    finally:
+        worker.stop()
+        runner.join()
+        queue.close()
+    assert sorted(done) == list(range(110))
+
+
+def test_stop_with_claims_in_flight_leaves_nothing_locked(collection: Collection[Document]) -> None:
+    hooks = Released()
+    queue = Queue(collection, lease=30, max_await=1.0, hooks=hooks)
+    queue.put_many([{"n": n} for n in range(2000)])
+    started = threading.Event()
+
+    def handle(payload: dict[str, Any]) -> None:
+        started.set()
+        time.sleep(0.002)
+
+    worker = Worker(queue, handle, concurrency=2, batch=16, claims_in_flight=2)
+    runner = Background(worker.run).start()
+    try:
+        assert started.wait(10)
+        worker.stop()
+        assert runner.done.wait(20)  # no claim thread keeps it from returning
+    finally:
+        runner.join()
+        queue.close()
+    # Every job is done or back in the queue: none held by a worker that has stopped.
+    assert collection.count_documents({"state": "locked"}) == 0
+    assert collection.count_documents({"state": "ready"}) == queue.size() > 0
+
+
+def test_claims_in_flight_need_a_fixed_batch(collection: Collection[Document]) -> None:
+    queue = Queue(collection)
+    try:
+        for batch in (None, 1):
+            with pytest.raises(ValueError, match="claims_in_flight"):
+                Worker(queue, lambda payload: None, batch=batch, claims_in_flight=2)
+        with pytest.raises(ValueError, match="claims_in_flight"):
+            Worker(queue, lambda payload: None, batch=8, claims_in_flight=0)
+    finally:
+        queue.close()

@@ -95,3 +95,14 @@ def test_a_fixed_batch_within_the_slots_of_coroutines_claims_once_a_quarter_is_f
     assert not sizing.has_room(301, backlog=True) and sizing.has_room(300, backlog=True)
     assert ClaimSizing(4, 4).has_room(3, backlog=True)  # threads: a claim per free slot
     assert ClaimSizing.for_coroutines(4000, 4000).least_refill == 100
+
+
+def test_claims_in_flight_let_a_backlog_hold_one_batch_per_claim() -> None:
+    sizing = ClaimSizing(4, 8, claims_in_flight=2)
+    assert (sizing.capacity(False), sizing.capacity(True)) == (8, 16)
+    # One claim of 8 in flight and all slots busy: room for a second claim of 8.
+    assert sizing.has_room(4 + 8, True) and sizing.want(4 + 8, True) == 4
+    assert sizing.has_room(8, True) and sizing.want(8, True) == 8
+    assert not sizing.has_room(16, True)
+    # At a trickle it holds one batch, as without them.
+    assert not sizing.has_room(8, False)
