@@ -69,6 +69,8 @@ class Kind:
     batch: int = 1
     # push only: one Queue object per thread (as separate processes would have), not shared.
     queue_per_thread: bool = False
+    # worker only: its claims_in_flight (a fixed batch's claims overlapping in a backlog).
+    claims_in_flight: int = 1
 
     @property
     def label(self) -> str:
@@ -78,6 +80,9 @@ class Kind:
         if self.kind == WORKER:
             if self.batch == DEFAULT_BATCH:
                 return "streamqueue Worker (defaults)"
+            if self.claims_in_flight > 1:
+                return (f"streamqueue Worker batch={self.batch}, "
+                        f"{self.claims_in_flight} claims in flight")
             return f"streamqueue Worker batch={self.batch}"
         if self.kind == POLLING:
             return "polling 100 ms"
@@ -100,12 +105,14 @@ class Kind:
         return self.kind not in (FLOOR, FLOOR_PUSH, FLOOR_HANDOFF, FLOOR_BATCH, KOMBU)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "batch": self.batch, "queue_per_thread": self.queue_per_thread}
+        return {"kind": self.kind, "batch": self.batch, "queue_per_thread": self.queue_per_thread,
+                "claims_in_flight": self.claims_in_flight}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Kind:
         return cls(str(data["kind"]), int(data.get("batch", 1)),
-                   bool(data.get("queue_per_thread", False)))
+                   bool(data.get("queue_per_thread", False)),
+                   int(data.get("claims_in_flight", 1)))
 
 
 # A job whose payload has a negative sequence number stops one push consumer.
@@ -307,7 +314,7 @@ class ConsumerGroup:
         if kind.kind == WORKER:
             self.worker = Worker(self.queues[0], self._handle, concurrency=threads,
                                  batch=None if kind.batch == DEFAULT_BATCH else kind.batch,
-                                 burst=burst)
+                                 burst=burst, claims_in_flight=kind.claims_in_flight)
 
     def prepare(self) -> None:
         """Indexes and change streams, before any timing starts."""

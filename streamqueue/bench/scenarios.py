@@ -74,6 +74,8 @@ class ThroughputRow:
     # The consumers' CPU time per job (this process and its consumer processes): with the
     # server's, what a job costs the machine, whose cores bound every rate here.
     client_cpu_ms_per_job: float | None = None
+    # A Worker's claims_in_flight (1 for every other consumer).
+    claims_in_flight: int = 1
 
 
 def median_round(rows: Sequence[ThroughputRow]) -> ThroughputRow:
@@ -122,6 +124,7 @@ def throughput(ctx: BenchContext, plan: ThroughputPlan, kind: Kind, *,
         duplicates=len(seqs) - len(set(seqs)), lost=plan.jobs - len(unique), left=left,
         enqueue_per_s=enqueue_rate, other_cpu=other_cpu, errors=errors,
         server_cpu_ms_per_job=server_ms, client_cpu_ms_per_job=client_ms,
+        claims_in_flight=kind.claims_in_flight,
     )
 
 
@@ -535,12 +538,17 @@ def add_herd_ratios(rows: Sequence[HerdRow]) -> None:
 # -- the whole plan -----------------------------------------------------------------------
 
 
+# The batched Worker rows run again with this many claims in flight (target 4).
+CLAIMS_AHEAD = 2
+
+
 def throughput_kinds(plan: ThroughputPlan, config: BenchConfig) -> list[Kind]:
     kinds = [Kind(PUSH), Kind(WORKER, 1)]
     batches = config.batch_sizes(plan)
     if plan.threads > 1:
         kinds.append(Kind(WORKER, DEFAULT_BATCH))
         kinds.extend(Kind(WORKER, batch) for batch in batches)
+        kinds.extend(Kind(WORKER, batch, claims_in_flight=CLAIMS_AHEAD) for batch in batches)
     kinds.extend([Kind(POLLING), Kind(STORE), Kind(FLOOR)])
     if plan.threads > 1:
         kinds.extend(Kind(STORE_BATCH, batch) for batch in batches)

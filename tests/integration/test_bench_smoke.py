@@ -31,6 +31,7 @@ from streamqueue.bench.consumers import (
     KIND_PUSH,
     KIND_STORE,
     STORE_BATCH,
+    WORKER,
     Kind,
     worker_kind,
 )
@@ -62,7 +63,8 @@ def results() -> Results:
     return Results(mode="smoke", started="now", seconds=0.0, machine={}, config={}, notes=[])
 
 
-KINDS = [KIND_PUSH, worker_kind(1), worker_kind(4), worker_kind(DEFAULT_BATCH), KIND_POLLING,
+KINDS = [KIND_PUSH, worker_kind(1), worker_kind(4), Kind(WORKER, 4, claims_in_flight=2),
+         worker_kind(DEFAULT_BATCH), KIND_POLLING,
          KIND_STORE, KIND_FLOOR, Kind(STORE_BATCH, 4), Kind(FLOOR_BATCH, 4), KIND_KOMBU]
 
 

@@ -100,3 +100,14 @@ def test_the_batched_target_shows_the_bare_storage_calls_and_each_jobs_cpu() -> 
 def test_a_jobs_cpu_is_unknown_when_either_side_is() -> None:
     assert job_cpu_ms(tp(WORKER, 100.0)) is None
     assert job_cpu_ms(with_cpu(tp(WORKER, 100.0), 0.25, 0.5)) == 0.75
+
+
+def test_a_worker_with_claims_in_flight_is_judged_and_named() -> None:
+    ahead = tp(WORKER, 2800.0, batch=8)
+    ahead.claims_in_flight = 2
+    rows = [tp(WORKER, 2100.0, batch=8), ahead, tp(FLOOR_BATCH, 3000.0, batch=8)]
+    target = batched_floor_target(rows, 16)
+    assert target.passed is True
+    assert "batch=8: 0.700x" in target.measured
+    assert "batch=8 with 2 claims in flight: 0.933x" in target.measured
+    assert target.measured.endswith("reached at batch=8 with 2 claims in flight")
