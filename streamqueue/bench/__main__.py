@@ -137,7 +137,8 @@ def _in_rounds(ctx: BenchContext, rounds: int, kinds: Sequence[Kind], attempt: A
                scenario: str, measure: Callable[[Kind], R],
                describe: Callable[[R], str]) -> dict[str, list[R]]:
     """Every kind once per round, round after round, so whatever the server is
-    doing meanwhile (a checkpoint, the last run's deletes) falls on all kinds alike."""
+    doing meanwhile (a checkpoint, the last run's deletes) falls on all kinds alike.
+    Every other round runs them in reverse: no kind always follows the same one."""
     runs: dict[str, list[R]] = {kind.label: [] for kind in kinds}
 
     def step(kind: Kind) -> None:
@@ -148,7 +149,7 @@ def _in_rounds(ctx: BenchContext, rounds: int, kinds: Sequence[Kind], attempt: A
     for round_ in range(rounds):
         if rounds > 1:
             ctx.progress(f"  round {round_ + 1} of {rounds}")
-        for kind in kinds:
+        for kind in sc.round_order(kinds, round_):
             attempt(f"{scenario}: {kind.label}", functools.partial(step, kind))
     return runs
 

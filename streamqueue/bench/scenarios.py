@@ -78,6 +78,11 @@ class ThroughputRow:
     claims_in_flight: int = 1
 
 
+def round_order(kinds: Sequence[Kind], round_: int) -> list[Kind]:
+    """The kinds in the order round ``round_`` runs them: every other round reversed."""
+    return list(kinds) if round_ % 2 == 0 else list(reversed(kinds))
+
+
 def median_round(rows: Sequence[ThroughputRow]) -> ThroughputRow:
     """One kind's rounds as one row: the median round's figures, every round's faults.
 

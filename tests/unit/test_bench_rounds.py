@@ -6,6 +6,7 @@ import pytest
 
 from streamqueue.bench import scenarios as sc
 from streamqueue.bench.common import Percentiles
+from streamqueue.bench.consumers import Kind
 from streamqueue.bench.report import _jobs_per_s, _p50_rounds, _rounds_note, _store_note
 
 
@@ -89,3 +90,10 @@ def test_the_bare_storage_row_is_named_in_the_next_target() -> None:
     store.ratio_to_floor = 0.95
     assert _store_note(store) == "; the queue's own claim and complete called bare (no Queue): 0.950x"
     assert _store_note(None) == ""
+
+
+def test_every_other_round_runs_the_kinds_in_reverse() -> None:
+    kinds = [Kind("push"), Kind("worker", 1), Kind("floor")]
+    assert sc.round_order(kinds, 0) == kinds
+    assert sc.round_order(kinds, 1) == kinds[::-1]
+    assert sc.round_order(kinds, 2) == kinds
