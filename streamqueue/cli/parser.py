@@ -249,6 +249,10 @@ def build_parser() -> ArgumentParser:
                   "to 16 in a backlog, or to --concurrency for async def handlers, buffered only "
                   "for fast handlers). Above --concurrency, "
                   "the extra jobs wait in a local buffer (prefetch) with their leases kept alive")
+    opts.add("--claims-in-flight", env="CLAIMS_IN_FLIGHT", convert=positive_int, default=1,
+             metavar="N", help="with a fixed --batch above 1 (sync handlers, one queue): in a "
+                               "backlog, up to N batch claims overlap and the worker holds up "
+                               "to N x batch jobs; for tiny, fast jobs")
     opts.add("--backoff", env="BACKOFF", convert=seconds, default=1.0, metavar="SECONDS",
              help="retry delay after the first failure; doubles each attempt, with jitter")
     opts.add("--backoff-cap", env="BACKOFF_CAP", convert=seconds, default=300.0,

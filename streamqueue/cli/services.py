@@ -43,6 +43,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())
     handler = load_target(args.handler)
     hooks = PrometheusHooks()
+    if args.claims_in_flight > 1 and (isinstance(handler, Tasks)
+                                      or inspect.iscoroutinefunction(handler)):
+        raise UsageError("--claims-in-flight serves a sync handler on one --queue only")
     if isinstance(handler, Tasks):
         return _run_task_worker(args, handler, hooks)
     if args.queues is not None or not args.queue:
@@ -62,7 +65,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                       fleet=args.concurrency if args.fleet else None)
         worker = Worker(queue, handler, concurrency=args.concurrency, heartbeat=args.heartbeat,
                         shutdown_grace=args.shutdown_grace, batch=args.batch, burst=args.burst,
-                        backoff=ExponentialBackoff(base=args.backoff, cap=args.backoff_cap))
+                        backoff=ExponentialBackoff(base=args.backoff, cap=args.backoff_cap),
+                        claims_in_flight=args.claims_in_flight)
     except (TypeError, ValueError) as exc:
         session.close()
         raise UsageError(str(exc)) from None

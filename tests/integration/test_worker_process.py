@@ -173,6 +173,29 @@ def test_burst_worker_drains_the_queue_and_exits(
     assert collection.count_documents({}) == 0
 
 
+def test_a_burst_worker_with_claims_in_flight_drains_the_queue_and_exits(
+    queue: Queue, collection: Collection[Document], records: Collection[Document],
+    env: dict[str, str], target: list[str],
+) -> None:
+    queue.put_many([{"n": n} for n in range(40)])
+    result = run_cli("streamqueue.worker", HANDLER, *target, "--burst", "--concurrency", "2",
+                     "--batch", "4", "--claims-in-flight", "2", env=env)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert count(records, event="done") == 40
+    assert collection.count_documents({}) == 0
+
+
+def test_claims_in_flight_without_a_fixed_batch_is_a_usage_error(
+    queue: Queue, env: dict[str, str], target: list[str],
+) -> None:
+    queue.put({"n": 1})
+    result = run_cli("streamqueue.worker", HANDLER, *target, "--burst",
+                     "--claims-in-flight", "2", env=env)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert "claims_in_flight" in result.stderr
+    assert queue.size() == 1  # nothing claimed
+
+
 def test_metrics_counters_match_the_jobs_run(
     queue: Queue, collection: Collection[Document], records: Collection[Document],
     env: dict[str, str], target: list[str], processes: list[CliProcess],

@@ -45,6 +45,7 @@ def test_worker_defaults() -> None:
     assert args.heartbeat is None
     assert args.shutdown_grace == 30.0
     assert args.batch is None
+    assert args.claims_in_flight == 1
     assert args.backoff == 1.0 and args.backoff_cap == 300.0
     assert args.metrics_port is None
     assert args.metrics_addr == "0.0.0.0"
@@ -58,11 +59,12 @@ def test_worker_defaults() -> None:
 def test_worker_every_option() -> None:
     args = parse("worker", "pkg.mod:fn", *BASE, "--concurrency", "8", "--lease", "60",
                  "--heartbeat", "10", "--shutdown-grace", "0",
-                 "--batch", "2", "--backoff", "0", "--backoff-cap", "30",
+                 "--batch", "2", "--claims-in-flight", "2", "--backoff", "0", "--backoff-cap", "30",
                  "--metrics-port", "9100", "--metrics-addr", "127.0.0.1", "--burst",
                  "--fleet", "--consumer-id", "pod-1", "--log-level", "debug", "--server-timeout", "0.5")
     assert args.concurrency == 8 and args.lease == 60.0
     assert args.heartbeat == 10.0 and args.shutdown_grace == 0.0 and args.batch == 2
+    assert args.claims_in_flight == 2
     assert args.backoff == 0.0 and args.backoff_cap == 30.0
     assert args.metrics_port == 9100 and args.metrics_addr == "127.0.0.1"
     assert args.burst is True and args.consumer_id == "pod-1"
