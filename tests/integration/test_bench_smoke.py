@@ -18,7 +18,7 @@ import pytest
 
 from streamqueue.bench import lifecycle as lc
 from streamqueue.bench import scenarios as sc
-from streamqueue.bench.common import BenchContext, CpuMeter
+from streamqueue.bench.common import BenchContext, CpuMeter, CpuSample
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
 from streamqueue.bench.consumers import (
     DEFAULT_BATCH,
@@ -251,30 +251,29 @@ def test_other_load_meter() -> None:
     assert CpuMeter([]).sample() is None  # server unknown (--uri): no figure rather than a wrong one
 
 
-def test_server_cpu_meter_counts_the_server_processes_only() -> None:
-    meter = CpuMeter([os.getpid()])  # this process stands in for the server
+def spin_from(meter: CpuMeter, seconds: float = 0.3) -> CpuSample:
+    """A sample, then ``seconds`` of this process's CPU (skip without /proc)."""
     start = meter.sample()
     if start is None:
         pytest.skip("no /proc here")
-    deadline = time.process_time() + 0.3
+    deadline = time.process_time() + seconds
     while time.process_time() < deadline:
         pass
-    used = meter.server_seconds(start)
+    return start
+
+
+def test_server_cpu_meter_counts_the_server_processes_only() -> None:
+    meter = CpuMeter([os.getpid()])  # this process stands in for the server
+    used = meter.server_seconds(spin_from(meter))
     assert used is not None and 0.2 <= used <= 5.0
     assert CpuMeter([]).server_seconds(None) is None
-
 
 
 def test_client_cpu_meter_counts_this_process_not_the_server() -> None:
     idle_server = subprocess.Popen(["sleep", "60"])  # stands in for a server doing nothing
     try:
         meter = CpuMeter([idle_server.pid])
-        start = meter.sample()
-        if start is None:
-            pytest.skip("no /proc here")
-        deadline = time.process_time() + 0.3
-        while time.process_time() < deadline:
-            pass
+        start = spin_from(meter)
         used = meter.client_seconds(start)
         assert used is not None and 0.2 <= used <= 5.0
         assert (meter.server_seconds(start) or 0.0) < 0.05
