@@ -320,10 +320,11 @@ class Worker:
                 full_before = self._full_claims
                 # Alone, the loop keeps the room it counted; beside a claim-ahead
                 # thread it reserves it, and may find it taken meanwhile.
-                reserved = self._reserve(want) if self.claims_in_flight > 1 else 0
-            if self.claims_in_flight > 1 and reserved == 0:
+                reserved = 0
+                if self.claims_in_flight > 1:
+                    want = reserved = self._reserve(want)
+            if want == 0:
                 continue  # the wake-up, if any, stays pending (woken)
-            want = reserved or want
             claim_started = time.monotonic()
             jobs: list[Job] | None = None
             try:
