@@ -42,10 +42,12 @@ class BenchConfig:
     # in one process; off where kombu is not installed.
     peer_threads: int = 4
     kombu: bool = True
-    latency_jobs: int = 500
+    # p99 of 500 pooled samples was their fifth worst: the push floor's own p99 moved
+    # from 6.6 to 15.8 ms between three quiet runs, so 1,500 (the fifteenth worst).
+    latency_jobs: int = 1_500
     # The jobs are split over this many rounds, every kind once per round, and
     # pooled: a kind that always ran first met the server fresh from start-up.
-    latency_rounds: int = 3
+    latency_rounds: int = 5
     latency_warmup: int = 10
     latency_interval: float = 0.02
     idle_seconds: float = 30.0
