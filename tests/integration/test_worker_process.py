@@ -161,27 +161,19 @@ def test_sigterm_leaves_jobs_still_running_after_the_grace_period_to_their_lease
     assert count(records, n=1, event="done") == 0
 
 
+@pytest.mark.parametrize(("jobs", "options"), [
+    (5, []),
+    (40, ["--batch", "4", "--claims-in-flight", "2"]),
+], ids=["plain", "claims-in-flight"])
 def test_burst_worker_drains_the_queue_and_exits(
     queue: Queue, collection: Collection[Document], records: Collection[Document],
-    env: dict[str, str], target: list[str],
+    env: dict[str, str], target: list[str], jobs: int, options: list[str],
 ) -> None:
-    queue.put_many([{"n": n} for n in range(5)])
+    queue.put_many([{"n": n} for n in range(jobs)])
     result = run_cli("streamqueue.worker", HANDLER, *target, "--burst", "--concurrency", "2",
-                     env=env)
+                     *options, env=env)
     assert result.returncode == ExitCode.OK, result.stderr
-    assert count(records, event="done") == 5
-    assert collection.count_documents({}) == 0
-
-
-def test_a_burst_worker_with_claims_in_flight_drains_the_queue_and_exits(
-    queue: Queue, collection: Collection[Document], records: Collection[Document],
-    env: dict[str, str], target: list[str],
-) -> None:
-    queue.put_many([{"n": n} for n in range(40)])
-    result = run_cli("streamqueue.worker", HANDLER, *target, "--burst", "--concurrency", "2",
-                     "--batch", "4", "--claims-in-flight", "2", env=env)
-    assert result.returncode == ExitCode.OK, result.stderr
-    assert count(records, event="done") == 40
+    assert count(records, event="done") == jobs
     assert collection.count_documents({}) == 0
 
 
