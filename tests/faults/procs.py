@@ -195,8 +195,8 @@ class Fleet:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
         for proc in self.procs:
-            # A wrapper (faketime) may have gone while its child lives on: the
-            # group outlives both, so it is the group that gets the last word.
+            # A wrapper may have gone while its child lives on: the group
+            # outlives both, so it is the group that gets the last word.
             _wait_group_gone(proc, deadline)
             _signal_group(proc, signal.SIGKILL)
             proc.popen.wait(timeout=30)
@@ -214,7 +214,7 @@ class Fleet:
 
 def _signal_group(proc: Proc, signum: int) -> None:
     # Each child leads its own session, so its process group holds it and
-    # anything it started (faketime runs Python as a child, not by exec).
+    # anything it started (a wrapper may run Python as a child, not by exec).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signum)
 
@@ -242,15 +242,6 @@ def run_cli(*args: str, stdin: str | None = None, timeout: float = 60.0,
         [sys.executable, "-m", "streamqueue", *args], cwd=REPO_ROOT,
         env=env if env is not None else cli_env(), input=stdin, capture_output=True, text=True,
         timeout=timeout, check=False)
-
-
-def faketime_prefix(offset: str) -> list[str]:
-    """Run a Python process with its wall clock moved by ``offset`` (``+1h``, ``-1h``).
-
-    The monotonic clock is left alone (``FAKETIME_DONT_FAKE_MONOTONIC``), as on
-    a real host whose wall clock is wrong. Use with ``python=SKEW_SHIM``.
-    """
-    return ["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", offset]
 
 
 # Runs the module named next as __main__ with libfaketime's broken sleep worked around.

@@ -8,7 +8,6 @@ delayed jobs early (or an hour late), and must complete ordinary jobs as usual.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,8 +22,9 @@ from streamqueue.testing import ReplicaSet
 from tests.faults.common import FAULT_DB, log
 from tests.faults.conftest import Report
 from tests.faults.evidence import gather
-from tests.faults.procs import SKEW_SHIM, Fleet, faketime_prefix
+from tests.faults.procs import SKEW_SHIM, Fleet
 from tests.helpers import wait_until
+from tests.skew import faketime_prefix, libfaketime
 
 Document = dict[str, Any]
 
@@ -37,8 +37,8 @@ SKEWS = {"+1h": 3600.0, "-1h": -3600.0}
 
 def faketime_works() -> str | None:
     """None if ``faketime`` moves a Python process's clock here; else why not."""
-    if shutil.which("faketime") is None:
-        return "faketime is not installed (Debian package 'faketime'; `make test` installs it)"
+    if libfaketime() is None:
+        return "libfaketime is not installed (Debian package 'faketime'; `make test` installs it)"
     probe = subprocess.run(
         [*faketime_prefix("+1h"), "python3", "-c", "import time; print(time.time())"],
         capture_output=True, text=True, timeout=30, check=False)

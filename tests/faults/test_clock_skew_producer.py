@@ -27,9 +27,10 @@ from pymongo.collection import Collection
 from streamqueue import Job, Queue
 from tests.faults.common import FAULT_DB, log
 from tests.faults.conftest import Scene
-from tests.faults.procs import REPO_ROOT, SKEW_SHIM, cli_env, faketime_prefix
+from tests.faults.procs import REPO_ROOT, SKEW_SHIM, cli_env
 from tests.faults.test_clock_skew import SKEWS, faketime_works
 from tests.helpers import Background
+from tests.skew import faketime_prefix
 
 Document = dict[str, Any]
 

@@ -20,9 +20,10 @@ import pytest
 from streamqueue import Queue
 from tests.faults.common import log
 from tests.faults.conftest import Scene
-from tests.faults.procs import SKEW_SHIM, Fleet, Proc, faketime_prefix
+from tests.faults.procs import SKEW_SHIM, Fleet, Proc
 from tests.faults.test_clock_skew import faketime_works
 from tests.helpers import Background, wait_until
+from tests.skew import faketime_prefix
 
 SECOND = timedelta(seconds=1)
 

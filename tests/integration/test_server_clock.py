@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -20,6 +18,7 @@ from streamqueue import Queue
 from streamqueue.storage import Document
 from tests.helpers import server_now
 from tests.integration.conftest import API_PARAMS, QueueFactory
+from tests.skew import faketime_prefix, libfaketime
 
 
 @pytest.fixture(params=API_PARAMS)
@@ -115,7 +114,7 @@ def test_stored_dates_are_the_servers(
 
 
 @pytest.mark.sync_only
-@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt install faketime)")
+@pytest.mark.skipif(libfaketime() is None, reason="needs libfaketime (apt install faketime)")
 @pytest.mark.parametrize("skew", ["+1h", "-1h"])
 def test_a_consumer_whose_clock_is_an_hour_off(
     make_queue: QueueFactory, collection: Collection[Document], mongo_uri: str,
@@ -128,10 +127,9 @@ def test_a_consumer_whose_clock_is_an_hour_off(
     delayed_before = collection.find_one({"_id": delayed_id})
 
     run = subprocess.run(
-        ["faketime", "-f", skew, sys.executable, "-m", "tests.integration.skewed_client",
+        [*faketime_prefix(skew), sys.executable, "-m", "tests.integration.skewed_client",
          mongo_uri, collection.database.name, collection.name],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"},
     )
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout.strip().splitlines()[-1])
