@@ -66,7 +66,8 @@ class ClaimSizing:
     claim_seconds: float | None = field(default=None, init=False)
 
     @classmethod
-    def for_coroutines(cls, slots: int, batch: int | None = None) -> ClaimSizing:
+    def for_coroutines(cls, slots: int, batch: int | None = None, *,
+                       claims_in_flight: int = 1) -> ClaimSizing:
         """Sizes for one claim loop feeding ``slots`` coroutines (``AsyncWorker``).
 
         Bounds grow with the slots: claims of up to ``slots`` jobs and a buffer
@@ -83,7 +84,8 @@ class ClaimSizing:
         """
         return cls(slots, batch, max_claim=max(MAX_CLAIM, slots),
                    max_buffer=max(MAX_BUFFER, slots),
-                   least_refill=max(1, min(REFILL_CAP, slots // 4)), margin=3.0)
+                   least_refill=max(1, min(REFILL_CAP, slots // 4)),
+                   claims_in_flight=claims_in_flight, margin=3.0)
 
     @property
     def adaptive(self) -> bool:

@@ -33,6 +33,7 @@ from streamqueue.worker import (
     CANCEL_TICK,
     CANCEL_WATCH_AFTER,
     OUTAGE_PAUSE,
+    check_claims_in_flight,
     check_count,
     lease_keeping,
     wants_job,
@@ -44,6 +45,8 @@ AsyncHandler = Callable[..., Awaitable[object]]
 T = TypeVar("T")
 # A claim loop that found nothing waits this long at most before it looks again.
 CLAIM_WAIT = 30.0
+# After stop(), a claim still in flight this long (an outage) is cancelled.
+CLAIM_STOP_WAIT = 5.0
 
 
 class AsyncWorker:
@@ -62,12 +65,17 @@ class AsyncWorker:
     the buffer topped up half a batch at a time; up to ``concurrency`` it claims
     once a quarter of the places (at most 100) are free. Completions are
     written in bulk unless ``batch=1``.
+
+    ``claims_in_flight`` (a fixed ``batch`` above 1 only), as for ``Worker``:
+    in a backlog that many batch claims overlap (the claim loop's and
+    ``claims_in_flight - 1`` claim-ahead coroutines'), so the loop is not idle
+    for a whole claim round trip between batches.
     """
 
     def __init__(self, queue: AsyncQueue, handler: AsyncHandler, *, concurrency: int = 100,
                  heartbeat: float | None = None, shutdown_grace: float = 30.0,
                  burst: bool = False, backoff: Backoff | None = None,
-                 batch: int | None = None) -> None:
+                 batch: int | None = None, claims_in_flight: int = 1) -> None:
         if not asyncio.iscoroutinefunction(handler):
             raise TypeError("AsyncWorker runs coroutine functions (async def); "
                             "use Worker for plain functions")
@@ -76,12 +84,19 @@ class AsyncWorker:
         self.slots = check_count("concurrency", concurrency)
         if batch is not None:
             check_count("batch", batch)
-        self.sizing = ClaimSizing.for_coroutines(self.slots, batch)
+        self.claims_in_flight = check_claims_in_flight(claims_in_flight, batch)
+        self.sizing = ClaimSizing.for_coroutines(self.slots, batch,
+                                                 claims_in_flight=claims_in_flight)
         # The most jobs one claim asks for (above 1, completions go in bulk).
         self.batch = self.sizing.most
         # The last claim came back full: more may be due, so claim again without
         # waiting for a wake-up. True at first: nothing is known about the queue yet.
         self._backlog = True
+        # Claims that came back full so far: a short claim ends the backlog only
+        # if none came back full while it ran (another claim in flight).
+        self._full_claims = 0
+        # Places claims in flight have reserved for the jobs they may bring.
+        self._reserved = 0
         self.burst = burst
         self.heartbeat, self.shutdown_grace, self.backoff = lease_keeping(
             queue.lease, heartbeat, shutdown_grace, backoff)
@@ -97,7 +112,9 @@ class AsyncWorker:
         self._completions = Completions(queue) if self.batch > 1 else None
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._claiming: asyncio.Future[Any] | None = None
+        # What stop() interrupts: waits for a wake-up at once, claims only if stuck.
+        self._waits: set[asyncio.Future[Any]] = set()
+        self._claims: set[asyncio.Future[Any]] = set()
         heard = queue._events.on_cancel
 
         def on_cancel(job_id: object) -> None:
@@ -121,8 +138,17 @@ class AsyncWorker:
         """Stop claiming; running handlers get ``shutdown_grace`` seconds, then are cancelled."""
         self._stopping.set()
         self._room.set()  # the claim loop may be waiting for room
-        if self._claiming is not None:
-            self._claiming.cancel()  # a cancelled claim hands back whatever it locked
+        for wait in list(self._waits):
+            wait.cancel()
+        # A claim in flight returns within a round trip, and its jobs are handed
+        # back with the buffer. Only one stuck in an outage is cancelled: its
+        # locks are then handed back by a clean-up the loop may not live to run.
+        if self._claims:
+            asyncio.get_running_loop().call_later(CLAIM_STOP_WAIT, self._cancel_claims)
+
+    def _cancel_claims(self) -> None:
+        for claim in list(self._claims):
+            claim.cancel()  # a cancelled claim hands back whatever it locked
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -142,13 +168,16 @@ class AsyncWorker:
         helpers = [asyncio.create_task(self._heartbeat_loop()),
                    asyncio.create_task(self._watch_cancels())]
         writer = asyncio.create_task(self._completions.run()) if self._completions else None
+        ahead = [asyncio.create_task(self._claim_ahead_loop())
+                 for _ in range(1, self.claims_in_flight)]
         try:
             # One waiter on the board for the worker's life: a wake-up that comes
             # while the loop claims or waits for room is kept, never lost.
             with self.queue.board.waiting():
                 await self._claim_loop()
         finally:
-            self._stopping.set()
+            self.stop()  # claims still in flight (claim-ahead) hand back what they lock
+            await asyncio.gather(*ahead, return_exceptions=True)
             await self._shut_down()
             if writer is not None and self._completions is not None:
                 await self._completions.finish(writer)
@@ -162,65 +191,124 @@ class AsyncWorker:
     async def _claim_loop(self) -> None:
         woken = False
         while not self._stopping.is_set():
-            if not self.sizing.has_room(len(self._tasks), self._backlog):
-                self._room.clear()
-                await self._room.wait()
+            if not self._has_room():
+                await self._wait_for_room()
                 continue
             if not self._backlog and not self.burst:
                 # The last claim came back short: wait for a job, not for nothing.
                 wake = await self._interruptible(
-                    self.queue.wait_for_wakeup(time.monotonic() + CLAIM_WAIT))
+                    self.queue.wait_for_wakeup(time.monotonic() + CLAIM_WAIT), self._waits)
                 if wake is None:
                     continue
                 woken = wake not in (Wake.TIMEOUT, Wake.RESUME)
                 if not woken and self.queue.knows_empty():
                     continue  # a sweep, but the fleet view knows a claim would find nothing
-                if not self.sizing.has_room(len(self._tasks), self._backlog):
+                if not self._has_room():
                     continue
-            idle_before = not self._tasks
-            want = self.sizing.want(len(self._tasks), self._backlog)
-            started = time.monotonic()
-            jobs = await self._claim(want)
+            # A claim that finds nothing proves the queue drained only if no job of
+            # ours ran (or was being claimed) meanwhile: a failing handler requeues.
+            idle_before = not self._tasks and not self._reserved
+            jobs = await self._claim_batch(self._want())
             if jobs is None:
                 self._backlog = True  # the outage may have hidden new jobs
                 continue
-            self.sizing.note_claim(time.monotonic() - started)
-            self._backlog = len(jobs) == want
             if not jobs and woken:
                 self.queue.hooks.claim_empty(self.queue.name)
             woken = False
-            for job in jobs:
-                task = asyncio.create_task(self._run_job(job))
-                self._tasks[task] = job
-                task.add_done_callback(self._finished)
             if self.burst and not jobs:
                 # Burst mode stops at the first empty claim made while no handler
-                # ran (one that fails requeues its job).
-                if idle_before:
+                # ran (one that fails requeues its job) and no other claim was out.
+                if idle_before and not self._tasks and not self._reserved:
                     log.info("burst mode: nothing due and no handler running; stopping")
                     return
                 if self._tasks:  # else they all finished during the claim: claim again
-                    self._room.clear()
-                    await self._room.wait()
+                    await self._wait_for_room()
                 # A handler that failed meanwhile requeued its job: claim, do not wait.
                 self._backlog = True
 
-    async def _claim(self, want: int) -> list[AsyncJob] | None:
+    async def _claim_ahead_loop(self) -> None:
+        """Another claim in flight beside the claim loop's, in a backlog only.
+
+        It never waits for wake-ups (the claim loop does): it claims while the
+        last claims came back full and there is room for another batch. A claim
+        that comes back short ends the backlog, and it waits for the next one.
+        """
+        while not self._stopping.is_set():
+            if not (self._backlog and self._has_room()):
+                await self._wait_for_room()
+                continue
+            await self._claim_batch(self._want(), ahead=True)
+
+    def _has_room(self) -> bool:
+        return self.sizing.has_room(len(self._tasks) + self._reserved, self._backlog)
+
+    def _want(self) -> int:
+        return self.sizing.want(len(self._tasks) + self._reserved, self._backlog)
+
+    async def _wait_for_room(self) -> None:
+        """Until a handler finishes, a claim hands back places, a backlog starts, or stop()."""
+        self._room.clear()
+        await self._room.wait()
+
+    async def _claim_batch(self, want: int, *, ahead: bool = False) -> list[AsyncJob] | None:
+        """Claim up to ``want`` jobs into places reserved meanwhile and start their tasks;
+        note whether the claim came back full. None if interrupted or after an outage."""
+        full_before = self._full_claims
+        self._reserved += want
+        started = time.monotonic()
+        try:
+            jobs = await self._claim(want, ahead=ahead)
+        finally:
+            self._reserved -= want
+        for job in jobs or ():
+            task = asyncio.create_task(self._run_job(job))
+            self._tasks[task] = job
+            task.add_done_callback(self._finished)
+        if jobs is not None:
+            self.sizing.note_claim(time.monotonic() - started)
+            if self._note_claimed(full_before, full=len(jobs) == want) and ahead:
+                # The claim loop may wait for a wake-up while this claim found a
+                # new backlog: let it look again.
+                self.queue.board.notify(1)
+        if len(jobs or ()) < want:
+            self._room.set()  # places reserved and not filled are free again
+        return jobs
+
+    def _note_claimed(self, full_before: int, *, full: bool) -> bool:
+        """A full claim means a backlog; a short one its end, unless another came back
+        full meanwhile. True if this claim started a backlog."""
+        started = full and not self._backlog
+        if full:
+            self._full_claims += 1
+            self._backlog = True
+            if started:
+                self._room.set()  # a claim-ahead coroutine waits for a backlog
+        elif self._full_claims == full_before:
+            self._backlog = False
+        return started
+
+    async def _claim(self, want: int, *, ahead: bool = False) -> list[AsyncJob] | None:
         """Up to ``want`` jobs, in one claim; None if interrupted or after an outage."""
         try:
-            return await self._interruptible(self.queue.claim(want))
+            return await self._interruptible(self.queue.claim(want), self._claims)
         except PermissionDenied:
+            if ahead:
+                return None  # the claim loop meets it too, and ends the worker
             raise
         except StreamQueueError:
-            log.exception("claim failed; trying again in %.0fs", OUTAGE_PAUSE)
+            if ahead:
+                log.warning("claim ahead failed; trying again in %.0fs", OUTAGE_PAUSE)
+            else:
+                log.exception("claim failed; trying again in %.0fs", OUTAGE_PAUSE)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), OUTAGE_PAUSE)
             return None
 
-    async def _interruptible(self, step: Awaitable[T]) -> T | None:
-        """Await ``step`` as a task ``stop()`` cancels; None if it did."""
+    async def _interruptible(self, step: Awaitable[T],
+                             kept_in: set[asyncio.Future[Any]]) -> T | None:
+        """Await ``step`` as a task ``stop()`` may cancel (found in ``kept_in``); None if it did."""
         task: asyncio.Future[T] = asyncio.ensure_future(step)
-        self._claiming = task
+        kept_in.add(task)
         try:
             return await task
         except asyncio.CancelledError:
@@ -228,7 +316,7 @@ class AsyncWorker:
                 return None
             raise
         finally:
-            self._claiming = None
+            kept_in.discard(task)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)

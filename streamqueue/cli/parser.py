@@ -250,7 +250,7 @@ def build_parser() -> ArgumentParser:
                   "for fast handlers). Above --concurrency, "
                   "the extra jobs wait in a local buffer (prefetch) with their leases kept alive")
     opts.add("--claims-in-flight", env="CLAIMS_IN_FLIGHT", convert=positive_int, default=1,
-             metavar="N", help="with a fixed --batch above 1 (sync handlers, one queue): in a "
+             metavar="N", help="with a fixed --batch above 1 (a handler function, one queue): in a "
                                "backlog, up to N batch claims overlap and the worker holds up "
                                "to N x batch jobs; for tiny, fast jobs")
     opts.add("--backoff", env="BACKOFF", convert=seconds, default=1.0, metavar="SECONDS",

@@ -43,9 +43,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())
     handler = load_target(args.handler)
     hooks = PrometheusHooks()
-    if args.claims_in_flight > 1 and (isinstance(handler, Tasks)
-                                      or inspect.iscoroutinefunction(handler)):
-        raise UsageError("--claims-in-flight serves a sync handler on one --queue only")
+    if args.claims_in_flight > 1 and isinstance(handler, Tasks):
+        raise UsageError("--claims-in-flight serves a handler function on one --queue only")
     if isinstance(handler, Tasks):
         return _run_task_worker(args, handler, hooks)
     if args.queues is not None or not args.queue:
@@ -198,7 +197,8 @@ def _run_async_worker(args: argparse.Namespace, handler: Callable[..., Any], hoo
                 worker = AsyncWorker(
                     queue, handler, concurrency=args.concurrency, heartbeat=args.heartbeat,
                     shutdown_grace=args.shutdown_grace, burst=args.burst, batch=args.batch,
-                    backoff=ExponentialBackoff(base=args.backoff, cap=args.backoff_cap))
+                    backoff=ExponentialBackoff(base=args.backoff, cap=args.backoff_cap),
+                    claims_in_flight=args.claims_in_flight)
             except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
             untrack = hooks.track_worker(name, slots=worker.slots,

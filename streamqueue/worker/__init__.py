@@ -73,6 +73,16 @@ def check_count(name: str, value: object) -> int:
     return value
 
 
+def check_claims_in_flight(claims_in_flight: object, batch: int | None) -> int:
+    """``claims_in_flight`` as both workers accept it: a positive int, above 1 only
+    with a fixed ``batch`` above 1."""
+    count = check_count("claims_in_flight", claims_in_flight)
+    if count > 1 and (batch is None or batch == 1):
+        raise ValueError("claims_in_flight above 1 needs a fixed batch above 1: it lets "
+                         "a backlog fill several batches at once")
+    return count
+
+
 def lease_keeping(lease: float, heartbeat: float | None, shutdown_grace: float,
                   backoff: Backoff | None) -> tuple[float, float, Backoff]:
     """(heartbeat, shutdown_grace, backoff) as every worker checks them: the heartbeat
@@ -127,10 +137,7 @@ class Worker:
         check_count("concurrency", concurrency)
         if batch is not None:
             check_count("batch", batch)
-        check_count("claims_in_flight", claims_in_flight)
-        if claims_in_flight > 1 and (batch is None or batch == 1):
-            raise ValueError("claims_in_flight above 1 needs a fixed batch above 1: it lets "
-                             "a backlog fill several batches at once")
+        check_claims_in_flight(claims_in_flight, batch)
         self.queue = queue
         self.handler = handler
         self.slots = concurrency

@@ -142,13 +142,15 @@ def test_stop_waits_the_grace_then_cancels_handlers_and_releases_their_jobs(
     assert doc is not None and doc["state"] == "ready" and doc["attempts"] == 0, doc
 
 
+@pytest.mark.parametrize("extra", [[], ["--batch", "4", "--claims-in-flight", "2"]],
+                         ids=["plain", "claims-in-flight"])
 def test_the_worker_command_runs_an_async_def_handler_on_an_event_loop(
-    mongo_uri: str, collection: Collection[Document],
+    mongo_uri: str, collection: Collection[Document], extra: list[str],
 ) -> None:
     Queue(collection).put_many([{"seconds": 0.05} for _ in range(30)])
     result = run_cli("streamqueue.worker", "tests.integration.aio_handlers:nap", "--uri",
                      mongo_uri, "--db", collection.database.name, "--queue", collection.name,
-                     "--burst", "--concurrency", "20", env=child_env())
+                     "--burst", "--concurrency", "20", *extra, env=child_env())
     assert result.returncode == ExitCode.OK, result.stderr
     assert "async worker" in result.stderr, result.stderr
     assert collection.count_documents({}) == 0

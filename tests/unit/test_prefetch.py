@@ -106,3 +106,10 @@ def test_claims_in_flight_let_a_backlog_hold_one_batch_per_claim() -> None:
     assert not sizing.has_room(16, True)
     # At a trickle it holds one batch, as without them.
     assert not sizing.has_room(8, False)
+
+
+def test_coroutine_claims_in_flight_hold_one_batch_per_claim_beyond_the_slots() -> None:
+    sizing = ClaimSizing.for_coroutines(4, 8, claims_in_flight=2)
+    assert (sizing.capacity(False), sizing.capacity(True)) == (8, 16)
+    # Within the slots the batch is what one claim asks, whatever is in flight.
+    assert ClaimSizing.for_coroutines(500, 250, claims_in_flight=2).capacity(True) == 500

@@ -1,0 +1,150 @@
+"""``AsyncWorker(claims_in_flight=n)``: batch claims overlapping in a backlog, what it holds,
+a trickle after the backlog, and stop() with claims out (as ``Worker``'s, in
+test_worker_claims.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pymongo.collection import Collection
+
+from streamqueue import Queue
+from streamqueue.aio import AsyncJob, AsyncQueue
+from streamqueue.aio.worker import AsyncWorker
+from streamqueue.storage import Document
+from tests.integration.test_aio_worker import run_with_worker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class ClaimCount:
+    """Wraps a queue's ``claim``: how many run at once at most, and the largest asked for."""
+
+    def __init__(self, queue: AsyncQueue) -> None:
+        self.out = self.most_out = self.largest = 0
+        inner = queue.claim
+
+        async def claim(limit: int = 1) -> list[AsyncJob]:
+            self.out += 1
+            self.most_out = max(self.most_out, self.out)
+            self.largest = max(self.largest, limit)
+            try:
+                return await inner(limit)
+            finally:
+                self.out -= 1
+
+        queue.claim = claim  # type: ignore[method-assign]
+
+
+async def until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def test_claims_in_flight_overlap_in_a_backlog_and_bound_what_is_held(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    Queue(collection).put_many([{"n": n} for n in range(600)])
+    seen: list[int] = []
+    most_held = 0
+    worker: AsyncWorker | None = None
+
+    async def handler(payload: dict[str, Any]) -> None:
+        nonlocal most_held
+        seen.append(payload["n"])
+        assert worker is not None
+        most_held = max(most_held, len(worker._tasks))
+        await asyncio.sleep(0.001)
+
+    async def body(queue: AsyncQueue) -> ClaimCount:
+        nonlocal worker
+        claims = ClaimCount(queue)
+        worker = AsyncWorker(queue, handler, concurrency=4, batch=8, claims_in_flight=2,
+                             burst=True)
+        await asyncio.wait_for(worker.run(), 60)
+        return claims
+
+    claims = run_with_worker(mongo_uri, collection, body)
+    assert sorted(seen) == list(range(600))  # each job once
+    assert collection.count_documents({}) == 0
+    assert claims.most_out == 2, "no two claims were ever in flight together"
+    assert claims.largest <= 8
+    # Running or buffered (bulk completions not yet written aside): one batch per claim.
+    assert most_held <= 2 * 8
+
+
+def test_a_claim_ahead_worker_takes_a_trickle_after_its_backlog(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    producer = Queue(collection)
+    producer.put_many([{"n": n} for n in range(100)])
+    done: list[int] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        done.append(payload["n"])
+
+    async def body(queue: AsyncQueue) -> list[int]:
+        worker = AsyncWorker(queue, handler, concurrency=2, batch=4, claims_in_flight=3)
+        task = asyncio.create_task(worker.run())
+        late: list[int] = []
+        try:
+            assert await until(lambda: len(done) == 100, 20)
+            # The backlog is over: each job now comes through a wake-up.
+            for n in range(100, 110):
+                await asyncio.to_thread(producer.put, {"n": n})
+                if not await until(lambda n=n: n in done, 10):  # type: ignore[misc]
+                    late.append(n)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 30)
+        return late
+
+    late = run_with_worker(mongo_uri, collection, body)
+    assert late == [], f"jobs left waiting after the backlog: {late}"
+    assert sorted(done) == list(range(110))
+
+
+def test_stop_with_claims_in_flight_leaves_nothing_locked(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    Queue(collection).put_many([{"n": n} for n in range(2000)])
+    started = asyncio.Event()
+
+    async def handler(payload: dict[str, Any]) -> None:
+        started.set()
+        await asyncio.sleep(0.002)
+
+    async def body(queue: AsyncQueue) -> None:
+        worker = AsyncWorker(queue, handler, concurrency=2, batch=16, claims_in_flight=2)
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), 10)
+        worker.stop()
+        await asyncio.wait_for(task, 20)  # no claim-ahead coroutine keeps it from returning
+
+    run_with_worker(mongo_uri, collection, body)
+    # Every job is done or back in the queue: none held by a worker that has stopped.
+    assert collection.count_documents({"state": "locked"}) == 0
+    assert 0 < collection.count_documents({"state": "ready"}) == collection.count_documents({})
+
+
+def test_claims_in_flight_need_a_fixed_batch(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    async def handler(payload: dict[str, Any]) -> None:
+        return None
+
+    async def body(queue: AsyncQueue) -> None:
+        for batch in (None, 1):
+            with pytest.raises(ValueError, match="claims_in_flight"):
+                AsyncWorker(queue, handler, batch=batch, claims_in_flight=2)
+        with pytest.raises(ValueError, match="claims_in_flight"):
+            AsyncWorker(queue, handler, batch=8, claims_in_flight=0)
+
+    run_with_worker(mongo_uri, collection, body)
