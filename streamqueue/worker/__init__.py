@@ -348,11 +348,18 @@ class Worker:
             woken = False
             for job in jobs:
                 self._work.put(job)
-            if self.burst and not jobs and idle_before:
+            if self.burst and not jobs and idle_before and self._nothing_held():
                 due = self._own_retry_due(claim_started)
                 if due is None:
                     break
                 retry_due = due
+
+    def _nothing_held(self) -> bool:
+        """No job held or being claimed now: a claim-ahead thread may have locked the
+        last jobs while the claim loop's claim ran (and found nothing left). Their
+        slots wake the loop again (``_slot``) once they go idle."""
+        with self._slots_cond:
+            return not self._held and not self._claiming
 
     def _own_retry_due(self, claim_started: float) -> float | None:
         """When to claim again for a retry this worker caused; None: burst mode may stop."""
