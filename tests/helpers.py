@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,18 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0,
         if time.monotonic() >= deadline:
             return bool(predicate())
         time.sleep(interval)
+
+
+async def wait_until_async(predicate: Callable[[], object], timeout: float = 10.0,
+                           interval: float = 0.01) -> bool:
+    """``wait_until`` for a coroutine: polls without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() >= deadline:
+            return bool(predicate())
+        await asyncio.sleep(interval)
+    return True
 
 
 def stays_false(predicate: Callable[[], object], duration: float) -> bool:

@@ -17,6 +17,7 @@ from streamqueue.aio import AsyncQueue
 from streamqueue.aio.worker import AsyncWorker
 from streamqueue.exitcodes import ExitCode
 from streamqueue.storage import Document
+from tests.helpers import wait_until_async as until
 from tests.integration.processes import child_env, run_cli
 
 pytestmark = pytest.mark.timeout(120)
@@ -324,14 +325,6 @@ def test_a_buffered_job_does_not_hold_the_stream_open_for_cancel_requests(
     async def handler(payload: dict[str, Any]) -> None:
         started.append(payload["n"])
         await (first_done if payload["n"] == 0 else release).wait()
-
-    async def until(predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not predicate():
-            if asyncio.get_running_loop().time() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
 
     async def body(queue: AsyncQueue) -> tuple[bool, int, bool, bool]:
         worker = AsyncWorker(queue, handler, concurrency=1, batch=4)

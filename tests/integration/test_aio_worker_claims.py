@@ -5,7 +5,6 @@ test_worker_claims.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from streamqueue import Queue
 from streamqueue.aio import AsyncJob, AsyncQueue
 from streamqueue.aio.worker import AsyncWorker
 from streamqueue.storage import Document
+from tests.helpers import wait_until_async as until
 from tests.integration.test_aio_worker import run_with_worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,15 +37,6 @@ class ClaimCount:
                 self.out -= 1
 
         queue.claim = claim  # type: ignore[method-assign]
-
-
-async def until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 def test_claims_in_flight_overlap_in_a_backlog_and_bound_what_is_held(
