@@ -291,11 +291,9 @@ class AsyncWorker:
         """Up to ``want`` jobs, in one claim; None if interrupted or after an outage."""
         try:
             return await self._interruptible(self.queue.claim(want), self._claims)
-        except PermissionDenied:
-            if ahead:
-                return None  # the claim loop meets it too, and ends the worker
-            raise
-        except StreamQueueError:
+        except StreamQueueError as exc:
+            if isinstance(exc, PermissionDenied) and not ahead:
+                raise  # waiting will not cure it (the claim loop's ends the worker)
             if ahead:
                 log.warning("claim ahead failed; trying again in %.0fs", OUTAGE_PAUSE)
             else:
