@@ -257,15 +257,22 @@ def test_batch_above_concurrency_prefetches_and_stop_releases_the_buffer_at_once
     assert collection.count_documents({"state": "ready", "attempts": 0}) == 26
 
 
-def test_a_batch_of_zero_is_refused(
-    mongo_uri: str, collection: Collection[Document],
+@pytest.mark.parametrize(("options", "named"), [
+    ({"batch": 0}, "batch"),
+    # Claims in flight need a fixed batch above 1, and a positive count.
+    ({"batch": None, "claims_in_flight": 2}, "claims_in_flight"),
+    ({"batch": 1, "claims_in_flight": 2}, "claims_in_flight"),
+    ({"batch": 8, "claims_in_flight": 0}, "claims_in_flight"),
+], ids=["batch-0", "claims-without-batch", "claims-with-batch-1", "claims-0"])
+def test_bad_claim_settings_are_refused(
+    mongo_uri: str, collection: Collection[Document], options: dict[str, Any], named: str,
 ) -> None:
     async def handler(payload: dict[str, Any]) -> None:
         return None
 
     async def body(queue: AsyncQueue) -> None:
-        with pytest.raises(ValueError, match="batch"):
-            AsyncWorker(queue, handler, batch=0)
+        with pytest.raises(ValueError, match=named):
+            AsyncWorker(queue, handler, **options)
 
     run_with_worker(mongo_uri, collection, body)
 

@@ -1,6 +1,6 @@
 """``AsyncWorker(claims_in_flight=n)``: batch claims overlapping in a backlog, what it holds,
 a trickle after the backlog, and stop() with claims out (as ``Worker``'s, in
-test_worker_claims.py)."""
+test_worker_claims.py). Refused settings are in test_aio_worker.py."""
 
 from __future__ import annotations
 
@@ -124,18 +124,3 @@ def test_stop_with_claims_in_flight_leaves_nothing_locked(
     assert collection.count_documents({"state": "locked"}) == 0
     assert 0 < collection.count_documents({"state": "ready"}) == collection.count_documents({})
 
-
-def test_claims_in_flight_need_a_fixed_batch(
-    mongo_uri: str, collection: Collection[Document],
-) -> None:
-    async def handler(payload: dict[str, Any]) -> None:
-        return None
-
-    async def body(queue: AsyncQueue) -> None:
-        for batch in (None, 1):
-            with pytest.raises(ValueError, match="claims_in_flight"):
-                AsyncWorker(queue, handler, batch=batch, claims_in_flight=2)
-        with pytest.raises(ValueError, match="claims_in_flight"):
-            AsyncWorker(queue, handler, batch=8, claims_in_flight=0)
-
-    run_with_worker(mongo_uri, collection, body)
