@@ -353,16 +353,20 @@ def worker_vs_next_target(rows: Sequence[ThroughputRow], target_plan: str) -> Ta
     Judged on the target plan and on one thread (one slot); other plans are shown."""
     name = "Throughput, Worker batch=1 vs next() (1 slot; target plan)"
     shares: dict[str, float] = {}
+    rounds: dict[str, str] = {}
     for plan in dict.fromkeys(r.plan for r in rows):
         worker = next((r for r in rows if r.plan == plan and r.kind == WORKER and r.batch == 1),
                       None)
         push = next((r for r in rows if r.plan == plan and r.kind == PUSH), None)
         if worker is not None and push is not None and push.jobs_per_s:
             shares[plan] = worker.jobs_per_s / push.jobs_per_s
+            count = len(worker.rounds_jobs_per_s)
+            rounds[plan] = f" (medians of {count} rounds: {_per_round(worker, push)})" \
+                if count > 1 else ""
     judged = [shares[p] for p in ("1 thread", target_plan) if p in shares]
     if not judged:
         return Target(name, ">= 0.95x", "not measured", None)
-    text = ", ".join(f"{plan}: {share:.3f}x" for plan, share in shares.items())
+    text = ", ".join(f"{plan}: {share:.3f}x{rounds[plan]}" for plan, share in shares.items())
     return Target(name, ">= 0.95x", text, _ok(min(judged) >= 0.95))
 
 
@@ -565,9 +569,14 @@ def _jobs_per_s(row: ThroughputRow) -> str:
 def _rounds_note(row: ThroughputRow, floor: ThroughputRow) -> str:
     if len(row.rounds_jobs_per_s) < 2:
         return ""
-    pairs = zip(row.rounds_jobs_per_s, floor.rounds_jobs_per_s, strict=False)
-    per_round = " / ".join(f"{mine / theirs:.2f}x" for mine, theirs in pairs if theirs)
-    return f"; medians of {len(row.rounds_jobs_per_s)} rounds, round by round {per_round}"
+    return (f"; medians of {len(row.rounds_jobs_per_s)} rounds, round by round "
+            f"{_per_round(row, floor)}")
+
+
+def _per_round(row: ThroughputRow, other: ThroughputRow) -> str:
+    """``row`` against ``other`` in each round they both ran."""
+    pairs = zip(row.rounds_jobs_per_s, other.rounds_jobs_per_s, strict=False)
+    return " / ".join(f"{mine / theirs:.2f}x" for mine, theirs in pairs if theirs)
 
 
 def _store_note(store: ThroughputRow | None) -> str:

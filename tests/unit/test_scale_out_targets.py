@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from streamqueue.bench import scenarios as sc
 from streamqueue.bench.common import Percentiles
 from streamqueue.bench.config import BenchConfig, ThroughputPlan
@@ -56,6 +58,17 @@ def test_every_scale_out_target_is_judged_from_one_run() -> None:
     assert "batch=8: 0.833x" in batched.measured
     kombu = by_name(targets, "kombu")[0]
     assert kombu.passed is True and "2.000x" in kombu.measured
+
+
+def test_target_3_shows_each_round_of_the_plans_it_judges() -> None:
+    rows = [replace(tp("push", 400.0, plan="1 thread"), rounds_jobs_per_s=[400.0, 300.0, 500.0]),
+            replace(tp(WORKER, 390.0, plan="1 thread"), rounds_jobs_per_s=[390.0, 330.0, 400.0]),
+            tp("push", 600.0), tp(WORKER, 600.0)]
+    worker = by_name(scale_out_targets(rows, 16), "batch=1 vs next()")[0]
+    # The medians' ratio is judged (0.975x); the rounds say how far single drains spread.
+    assert worker.passed is True
+    assert worker.measured == ("1 thread: 0.975x (medians of 3 rounds: 0.97x / 1.10x / 0.80x), "
+                               "4 threads: 1.000x")
 
 
 def test_targets_without_their_rows_are_not_measured() -> None:
