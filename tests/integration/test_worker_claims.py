@@ -13,10 +13,11 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
@@ -24,6 +25,7 @@ import streamqueue.worker as worker_module
 from streamqueue import Hooks, Job, Queue
 from streamqueue.aio.worker import AsyncWorker
 from streamqueue.storage import Document
+from streamqueue.storage.inflight import ClaimsInFlight
 from streamqueue.worker import Worker
 from tests.helpers import Background, CommandCounter, wait_until
 from tests.integration.aio_adapter import SyncFacade
@@ -373,6 +375,97 @@ def test_stop_with_claims_in_flight_leaves_nothing_locked(collection: Collection
     # Every job is done or back in the queue: none held by a worker that has stopped.
     assert collection.count_documents({"state": "locked"}) == 0
     assert collection.count_documents({"state": "ready"}) == queue.size() > 0
+
+
+WAIT = 10.0
+
+
+def claim_ahead_thread() -> bool:
+    return threading.current_thread().name.startswith("streamqueue-claim-")
+
+
+class ListedThenHeld(ClaimsInFlight):
+    """The claim-ahead thread's first claim stops between listing its candidates and
+    locking them, until ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ahead_listed = threading.Event()
+        self.go = threading.Event()
+
+    def add(self, ids: Iterable[ObjectId]) -> None:
+        super().add(ids)
+        if claim_ahead_thread() and not self.ahead_listed.is_set():
+            self.ahead_listed.set()
+            assert self.go.wait(WAIT)
+
+
+class EndOfBacklogRace(Worker):
+    """Forces, in its second claim round, the race a burst claim loop must survive.
+
+    The loop's first claim takes the first batch; the second waits until that batch is
+    done (nothing held), reserves, and only then lets the claim-ahead thread (parked in
+    its first reservation) reserve too. The claim-ahead's read lists the last jobs
+    before the loop's read, which therefore skips them and comes back empty, although
+    this worker is about to hold them.
+    """
+
+    def __init__(self, queue: Queue, handler: Callable[[dict[str, Any]], None],
+                 **options: Any) -> None:
+        super().__init__(queue, handler, **options)
+        self.in_flight = queue.store.plans.in_flight = ListedThenHeld()
+        self.loop_rounds = self.loop_reserves = self.loop_claims = 0
+        self.ahead_parked = threading.Event()
+        self.loop_reserved = False
+        self.forced_claim: list[Job] | None = None
+
+    def _wait_for_room(self) -> int:
+        want = super()._wait_for_room()
+        self.loop_rounds += 1
+        if self.loop_rounds == 2:
+            assert self.ahead_parked.wait(WAIT)
+            with self._slots_cond:
+                assert self._slots_cond.wait_for(lambda: not self._held, WAIT)
+        return want
+
+    def _reserve(self, want: int) -> int:  # the caller holds _slots_cond
+        if claim_ahead_thread():
+            if not self.ahead_parked.is_set():
+                self.ahead_parked.set()
+                assert self._slots_cond.wait_for(lambda: self.loop_reserved, WAIT)
+        else:
+            self.loop_reserves += 1
+            if self.loop_reserves == 2:
+                self.loop_reserved = True
+                self._slots_cond.notify_all()
+        return super()._reserve(want)
+
+    def _claim(self, want: int) -> list[Job] | None:
+        self.loop_claims += 1
+        if self.loop_claims != 2:
+            return super()._claim(want)
+        assert self.in_flight.ahead_listed.wait(WAIT)
+        self.forced_claim = super()._claim(want)
+        self.in_flight.go.set()
+        return self.forced_claim
+
+
+def test_a_burst_worker_does_not_stop_while_its_claim_ahead_takes_the_last_jobs(
+        collection: Collection[Document]) -> None:
+    queue = Queue(collection, lease=30, max_await=1.0)
+    queue.put_many([{"n": n} for n in range(4)])
+    done: list[int] = []
+    worker = EndOfBacklogRace(queue, lambda payload: done.append(payload["n"]), concurrency=1,
+                              batch=2, claims_in_flight=2, burst=True)
+    try:
+        Background(worker.run).start().join(3 * WAIT)
+    finally:
+        queue.close()
+    # The interleaving happened: the loop's claim began with nothing held and found
+    # nothing, while the claim-ahead thread was locking the last two jobs.
+    assert worker.forced_claim == []
+    assert sorted(done) == [0, 1, 2, 3]
+    assert collection.count_documents({}) == 0
 
 
 def test_claims_in_flight_need_a_fixed_batch(collection: Collection[Document]) -> None:
