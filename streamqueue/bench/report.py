@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -313,11 +314,28 @@ def scale_out_targets(rows: Sequence[ThroughputRow], worker_batch: int, *,
     if row is None or base is None or not base.jobs_per_s:
         targets.append(Target(name, ">= 1.5x", "not measured", None))
     else:
-        share = row.jobs_per_s / base.jobs_per_s
+        share, how = paired_share(row, base)
         targets.append(Target(
             name, ">= 1.5x", f"{row.jobs_per_s:,.0f} vs {base.jobs_per_s:,.0f} jobs/s (kombu) = "
-            f"{share:.3f}x" + _rounds_note(row, base), _ok(share >= 1.5)))
+            f"{share:.3f}x{how}", _ok(share >= 1.5)))
     return targets
+
+
+def paired_share(row: ThroughputRow, other: ThroughputRow) -> tuple[float, str]:
+    """``row`` against ``other`` as the A-against-B targets judge it, and how it was taken.
+
+    When both ran the same interleaved rounds, the median of the per-round ratios: the
+    two rows of one round drain minutes apart at most, under the same background load,
+    so pairing them cancels the load's drift from round to round, which the ratio of
+    the two medians (rounds taken from different times) keeps. With one round each,
+    the plain ratio."""
+    medians = row.jobs_per_s / other.jobs_per_s
+    mine, theirs = row.rounds_jobs_per_s, other.rounds_jobs_per_s
+    if len(mine) < 2 or len(mine) != len(theirs) or not all(theirs):
+        return medians, ""
+    paired = statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+    return paired, (f" (median of {len(mine)} paired rounds {_per_round(row, other)}; "
+                    f"ratio of the medians {medians:.3f}x)")
 
 
 def latency_floor_targets(rows: Sequence[LatencyRow]) -> list[Target]:
@@ -359,10 +377,7 @@ def worker_vs_next_target(rows: Sequence[ThroughputRow], target_plan: str) -> Ta
                       None)
         push = next((r for r in rows if r.plan == plan and r.kind == PUSH), None)
         if worker is not None and push is not None and push.jobs_per_s:
-            shares[plan] = worker.jobs_per_s / push.jobs_per_s
-            count = len(worker.rounds_jobs_per_s)
-            rounds[plan] = f" (medians of {count} rounds: {_per_round(worker, push)})" \
-                if count > 1 else ""
+            shares[plan], rounds[plan] = paired_share(worker, push)
     judged = [shares[p] for p in ("1 thread", target_plan) if p in shares]
     if not judged:
         return Target(name, ">= 0.95x", "not measured", None)
@@ -387,9 +402,9 @@ def batched_floor_target(plan_rows: Sequence[ThroughputRow], worker_batch: int) 
         floor = _batch_row(plan_rows, FLOOR_BATCH, row.batch)
         if floor is not None and floor.jobs_per_s:
             key = (row.batch, row.claims_in_flight)
-            shares[key] = row.jobs_per_s / floor.jobs_per_s
+            shares[key], paired = paired_share(row, floor)
             store = _batch_row(plan_rows, STORE_BATCH, row.batch) if key[1] == 1 else None
-            notes[key] = _batch_note(row, floor, store)
+            notes[key] = paired + _batch_note(row, floor, store)
     if not shares:
         return Target(name, ">= 0.9x at some batch", "not measured", None)
     reached = [key for key, share in sorted(shares.items()) if share >= 0.9]
@@ -751,6 +766,12 @@ METHOD = [
     "losses summed over all rounds). Server CPU ms/job is the CPU time (user + system, from /proc) "
     "of the mongod the bench started, over the drain, divided by the jobs delivered (`-` with "
     "`--uri`, where the server's processes are not known).",
+    "Issue 16's A-against-B targets (the Worker against `next()`, the batched Worker against "
+    "the batched floor, the Worker against kombu) are judged on the median of the per-round "
+    "ratios when both rows ran the same interleaved rounds: the two drains of a round run "
+    "back to back under the same background load, so pairing them cancels the load's drift "
+    "between rounds. The ratio of the two medians, which can pair a fast round of one with a "
+    "slow round of the other, is shown beside it.",
     "Latency: a separate producer process enqueues one job every 20 ms with `time.time()` in the "
     "payload, taken just before the enqueue call; the consumer subtracts it from the time its "
     "claim returned (same machine clock). The first jobs are warm-up and not counted. The jobs "
