@@ -221,8 +221,9 @@ class LatencyRow:
     # Every measured job in enqueue order: milliseconds from enqueue to claim.
     samples_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    # p50 of every round, in the order run (one entry unless the run had rounds).
+    # p50 and p99 of every round, in the order run (one entry unless the run had rounds).
     rounds_p50_ms: list[float] = field(default_factory=list)
+    rounds_p99_ms: list[float] = field(default_factory=list)
 
 
 def latency(ctx: BenchContext, kind: Kind, *, jobs: int, warmup: int, interval: float,
@@ -273,6 +274,7 @@ def pool_latency_rounds(rows: Sequence[LatencyRow]) -> LatencyRow:
         other_cpu=max(loads) if loads else None, samples_ms=samples,
         errors=[e for r in rows for e in r.errors],
         rounds_p50_ms=[r.latency.p50 for r in rows],
+        rounds_p99_ms=[r.latency.p99 for r in rows],
     )
 
 

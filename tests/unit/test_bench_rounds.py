@@ -69,6 +69,7 @@ def test_latency_rounds_pool_their_samples_and_list_each_round_p50() -> None:
     # The pooled p50 sits between the rounds, not on either round's own p50.
     assert 3.0 <= pooled.latency.p50 <= 10.0
     assert pooled.rounds_p50_ms == [pytest.approx(2.0), pytest.approx(11.0)]
+    assert len(pooled.rounds_p99_ms) == 2 and pooled.rounds_p99_ms[1] > pooled.rounds_p99_ms[0]
     assert _p50_rounds(pooled) == " (rounds 2.00 / 11.00)"
 
 

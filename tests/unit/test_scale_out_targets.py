@@ -18,6 +18,7 @@ from streamqueue.bench.report import (
     Target,
     batched_floor_target,
     job_cpu_ms,
+    latency_floor_targets,
     paired_share,
     scale_out_targets,
 )
@@ -108,6 +109,25 @@ def test_targets_4_and_5_are_judged_on_paired_rounds_too() -> None:
     batched = by_name(targets, "batched floor")[0]
     assert batched.passed is True  # paired 0.933x; the medians' ratio would say 0.867x
     assert "batch=8: 0.933x (median of 3 paired rounds" in batched.measured
+
+
+def test_latency_is_judged_on_paired_rounds_so_a_floor_stall_proves_nothing() -> None:
+    # The floor stalled in round 1: its pooled p99 is far above every round of next().
+    ours = replace(lat("push", 6.0, 15.0), rounds_p50_ms=[7.0, 6.0, 6.0, 6.0, 6.0],
+                   rounds_p99_ms=[15.0, 30.0, 30.0, 12.0, 30.0])
+    floor = replace(lat("floor-push", 5.0, 150.0), rounds_p50_ms=[5.0, 5.0, 5.0, 5.0, 5.0],
+                    rounds_p99_ms=[150.0, 15.0, 15.0, 15.0, 15.0])
+    target = latency_floor_targets([ours, floor])[0]
+    # Pooled, the p99 would pass at 0.10x; paired, three rounds of five are at 2.0x.
+    assert target.passed is False
+    assert target.measured.endswith(
+        "= 1.20x / 2.00x (medians of 5 paired rounds; pooled 1.20x / 0.10x)")
+
+
+def test_latency_without_paired_rounds_is_judged_pooled() -> None:
+    ours = replace(lat("push", 6.0, 7.0), rounds_p50_ms=[6.0, 6.0], rounds_p99_ms=[7.0, 7.0])
+    target = latency_floor_targets([ours, lat("floor-push", 5.0, 5.0)])[0]
+    assert target.passed is True and target.measured.endswith("= 1.20x / 1.40x")
 
 
 def test_targets_without_their_rows_are_not_measured() -> None:
