@@ -321,6 +321,17 @@ def scale_out_targets(rows: Sequence[ThroughputRow], worker_batch: int, *,
     return targets
 
 
+def median_of_ratios(mine: Sequence[float], theirs: Sequence[float]) -> float | None:
+    """The median of the round-by-round ratios; None unless both ran the same two or more
+    rounds (and every ratio exists)."""
+    if len(mine) < 2 or len(mine) != len(theirs):
+        return None
+    each = [ratio(a, b) for a, b in zip(mine, theirs, strict=True)]
+    if any(r is None for r in each):
+        return None
+    return statistics.median(r for r in each if r is not None)
+
+
 def paired_rounds(mine: float, theirs: float, mine_rounds: Sequence[float],
                   their_rounds: Sequence[float]) -> tuple[float | None, str]:
     """A latency percentile against the floor's: the median of the per-round ratios when
@@ -328,12 +339,8 @@ def paired_rounds(mine: float, theirs: float, mine_rounds: Sequence[float],
     carry into the pooled p99 whole, then moves one ratio of several), else the pooled
     ratio. The text is the pooled ratio when the rounds were paired, else empty."""
     pooled = ratio(mine, theirs)
-    if len(mine_rounds) < 2 or len(mine_rounds) != len(their_rounds):
-        return pooled, ""
-    each = [ratio(a, b) for a, b in zip(mine_rounds, their_rounds, strict=True)]
-    if any(r is None for r in each):
-        return pooled, ""
-    return statistics.median(r for r in each if r is not None), _x(pooled)
+    paired = median_of_ratios(mine_rounds, their_rounds)
+    return (pooled, "") if paired is None else (paired, _x(pooled))
 
 
 def paired_share(row: ThroughputRow, other: ThroughputRow) -> tuple[float, str]:
@@ -345,12 +352,11 @@ def paired_share(row: ThroughputRow, other: ThroughputRow) -> tuple[float, str]:
     the two medians (rounds taken from different times) keeps. With one round each,
     the plain ratio."""
     medians = row.jobs_per_s / other.jobs_per_s
-    mine, theirs = row.rounds_jobs_per_s, other.rounds_jobs_per_s
-    if len(mine) < 2 or len(mine) != len(theirs) or not all(theirs):
+    paired = median_of_ratios(row.rounds_jobs_per_s, other.rounds_jobs_per_s)
+    if paired is None:
         return medians, ""
-    paired = statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
-    return paired, (f" (median of {len(mine)} paired rounds {_per_round(row, other)}; "
-                    f"ratio of the medians {medians:.3f}x)")
+    return paired, (f" (median of {len(row.rounds_jobs_per_s)} paired rounds "
+                    f"{_per_round(row, other)}; ratio of the medians {medians:.3f}x)")
 
 
 def latency_floor_targets(rows: Sequence[LatencyRow]) -> list[Target]:
