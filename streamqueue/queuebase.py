@@ -483,16 +483,22 @@ class QueueBase(Generic[J]):
         fleet = self._events.fleet
         token = fleet.view.claim_started() if fleet is not None else None
         found: list[Document] | None = None
+        raced = False
         try:
             if limit == 1:
                 doc = yield from self.plans.claim(self.consumer_id, self.lease)
                 found = [doc] if doc is not None else []
             else:
-                found = yield from self.plans.claim_many(self.consumer_id, self.lease, limit)
+                batch = yield from self.plans.claim_many(self.consumer_id, self.lease, limit)
+                found, raced = batch.docs, batch.raced
+            if raced:
+                # Short only because other claims kept taking what it read: not the end
+                # of a backlog. Wake a waiter to claim again, as an insert would.
+                self.board.notify(1)
             return found
         finally:
             if fleet is not None:
-                fleet.note_claim(full=found is not None and len(found) == limit)
+                fleet.note_claim(full=raced or (found is not None and len(found) == limit))
             if fleet is not None and token is not None:
                 # An empty batch claim may have lost every round to other claims (all
                 # read the same head of the queue): only a single claim proves emptiness.

@@ -230,6 +230,15 @@ class QueueCounts:
 
 
 @dataclass(frozen=True)
+class ClaimedBatch:
+    """A batch claim's jobs. Short of its limit, it means the queue had no more due,
+    unless ``raced``: concurrent claims kept taking the jobs it read, so more may be."""
+
+    docs: list[Document]
+    raced: bool = False
+
+
+@dataclass(frozen=True)
 class ReapResult:
     requeued: int
     dead: list[Document]
@@ -558,7 +567,7 @@ class StorePlans:
         """Undo a claim nobody will use (its caller went away): ready again, attempt uncounted."""
         return (yield from self.requeue(job_id, token, delay=0.0, error=None, count_attempt=False))
 
-    def claim_many(self, consumer_id: str, lease: float, limit: int) -> Plan[list[Document]]:
+    def claim_many(self, consumer_id: str, lease: float, limit: int) -> Plan[ClaimedBatch]:
         """Lock up to ``limit`` due jobs in three round trips (two more per round lost to a race)."""
         token = new_token()
         # Each job gets its own token (the token index is unique): this claim's
@@ -569,16 +578,16 @@ class StorePlans:
         mine = listed(self.jobs, "find", query, sort=CLAIM_SORT)
         tries = self._tries(limit)
 
-        def attempt() -> Plan[list[Document]]:
+        def attempt() -> Plan[ClaimedBatch]:
             # Only a retry can find jobs under this fresh token: an earlier try
             # committed (partly, perhaps: update_many is not atomic). Once
             # retrying() returns, no earlier try can lock more.
             if (yield from _retrying(tries)) and (held := (yield mine)):
-                return held  # type: ignore[no-any-return]
+                return ClaimedBatch(held)
             with tries.bounded():
-                locked = yield from self._lock_due(update, limit)
+                locked, raced = yield from self._lock_due(update, limit)
             mine_now: list[Document] = (yield mine) if locked else []
-            return mine_now
+            return ClaimedBatch(mine_now, raced)
 
         return (yield from self._claimed_or_released("claim many", attempt, query, tries))
 
@@ -610,15 +619,21 @@ class StorePlans:
                 return
             yield Sleep(left)
 
-    def _lock_due(self, update: list[Document], limit: int) -> Plan[int]:
-        """Lock up to ``limit`` due jobs with ``update``; return how many."""
-        locked = 0
+    def _lock_due(self, update: list[Document], limit: int) -> Plan[tuple[int, bool]]:
+        """Lock up to ``limit`` due jobs with ``update``: how many, and whether the claim
+        came back short only because it kept losing races (see ``ClaimedBatch``).
+
+        Short must mean drained: a worker that took a short claim for the end of a
+        backlog waits for a wake-up, which a backlog never sends.
+        """
+        locked, lost = 0, False
         for _ in range(CLAIM_MANY_ROUNDS):
+            asked = limit - locked
             found = yield listed(self.jobs, "find", _not_in_flight(self.in_flight.listed()),
-                                 {"_id": 1}, sort=CLAIM_SORT, limit=limit - locked)
+                                 {"_id": 1}, sort=CLAIM_SORT, limit=asked)
             candidates = [doc["_id"] for doc in found]
             if not candidates:
-                break
+                return locked, False  # nothing due is left
             # Another consumer may take some candidates first; the filter
             # re-checks each, so a job is locked by exactly one claim.
             self.in_flight.add(candidates)
@@ -629,21 +644,19 @@ class StorePlans:
             finally:
                 self.in_flight.remove(candidates)
             locked += won
-            if won == len(candidates):
-                break  # the claim is full, or every due job was a candidate
-            # Lost some to a concurrent claim (they all read the same head of
-            # the queue): a short claim would tell the caller the queue is
-            # drained, and a worker would then wait for a wake-up a backlog
-            # never sends. Take the next ones instead.
-        else:
-            if not locked:
-                # Lost every round: one findAndModify, which the server retries
-                # on conflicts itself, so it comes back empty only when nothing
-                # is due. An empty claim must mean an empty queue.
-                won_one = yield call(self.jobs, "find_one_and_update", READY_AND_DUE, update,
-                                     {"_id": 1}, sort=CLAIM_SORT)
-                locked = 1 if won_one is not None else 0
-        return locked
+            lost = lost or won < len(candidates)
+            if locked == limit or (len(candidates) < asked and not lost):
+                return locked, False  # full, or it took every due job there was
+            # Lost some to concurrent claims (they all read the same head of the
+            # queue), or read fewer than it asked while they ran (a read that
+            # overlaps their writes can come back short): read again.
+        if locked:
+            return locked, True
+        # Lost every round: one findAndModify, which the server retries on
+        # conflicts itself, so it comes back empty only when nothing is due.
+        won_one = yield call(self.jobs, "find_one_and_update", READY_AND_DUE, update,
+                             {"_id": 1}, sort=CLAIM_SORT)
+        return (1 if won_one is not None else 0), False
 
     # -- settling a claim ---------------------------------------------------------
 
@@ -1283,7 +1296,7 @@ class JobStore:
         return run(self.plans.claim(consumer_id, lease))
 
     def claim_many(self, consumer_id: str, lease: float, limit: int) -> list[Document]:
-        return run(self.plans.claim_many(consumer_id, lease, limit))
+        return run(self.plans.claim_many(consumer_id, lease, limit)).docs
 
     def complete(self, job_id: ObjectId, token: str, result: Any = None) -> bool:
         return run(self.plans.complete(job_id, token, result))

@@ -18,6 +18,7 @@ from pymongo.collection import Collection
 
 from streamqueue import LeaseLost, Queue
 from streamqueue.storage import Document
+from streamqueue.worker import Worker
 from tests.helpers import Background, stays_false, wait_until
 from tests.integration.conftest import API_PARAMS, TEST_MAX_AWAIT, QueueFactory
 from tests.integration.failpoints import CommandHook, fail_point, hooked_client
@@ -385,6 +386,42 @@ def test_a_batch_claim_that_loses_every_round_still_takes_a_due_job(
     assert hook.count("started", "update") == 8, "the rival did not take every round"
     assert len(claimed) == 1
     assert collection.count_documents({"state": "ready"}) == 40 - 8 * 4 - 1
+
+
+@pytest.mark.sync_only
+def test_a_worker_whose_claims_come_back_short_from_races_drains_the_backlog(
+    mongo_uri: str, collection: Collection[Document], make_queue: QueueFactory, hook: CommandHook,
+) -> None:
+    """A short claim means the end of a backlog, and the worker then waits for a wake-up,
+    which a backlog never sends. One short only because rivals kept taking what it read
+    (seen with four worker processes on one backlog: two of them sat idle while the other
+    two drained it) must not: the worker claims again without waiting for the sweep."""
+    make_queue().put_many([{"n": i} for i in range(200)])
+
+    def rival_takes_all_but_one(event: Any) -> None:
+        candidates = event.command["updates"][0]["q"]["_id"]["$in"]
+        collection.update_many({"_id": {"$in": candidates[1:]}}, [{"$set": {
+            "state": "locked", "lease_token": {"$concat": ["rival:", {"$toString": "$_id"}]}}}])
+
+    for round_ in range(1, 9):  # every round of the worker's first claim
+        hook.on("started", "update", rival_takes_all_but_one, nth=round_)
+    done: list[int] = []
+    with hooked_client(mongo_uri, hook) as consumer_client:
+        # No insert event and no sweep (hours away) can wake it: only the claim itself.
+        consumer = make_queue(on(consumer_client, collection), sweep_interval=3600)
+        worker = Worker(consumer, lambda payload: done.append(payload["n"]), concurrency=1,
+                        batch=16)
+        running = Background(worker.run).start()
+        rival = 15 + 14 + 13 + 12 + 11 + 10 + 9 + 8  # each round asked 16 - locked so far
+        try:
+            assert wait_until(lambda: len(done) == 200 - rival, 30), (
+                f"the worker stopped at {len(done)} of {200 - rival} jobs")
+        finally:
+            worker.stop()
+            running.join()
+    assert not hook.errors
+    assert collection.count_documents({"state": "ready"}) == 0
+    assert len(set(done)) == len(done)
 
 
 def test_a_batch_claim_leaves_out_what_another_claim_of_its_queue_is_locking(
