@@ -63,6 +63,7 @@ from streamqueue.retry import DUPLICATE_KEY, RetryPolicy, is_transient, is_trans
 from streamqueue.servertime import ServerClock
 from streamqueue.storage.inflight import ClaimsInFlight
 from streamqueue.storage.runner import run
+from streamqueue.storage.spread import ClaimSpread
 from streamqueue.tries import BoundedTries, time_limit
 
 T = TypeVar("T")
@@ -282,6 +283,7 @@ class StorePlans:
         self.streams: Any = collection.with_options(read_concern=ReadConcern())
         self.retry = retry or RetryPolicy()
         self.in_flight = ClaimsInFlight()
+        self.spread = ClaimSpread()
         self.client: Any = collection.database.client
         self._socket_timeout: float | None = self.client.options.pool_options.socket_timeout
         self._primary = primary
@@ -630,8 +632,9 @@ class StorePlans:
         for _ in range(CLAIM_MANY_ROUNDS):
             asked = limit - locked
             found = yield listed(self.jobs, "find", _not_in_flight(self.in_flight.listed()),
-                                 {"_id": 1}, sort=CLAIM_SORT, limit=asked)
-            candidates = [doc["_id"] for doc in found]
+                                 {"_id": 1}, sort=CLAIM_SORT,
+                                 limit=self.spread.read_limit(asked))
+            candidates = self.spread.pick([doc["_id"] for doc in found], asked)
             if not candidates:
                 return locked, False  # nothing due is left
             # Another consumer may take some candidates first; the filter
@@ -644,6 +647,7 @@ class StorePlans:
             finally:
                 self.in_flight.remove(candidates)
             locked += won
+            self.spread.note(lost=won < len(candidates))
             lost = lost or won < len(candidates)
             if locked == limit or (len(candidates) < asked and not lost):
                 return locked, False  # full, or it took every due job there was
