@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 from pymongo.collection import Collection
 
 from streamqueue import Queue
@@ -15,6 +16,7 @@ from streamqueue.aio import AsyncJob, AsyncQueue
 from streamqueue.aio.worker import AsyncWorker
 from streamqueue.storage import Document
 from tests.helpers import wait_until_async as until
+from tests.integration.failpoints import CommandHook
 from tests.integration.test_aio_worker import run_with_worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -124,3 +126,45 @@ def test_stop_with_claims_in_flight_leaves_nothing_locked(
     assert collection.count_documents({"state": "locked"}) == 0
     assert 0 < collection.count_documents({"state": "ready"}) == collection.count_documents({})
 
+
+
+def test_claims_short_from_races_do_not_end_the_backlog(
+    mongo_uri: str, collection: Collection[Document],
+) -> None:
+    """As test_interleavings' Worker case: rivals take all but one job of each round of the
+    first batch claim; no insert and no sweep (an hour away) can wake the worker, so only
+    the claim saying it was short from races keeps it draining."""
+    Queue(collection).put_many([{"n": n} for n in range(200)])
+    hook = CommandHook()
+
+    def rival_takes_all_but_one(event: Any) -> None:
+        candidates = event.command["updates"][0]["q"]["_id"]["$in"]
+        collection.update_many({"_id": {"$in": candidates[1:]}}, [{"$set": {
+            "state": "locked", "lease_token": {"$concat": ["rival:", {"$toString": "$_id"}]}}}])
+
+    for round_ in range(1, 9):
+        hook.on("started", "update", rival_takes_all_but_one, nth=round_)
+    rival = 15 + 14 + 13 + 12 + 11 + 10 + 9 + 8
+    done: list[int] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        done.append(payload["n"])
+
+    async def scenario() -> bool:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_uri, event_listeners=[hook])
+        try:
+            async with AsyncQueue(client[collection.database.name][collection.name],
+                                  max_await=1.0, sweep_interval=3600) as queue:
+                worker = AsyncWorker(queue, handler, concurrency=1, batch=16)
+                task = asyncio.create_task(worker.run())
+                drained = await until(lambda: len(done) == 200 - rival, 30)
+                worker.stop()
+                await asyncio.wait_for(task, 20)
+                return drained
+        finally:
+            await client.close()
+
+    assert asyncio.run(scenario()), f"the worker stopped at {len(done)} of {200 - rival} jobs"
+    assert not hook.errors
+    assert collection.count_documents({"state": "ready"}) == 0
+    assert len(set(done)) == len(done) == 200 - rival
