@@ -82,3 +82,20 @@ def hooked_client(uri: str, hook: CommandHook, **options: Any) -> MongoClient[Do
     """A client whose commands ``hook`` sees; fail points can target its ``appname``."""
     options.setdefault("appname", app_name())
     return MongoClient(uri, event_listeners=[hook], **options)
+
+
+def rival_locks_candidates(collection: Any, keep: int = 0) -> Action:
+    """A ``CommandHook`` action for a batch claim's locking ``update``: another consumer
+    locks the claim's candidates just before it, all but the first ``keep``."""
+
+    def take(event: Any) -> None:
+        candidates = event.command["updates"][0]["q"]["_id"]["$in"]
+        collection.update_many({"_id": {"$in": candidates[keep:]}}, [{"$set": {
+            "state": "locked", "lease_token": {"$concat": ["rival:", {"$toString": "$_id"}]}}}])
+
+    return take
+
+
+# What that rival takes, leaving one job a round, from the 8 rounds of a batch claim of 16
+# (each round asks for 16 minus what the claim locked so far).
+RIVAL_TAKES_FROM_16 = sum(range(8, 16))

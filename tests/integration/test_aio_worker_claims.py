@@ -16,7 +16,7 @@ from streamqueue.aio import AsyncJob, AsyncQueue
 from streamqueue.aio.worker import AsyncWorker
 from streamqueue.storage import Document
 from tests.helpers import wait_until_async as until
-from tests.integration.failpoints import CommandHook
+from tests.integration.failpoints import RIVAL_TAKES_FROM_16, CommandHook, rival_locks_candidates
 from tests.integration.test_aio_worker import run_with_worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -137,14 +137,9 @@ def test_claims_short_from_races_do_not_end_the_backlog(
     Queue(collection).put_many([{"n": n} for n in range(200)])
     hook = CommandHook()
 
-    def rival_takes_all_but_one(event: Any) -> None:
-        candidates = event.command["updates"][0]["q"]["_id"]["$in"]
-        collection.update_many({"_id": {"$in": candidates[1:]}}, [{"$set": {
-            "state": "locked", "lease_token": {"$concat": ["rival:", {"$toString": "$_id"}]}}}])
-
     for round_ in range(1, 9):
-        hook.on("started", "update", rival_takes_all_but_one, nth=round_)
-    rival = 15 + 14 + 13 + 12 + 11 + 10 + 9 + 8
+        hook.on("started", "update", rival_locks_candidates(collection, keep=1), nth=round_)
+    rival = RIVAL_TAKES_FROM_16
     done: list[int] = []
 
     async def handler(payload: dict[str, Any]) -> None:

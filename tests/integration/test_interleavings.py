@@ -21,7 +21,13 @@ from streamqueue.storage import Document
 from streamqueue.worker import Worker
 from tests.helpers import Background, stays_false, wait_until
 from tests.integration.conftest import API_PARAMS, TEST_MAX_AWAIT, QueueFactory
-from tests.integration.failpoints import CommandHook, fail_point, hooked_client
+from tests.integration.failpoints import (
+    RIVAL_TAKES_FROM_16,
+    CommandHook,
+    fail_point,
+    hooked_client,
+    rival_locks_candidates,
+)
 
 
 @pytest.fixture(params=API_PARAMS)
@@ -371,14 +377,8 @@ def test_a_batch_claim_that_loses_every_round_still_takes_a_due_job(
     a batch claim of 4 came back empty with 4,000 jobs ready)."""
     make_queue().put_many([{"n": i} for i in range(40)])
 
-    def rival_takes_the_candidates(event: Any) -> None:
-        # Another consumer locks every candidate this round read, just before its update.
-        candidates = event.command["updates"][0]["q"]["_id"]["$in"]
-        collection.update_many({"_id": {"$in": candidates}}, [{"$set": {
-            "state": "locked", "lease_token": {"$concat": ["rival:", {"$toString": "$_id"}]}}}])
-
     for round_ in range(1, 9):  # every round the batch claim may try
-        hook.on("started", "update", rival_takes_the_candidates, nth=round_)
+        hook.on("started", "update", rival_locks_candidates(collection), nth=round_)
     with hooked_client(mongo_uri, hook) as consumer_client:
         consumer = make_queue(on(consumer_client, collection))
         claimed = consumer.next_batch(4)
@@ -398,13 +398,8 @@ def test_a_worker_whose_claims_come_back_short_from_races_drains_the_backlog(
     two drained it) must not: the worker claims again without waiting for the sweep."""
     make_queue().put_many([{"n": i} for i in range(200)])
 
-    def rival_takes_all_but_one(event: Any) -> None:
-        candidates = event.command["updates"][0]["q"]["_id"]["$in"]
-        collection.update_many({"_id": {"$in": candidates[1:]}}, [{"$set": {
-            "state": "locked", "lease_token": {"$concat": ["rival:", {"$toString": "$_id"}]}}}])
-
     for round_ in range(1, 9):  # every round of the worker's first claim
-        hook.on("started", "update", rival_takes_all_but_one, nth=round_)
+        hook.on("started", "update", rival_locks_candidates(collection, keep=1), nth=round_)
     done: list[int] = []
     with hooked_client(mongo_uri, hook) as consumer_client:
         # No insert event and no sweep (hours away) can wake it: only the claim itself.
@@ -412,7 +407,7 @@ def test_a_worker_whose_claims_come_back_short_from_races_drains_the_backlog(
         worker = Worker(consumer, lambda payload: done.append(payload["n"]), concurrency=1,
                         batch=16)
         running = Background(worker.run).start()
-        rival = 15 + 14 + 13 + 12 + 11 + 10 + 9 + 8  # each round asked 16 - locked so far
+        rival = RIVAL_TAKES_FROM_16
         try:
             assert wait_until(lambda: len(done) == 200 - rival, 30), (
                 f"the worker stopped at {len(done)} of {200 - rival} jobs")
