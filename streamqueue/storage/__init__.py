@@ -647,8 +647,9 @@ class StorePlans:
             finally:
                 self.in_flight.remove(candidates)
             locked += won
-            self.spread.note(lost=won < len(candidates))
-            lost = lost or won < len(candidates)
+            lost_some = won < len(candidates)
+            self.spread.note(lost=lost_some)
+            lost = lost or lost_some
             if locked == limit or (len(candidates) < asked and not lost):
                 return locked, False  # full, or it took every due job there was
             # Lost some to concurrent claims (they all read the same head of the
