@@ -170,7 +170,12 @@ def test_soak_memory_connections_and_streams_stay_flat(scene: Scene) -> None:
     peak_by_app = {app: max(s["by_app"].get(app, 0) for s in warm) for app in CONNECTION_BOUND}
     over = {app: n for app, n in peak_by_app.items() if n > CONNECTION_BOUND[app]}
     assert not over, f"more connections than the design allows: {over} > {CONNECTION_BOUND}"
-    assert max(conns) - conns[0] <= CONNECTION_SLACK, f"connections grew: {conns}"
+    # A worker's stream stays paused through the backlog and reopens once the queue
+    # empties; its awaiting getMore then holds a connection of its own (in the design
+    # bound), which the warm baseline did not have.
+    reopened_streams = max(0, max(streams) - streams[0])
+    assert max(conns) - conns[0] <= CONNECTION_SLACK + reopened_streams, (
+        f"connections grew: {conns} (streams {streams[0]} -> {max(streams)})")
     assert max(streams) <= WORKERS, f"more change streams than workers: {streams}"
     assert reopened, "an idle worker did not reopen its change stream"
     assert stale_streams == 0, f"{stale_streams} change stream cursors left behind"
