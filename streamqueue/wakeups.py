@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import enum
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,7 +55,9 @@ class WakeupBoard:
         self._permits = 0
         self._due: list[float] = []  # sorted monotonic times
         self._poll_interval: float | None = None
-        self._blocked = 0  # waiters inside wait(), not claiming
+        # When each waiter blocked inside wait() (not claiming) decides again on its own;
+        # -inf once woken to decide again (it then reads the board as it is).
+        self._wake_times: dict[object, float] = {}
         self._last_blocked = clock()
         self._paused = False
         self._keep_open = False  # someone needs the stream's other news (cancel requests)
@@ -76,6 +79,10 @@ class WakeupBoard:
     @property
     def waiters(self) -> int:
         return self._waiters
+
+    @property
+    def _blocked(self) -> int:
+        return len(self._wake_times)
 
     @property
     def polling(self) -> bool:
@@ -152,10 +159,12 @@ class WakeupBoard:
         time it is withdrawn when the news that makes it moot arrives.
         """
         with self._cond:
-            earlier = at is not None and (self._gate is None or at < self._gate)
             self._gate = at
-            if earlier:
-                self._cond.notify_all()  # blocked waiters shorten their timeouts
+            # Only if no blocked waiter wakes by then on its own: a fleet member sets
+            # a gate on nearly every event, and waking its waiters each time to
+            # shorten their timeouts cost more CPU than the rest of the event.
+            if at is not None and at < self._first_wake():
+                self._redecide_all()
 
     def schedule(self, delay: float) -> None:
         """Wake one waiter ``delay`` seconds from now, when a delayed job falls due."""
@@ -188,6 +197,7 @@ class WakeupBoard:
             while True:
                 decided = self._decide(started, until)
                 if isinstance(decided, Wake):
+                    self._leaving()
                     return decided
                 self._block(decided)
 
@@ -223,10 +233,36 @@ class WakeupBoard:
         return timeout
 
     def _block(self, timeout: float) -> None:
-        self._blocked += 1
+        token = self._blocking(timeout)
         try:
             assert isinstance(self._cond, threading.Condition)
             self._cond.wait(timeout)
         finally:
-            self._blocked -= 1
-            self._last_blocked = self._clock()
+            self._unblocked(token)
+
+    # Called under the board's lock; shared by the thread and the asyncio boards.
+
+    def _blocking(self, timeout: float) -> object:
+        """A waiter blocks for ``timeout``; pass the token to ``_unblocked``."""
+        token = object()
+        self._wake_times[token] = self._clock() + timeout
+        return token
+
+    def _unblocked(self, token: object) -> None:
+        del self._wake_times[token]
+        self._last_blocked = self._clock()
+
+    def _first_wake(self) -> float:
+        """When the first blocked waiter decides again if nobody wakes it (inf: none blocked)."""
+        return min(self._wake_times.values(), default=math.inf)
+
+    def _redecide_all(self) -> None:
+        self._cond.notify_all()
+        for token in self._wake_times:
+            self._wake_times[token] = -math.inf
+
+    def _leaving(self) -> None:
+        """A waiter returns from wait(): if ``set_gate`` left the gate to it (it would have
+        decided again first), the waiters still blocked must shorten their timeouts now."""
+        if self._gate is not None and self._gate < self._first_wake() < math.inf:
+            self._redecide_all()

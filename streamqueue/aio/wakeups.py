@@ -68,10 +68,10 @@ class AsyncWakeupBoard(WakeupBoard):
         while True:
             decided = self._decide(started, until)
             if isinstance(decided, Wake):
+                self._leaving()
                 return decided
-            self._blocked += 1
+            token = self._blocking(decided)
             try:
                 await self._signal.wait(decided)
             finally:
-                self._blocked -= 1
-                self._last_blocked = self._clock()
+                self._unblocked(token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from streamqueue.aio.wakeups import AsyncWakeupBoard
 from streamqueue.wakeups import Wake, WakeupBoard
 from tests.helpers import Background, FakeClock, stays_false, wait_until
 
@@ -301,6 +303,56 @@ def test_due_timer_reaches_a_waiter_that_stays_when_the_notified_one_leaves() ->
     assert long.finished_at is not None
     assert long.finished_at - scheduled < 2.0
 
+
+
+def test_a_gate_after_a_blocked_waiter_wakes_anyway_leaves_it_blocked() -> None:
+    # A fleet member sets a gate on nearly every stream event: waking its waiters
+    # each time, only for them to block again, was most of the event's CPU.
+    clock = RecordingClock()
+    board = WakeupBoard(clock=clock)
+    blocked = waiter(board, lambda: time.monotonic() + 1.0, "blocked")
+    assert wait_until(lambda: clock.read_by("blocked") >= 2)
+    reads = clock.read_by("blocked")
+    board.set_gate(time.monotonic() + 10)
+    assert stays_false(lambda: clock.read_by("blocked") > reads, 0.3)
+    board.set_gate(time.monotonic())  # before it wakes: it must be woken now
+    assert blocked.join(5) is Wake.EVENT
+
+
+def test_a_gate_left_to_a_waiter_that_leaves_reaches_the_one_that_stays() -> None:
+    # "short" wakes before the gate, so setting it wakes no one; "short" then
+    # leaves on its own deadline, and "long" must take the gate on time.
+    clock = RecordingClock()
+    board = WakeupBoard(clock=clock)
+    short = waiter(board, lambda: time.monotonic() + 0.2, "short")
+    assert wait_until(lambda: clock.read_by("short") >= 2)
+    long = waiter(board, lambda: time.monotonic() + 20, "long")
+    assert wait_until(lambda: clock.read_by("long") >= 2)
+
+    gated = time.monotonic()
+    board.set_gate(gated + 0.5)
+    assert short.join(5) is Wake.TIMEOUT
+    assert long.join(5) is Wake.EVENT
+    assert long.finished_at is not None
+    assert long.finished_at - gated < 2.0
+
+
+def test_the_asyncio_board_hands_a_gate_on_like_the_thread_board() -> None:
+    async def run() -> list[Wake]:
+        board = AsyncWakeupBoard()
+
+        async def wait(seconds: float) -> Wake:
+            with board.waiting():
+                return await board.wait_async(time.monotonic() + seconds)
+
+        short = asyncio.create_task(wait(0.2))
+        long = asyncio.create_task(wait(20))
+        while board._blocked < 2:
+            await asyncio.sleep(0.01)
+        board.set_gate(time.monotonic() + 0.5)
+        return [await short, await asyncio.wait_for(long, 5)]
+
+    assert asyncio.run(run()) == [Wake.TIMEOUT, Wake.EVENT]
 
 def test_due_time_in_the_past_wakes_at_once() -> None:
     clock = FakeClock()
