@@ -207,7 +207,7 @@ class FleetView:
         # Only claims by a member that was due without widening: a claim that
         # patience brought about says nothing about the usual handoff (and
         # would feed back into patience).
-        if entry is None or lock.consumer_id not in self._free_slots()[:len(self._ready)]:
+        if entry is None or not self._among_first_free(lock.consumer_id, len(self._ready)):
             return
         took = self._clock() - entry[1]
         self._handoff += HANDOFF_WEIGHT * (took - self._handoff)
@@ -285,9 +285,8 @@ class FleetView:
         oldest = min(heard for _, heard in self._ready.values())
         patience = self._patience()
         widened = int((now - oldest) / patience)
-        order = self._free_slots()
         busy_here = self._inflight + len(self._unconfirmed)
-        mine = self._positions(order)
+        mine = self._positions()
         due = sum(1 for pos in mine if pos < ready + widened)
         owed = max(0, due - busy_here)
         if owed:
@@ -298,9 +297,19 @@ class FleetView:
             return 0, None
         return 0, oldest + patience * (nxt - ready + 1)
 
-    def _free_slots(self) -> list[str]:
-        """Every live member's free slots, in the fleet's agreed order (rendezvous order from the anchor)."""
-        return [m for m in self._order() for _ in range(max(0, self._members[m] - self._busy[m]))]
+    def _free(self, member: str) -> int:
+        return max(0, self._members[member] - self._busy[member])
+
+    def _among_first_free(self, member: str | None, count: int) -> bool:
+        """``member`` has one of the first ``count`` free slots, in the fleet's agreed order."""
+        seen = 0
+        for m in self._order():
+            if seen >= count:
+                return False
+            if m == member:
+                return self._free(m) > 0
+            seen += self._free(m)
+        return False
 
     def _order(self) -> list[str]:
         members = tuple(self._members)
@@ -309,12 +318,20 @@ class FleetView:
             self._ring = (self._anchor, members, ordered)
         return self._ring[2]
 
-    def _positions(self, order: list[str]) -> list[int]:
-        """This process's places in ``order``; its own slots past the end if the view thinks
-        it has none free (it may be wrong: widening must reach every real waiter)."""
-        mine = [i for i, m in enumerate(order) if m == self.me]
+    def _positions(self) -> list[int]:
+        """This process's places among every live member's free slots, in the fleet's agreed
+        order (rendezvous order from the anchor); its own slots past the end if the view
+        thinks it has none free (it may be wrong: widening must reach every real waiter)."""
+        # Counted, not listed: this runs on every stream event of every member.
+        before = total = free_here = 0
+        for m in self._order():
+            free = self._free(m)
+            if m == self.me:
+                before, free_here = total, free
+            total += free
+        mine = list(range(before, before + free_here))
         slots = self._members.get(self.me, 1)
-        mine += range(len(order), len(order) + max(0, slots - len(mine)))
+        mine += range(total, total + max(0, slots - free_here))
         return mine
 
     def full(self) -> bool:
