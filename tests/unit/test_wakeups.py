@@ -285,24 +285,27 @@ def test_due_timer_fires_on_time_with_the_real_clock() -> None:
         thread.join(10)
 
 
-def test_due_timer_reaches_a_waiter_that_stays_when_the_notified_one_leaves() -> None:
-    # The first waiter has a short deadline; the second waits long. A due time
-    # scheduled while both are blocked must still wake the second one on time,
-    # even if the first (notified) waiter gives up before the job falls due.
+def short_then_long_waiter() -> tuple[WakeupBoard, Background, Background]:
+    """A waiter whose deadline is 0.2 s away, blocked first, then one whose deadline is 20 s away."""
     clock = RecordingClock()
     board = WakeupBoard(clock=clock)
     short = waiter(board, lambda: time.monotonic() + 0.2, "short")
     assert wait_until(lambda: clock.read_by("short") >= 2)
     long = waiter(board, lambda: time.monotonic() + 20, "long")
-    assert wait_until(lambda: clock.read_by("long") >= 2)  # so "short" is blocked first
+    assert wait_until(lambda: clock.read_by("long") >= 2)
+    return board, short, long
 
+def test_due_timer_reaches_a_waiter_that_stays_when_the_notified_one_leaves() -> None:
+    # The first waiter has a short deadline; the second waits long. A due time
+    # scheduled while both are blocked must still wake the second one on time,
+    # even if the first (notified) waiter gives up before the job falls due.
+    board, short, long = short_then_long_waiter()
     scheduled = time.monotonic()
     board.schedule(0.5)
     assert short.join(5) is Wake.TIMEOUT
     assert long.join(5) is Wake.DUE
     assert long.finished_at is not None
     assert long.finished_at - scheduled < 2.0
-
 
 
 def test_a_gate_after_a_blocked_waiter_wakes_anyway_leaves_it_blocked() -> None:
@@ -322,13 +325,7 @@ def test_a_gate_after_a_blocked_waiter_wakes_anyway_leaves_it_blocked() -> None:
 def test_a_gate_left_to_a_waiter_that_leaves_reaches_the_one_that_stays() -> None:
     # "short" wakes before the gate, so setting it wakes no one; "short" then
     # leaves on its own deadline, and "long" must take the gate on time.
-    clock = RecordingClock()
-    board = WakeupBoard(clock=clock)
-    short = waiter(board, lambda: time.monotonic() + 0.2, "short")
-    assert wait_until(lambda: clock.read_by("short") >= 2)
-    long = waiter(board, lambda: time.monotonic() + 20, "long")
-    assert wait_until(lambda: clock.read_by("long") >= 2)
-
+    board, short, long = short_then_long_waiter()
     gated = time.monotonic()
     board.set_gate(gated + 0.5)
     assert short.join(5) is Wake.TIMEOUT
