@@ -26,10 +26,13 @@ BACKLOG = "backlog"
 HERD = "herd"
 FLEET = "fleet"
 # The floor of a trickle (bare pymongo, no queue): every process claims on every insert
-# event (FLOOR_ALL), or only the one a hash of the job's id names (FLOOR_OWNER).
+# event (FLOOR_ALL), or only the one a hash of the job's id names (FLOOR_OWNER). FLOOR_VIEW
+# is FLOOR_OWNER on a stream that also carries every claim and settle, as a fleet member's
+# must to know whose slots are free: what hearing the fleet's state costs, with no view.
 FLOOR_ALL = "floor-all"
 FLOOR_OWNER = "floor-owner"
-TRICKLE_FLOORS = (FLOOR_ALL, FLOOR_OWNER)
+FLOOR_VIEW = "floor-view"
+TRICKLE_FLOORS = (FLOOR_ALL, FLOOR_OWNER, FLOOR_VIEW)
 # The floor of a backlog (bare pymongo, no stream): every process claims and deletes until
 # its claim comes back empty, one job per ``find_one_and_update`` (FLOOR_DRAIN) or
 # ``DRAIN_BATCH`` per batch claim, as the Worker's default claims take them (FLOOR_DRAIN_BATCH).
@@ -108,7 +111,8 @@ def _specs(ctx: BenchContext, collection: str, processes: int, slots: int, mode:
         if mode != TRICKLE or slots != 1:
             raise ValueError("the trickle floors are 1-slot trickles")
         return [{**base, "role": "floor-consume",
-                 "owner": [index, processes] if design == FLOOR_OWNER else None}
+                 "owner": None if design == FLOOR_ALL else [index, processes],
+                 "every_state": design == FLOOR_VIEW}
                 for index in range(processes)]
     return [{**base, "role": "fleet-consume", "slots": slots, "start_now": mode == TRICKLE,
              "fleet": design == FLEET}] * processes

@@ -271,7 +271,9 @@ def run_fleet_consumer(spec: Spec, control: _Control) -> dict[str, Any]:
 def run_floor_consumer(spec: Spec, control: _Control) -> dict[str, Any]:
     """The floor of the fleet's trickle: bare pymongo, one thread, its own change stream of
     inserts; on each event a ``find_one_and_update`` claim, then a delete. With ``owner``
-    ([index, processes]) only the process a hash of the job's id names claims it.
+    ([index, processes]) only the process a hash of the job's id names claims it. With
+    ``every_state`` the stream also carries claims and deletes (a fleet view's events),
+    which wake the process and are dropped.
 
     What N Python processes on this machine can do at best, with no fleet view, no
     patience, no membership: the physical limit the fleet's latency is judged against.
@@ -281,7 +283,8 @@ def run_floor_consumer(spec: Spec, control: _Control) -> dict[str, Any]:
     collection = client.get_database(spec["db"], write_concern=WriteConcern("majority"))[
         spec["collection"]]
     sink = Sink()
-    with collection.watch([{"$match": {"operationType": "insert"}}],
+    heard = ["insert", "update", "delete"] if spec.get("every_state") else ["insert"]
+    with collection.watch([{"$match": {"operationType": {"$in": heard}}}],
                           max_await_time_ms=100) as stream:
         _say({"ready": True})
         empty = _floor_loop(stream, RawFloor(collection), sink, spec.get("owner"), control.stop)
@@ -297,7 +300,9 @@ def _floor_loop(stream: Any, floor: RawFloor, sink: Sink, owner: list[int] | Non
     empty = 0
     while not stop.is_set():
         event = stream.try_next()
-        if event is None or (owner is not None and not _owns(event, *owner)):
+        if event is None or event.get("operationType") != "insert":
+            continue
+        if owner is not None and not _owns(event, *owner):
             continue
         doc = floor.claim()
         if doc is None:

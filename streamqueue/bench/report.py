@@ -6,7 +6,7 @@ import json
 import math
 import statistics
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from streamqueue.bench.fleet_herd import (
     FLOOR_DRAIN,
     FLOOR_DRAIN_BATCH,
     FLOOR_OWNER,
+    FLOOR_VIEW,
     FLOORS,
     HERD,
     TRICKLE,
@@ -244,7 +245,7 @@ def _fleet_herd_targets(rows: Sequence[FleetRow], floors: Sequence[FleetRow] = (
                _ok(share >= BACKLOG_SHARE)),
         Target(f"Fleet: trickle latency p50, {name} vs {few.processes}", "no worse",
                f"{many.latency.p50:.2f} vs {few.latency.p50:.2f} ms"
-               + fleet_floor_note(floors, many.processes, few.processes),
+               + fleet_floor_note(floors, many.processes, few.processes, many.latency.p50),
                _ok(many.latency.p50 <= few.latency.p50 * LATENCY_SLACK)),
     ]
 
@@ -274,25 +275,35 @@ def drain_floor_note(floors: Sequence[FleetRow], many: int, few: int) -> str:
     return f"; bare-pymongo drain floor: {', '.join(parts)} ({verdict})"
 
 
-def fleet_floor_note(floors: Sequence[FleetRow], many: int, few: int) -> str:
+def fleet_floor_note(floors: Sequence[FleetRow], many: int, few: int,
+                     fleet_p50: float | None = None) -> str:
     """What bare pymongo reached with the same processes in the same run: whether a p50 at
-    ``many`` processes no worse than at ``few`` is possible on this machine at all."""
-    parts, reached = [], {}
-    for design, label in ((FLOOR_ALL, "every process claims"), (FLOOR_OWNER, "one hashed owner")):
+    ``many`` processes no worse than at ``few`` is possible on this machine at all; and,
+    given the fleet's p50 at ``many``, how far it sits above the floor that hears the same
+    events as its view (what the fleet adds on top of carrying its state on the stream)."""
+    parts, reached, at_many = [], {}, {}
+    for design, label in ((FLOOR_ALL, "every process claims"), (FLOOR_OWNER, "one hashed owner"),
+                          (FLOOR_VIEW, "one hashed owner hearing every claim and settle")):
         at = {r.processes: r for r in floors if r.design == design and r.mode == TRICKLE}
         if many in at and few in at:
             reached[design] = at[many].latency.p50 <= at[few].latency.p50 * LATENCY_SLACK
+            at_many[design] = at[many].latency.p50
             parts.append(f"{label} {at[many].latency.p50:.2f} vs {at[few].latency.p50:.2f} ms")
     if not parts:
         return "; floor not measured"
-    if reached.get(FLOOR_OWNER):
-        verdict = "the one-owner floor reaches it: the gap is the fleet's"
-    elif reached.get(FLOOR_ALL):
-        verdict = (f"only the floor where every process claims reaches it, at {many} claims "
-                   "per job: with one claimer per job this machine cannot")
-    else:
-        verdict = "the floor misses too: this machine cannot give it"
-    return f"; bare-pymongo floor: {', '.join(parts)} ({verdict})"
+    view = at_many.get(FLOOR_VIEW)
+    own = (f"; the fleet at {many} is {fleet_p50 / view:.2f}x the floor hearing every claim "
+           "and settle" if view and fleet_p50 is not None else "")
+    return f"; bare-pymongo floor: {', '.join(parts)} ({_floor_verdict(reached, many)}){own}"
+
+
+def _floor_verdict(reached: Mapping[str, bool], many: int) -> str:
+    if reached.get(FLOOR_OWNER) or reached.get(FLOOR_VIEW):
+        return "the one-owner floor reaches it: the gap is the fleet's"
+    if reached.get(FLOOR_ALL):
+        return (f"only the floor where every process claims reaches it, at {many} claims "
+                "per job: with one claimer per job this machine cannot")
+    return "the floor misses too: this machine cannot give it"
 
 
 def scale_out_targets(rows: Sequence[ThroughputRow], worker_batch: int, *,
@@ -730,7 +741,9 @@ def fleet_table(rows: Sequence[FleetRow]) -> list[str]:
             "\"floor-all\" and \"floor-owner\": bare pymongo, each process on its own change "
             "stream of inserts, a findAndModify claim on every event (all) or only in the "
             "process a hash of the job's id names (owner): the machine's own limit at a "
-            "trickle; \"floor-drain\" and \"floor-drain-batch\": bare pymongo draining the "
+            "trickle; \"floor-view\": floor-owner on a stream that also carries every claim "
+            "and delete, as a fleet member's must (its view's events, with no view); "
+            "\"floor-drain\" and \"floor-drain-batch\": bare pymongo draining the "
             f"backlog, one job per findAndModify or {DRAIN_BATCH} per batch claim, then a "
             "delete: its limit on a backlog.", ""]
     out += _table(

@@ -43,6 +43,7 @@ from streamqueue.bench.fleet_herd import (
     FLOOR_DRAIN,
     FLOOR_DRAIN_BATCH,
     FLOOR_OWNER,
+    FLOOR_VIEW,
     HERD,
     fleet_herd,
 )
@@ -140,7 +141,7 @@ def test_fleet(ctx: BenchContext, results: Results, interval: float, design: str
     results.fleet.append(row)
 
 
-@pytest.mark.parametrize("design", [FLOOR_ALL, FLOOR_OWNER])
+@pytest.mark.parametrize("design", [FLOOR_ALL, FLOOR_OWNER, FLOOR_VIEW])
 def test_fleet_floor(ctx: BenchContext, results: Results, design: str) -> None:
     row = fleet_herd(ctx, 2, 1, jobs=20, interval=0.02, stall_timeout=20, design=design)
     assert (row.lost, row.duplicates, row.errors) == (0, 0, [])

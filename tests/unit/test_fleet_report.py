@@ -10,6 +10,7 @@ from streamqueue.bench.fleet_herd import (
     FLOOR_DRAIN,
     FLOOR_DRAIN_BATCH,
     FLOOR_OWNER,
+    FLOOR_VIEW,
     TRICKLE,
     FleetRow,
 )
@@ -48,6 +49,15 @@ def test_the_judgement_says_when_only_claiming_everywhere_reaches_it() -> None:
     measured, _ = latency_target([row(FLOOR_ALL, 4, 5.0), row(FLOOR_ALL, 32, 5.1),
                                   row(FLOOR_OWNER, 4, 5.0), row(FLOOR_OWNER, 32, 120.0)])
     assert "only the floor where every process claims reaches it, at 32 claims" in measured
+
+
+def test_the_judgement_sets_the_fleet_beside_the_floor_that_hears_what_its_view_hears() -> None:
+    measured, passed = latency_target([row(FLOOR_OWNER, 4, 5.0), row(FLOOR_OWNER, 32, 20.0),
+                                       row(FLOOR_VIEW, 4, 5.0), row(FLOOR_VIEW, 32, 64.0)])
+    assert passed is False
+    assert "one hashed owner hearing every claim and settle 64.00 vs 5.00 ms" in measured
+    # The fleet's row at 32 processes has p50 80 ms: 80 / 64.
+    assert measured.endswith("the fleet at 32 is 1.25x the floor hearing every claim and settle")
 
 
 def test_without_floor_rows_the_judgement_says_so() -> None:
